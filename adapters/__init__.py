@@ -1,0 +1,5 @@
+"""Framework glue, installed as ``slift_plugin.adapters``.
+
+The only modules of the project that import neuraloperator (:mod:`.neuralop`) or
+torchsde (:mod:`.torchsde`). Import them explicitly; importing this package imports neither.
+"""

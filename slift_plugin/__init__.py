@@ -1,0 +1,54 @@
+"""slift-plugin: fast generators of diverse stochastic trajectories from existing surrogates.
+
+Public surface::
+
+    Stepper                     the contract every method fulfils
+    StochasticLifting           regression with fixed random labels, fresh labels at sampling
+    MeanRegression              the deterministic (collapse-to-the-mean) baseline
+    MLP                         backbone for vector states
+    TransitionDataset           transitions of an ensemble, with fixed labels
+    WithFixedLabels             attach fixed labels to any dict dataset (neuraloperator)
+    IndexedGaussianLabels       labels as a pure function of (seed, index)
+    fit, rollout, evaluate      train any stepper, generate ensembles, score them
+
+Neural-operator backbones and torchsde glue live in ``slift_plugin.adapters``.
+"""
+
+from .backbones import MLP
+from .checkpoint import CheckpointError, load_stepper, save_stepper
+from .data import (
+    TransitionDataset,
+    WithFixedLabels,
+    load_ensemble,
+    save_netcdf,
+    tensor_to_ensemble,
+)
+from .labels import IndexedGaussianLabels
+from .lifting import MeanRegression, StochasticLifting
+from .metrics import energy_distance, evaluate
+from .rollout import rollout
+from .stepper import Stepper
+from .train import FitResult, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "FitResult",
+    "IndexedGaussianLabels",
+    "MLP",
+    "MeanRegression",
+    "Stepper",
+    "StochasticLifting",
+    "TransitionDataset",
+    "WithFixedLabels",
+    "energy_distance",
+    "evaluate",
+    "fit",
+    "load_ensemble",
+    "load_stepper",
+    "rollout",
+    "save_netcdf",
+    "save_stepper",
+    "tensor_to_ensemble",
+]

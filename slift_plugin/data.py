@@ -1,0 +1,362 @@
+"""Data: xarray ensembles <-> tensors, transition datasets with fixed labels, files.
+
+Conventions (see DESIGN.md): a trajectory ensemble is an ``xarray.DataArray`` with dims
+``("sample", "time", "channel", *grid)``. Physics parameters are coords named
+``mu_<name>`` with dims ``("sample",)``, one per parameter; the parameter vector ``mu``
+lists them in sorted name order. (A DataArray cannot carry a coord with a ``param`` dim
+it does not have, so the ``("sample", "param")`` layout of DESIGN.md is spelled out per
+parameter here.) This module never knows about models.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor
+from torch.utils.data import Dataset
+
+LEADING_DIMS = ("sample", "time", "channel")
+
+
+# -- xarray <-> tensors ---------------------------------------------------------------------
+def check_ensemble(da: object, name: str = "ensemble") -> xr.DataArray:
+    """Validate the ensemble layout; returns ``da``."""
+    if not isinstance(da, xr.DataArray):
+        raise TypeError(f"{name} must be an xarray.DataArray, got {type(da).__name__}")
+    if tuple(da.dims[:3]) != LEADING_DIMS:
+        raise ValueError(
+            f"{name} must have dims ('sample', 'time', 'channel', *grid), got {da.dims}"
+        )
+    if 0 in da.shape:
+        raise ValueError(f"{name} is empty: shape {dict(zip(da.dims, da.shape, strict=True))}")
+    return da
+
+
+MU_PREFIX = "mu_"
+
+
+def param_names(da: xr.DataArray) -> list[str]:
+    """Names of the physics parameters of an ensemble (``mu_<name>`` coords), sorted."""
+    return sorted(k[len(MU_PREFIX) :] for k in da.coords if str(k).startswith(MU_PREFIX))
+
+
+def ensemble_params(da: xr.DataArray, name: str = "ensemble") -> Tensor | None:
+    """The ``(sample, n_params)`` float32 parameters of an ensemble, or None."""
+    names = param_names(da)
+    if not names:
+        return None
+    columns = []
+    for p in names:
+        c = da.coords[MU_PREFIX + p]
+        if c.dims != ("sample",):
+            raise ValueError(f"{name}.{MU_PREFIX}{p} must have dims ('sample',), got {c.dims}")
+        columns.append(np.asarray(c.values, dtype=np.float32))
+    return torch.as_tensor(np.stack(columns, axis=1))
+
+
+def ensemble_to_tensor(da: xr.DataArray, name: str = "ensemble") -> tuple[Tensor, Tensor | None]:
+    """``(states (sample, time, channel, *grid) float32, mu (sample, n_params) or None)``."""
+    check_ensemble(da, name)
+    states = torch.as_tensor(np.asarray(da.values, dtype=np.float32))
+    return states, ensemble_params(da, name)
+
+
+def uniform_step(times: Sequence[float] | np.ndarray, name: str = "time") -> float:
+    """The constant spacing of ``times``; raises if the spacing is not uniform."""
+    t = np.asarray(times, dtype=np.float64)
+    if t.ndim != 1 or t.size < 2:
+        raise ValueError(f"{name} needs at least two values, got {t.size}")
+    d = np.diff(t)
+    if (d <= 0).any() or not np.allclose(d, d[0], rtol=1e-5, atol=1e-9):
+        raise ValueError(f"{name} must be increasing with a constant step, got steps {d}")
+    return float(d[0])
+
+
+def tensor_to_ensemble(
+    states: Tensor | np.ndarray,
+    times: Sequence[float] | np.ndarray,
+    *,
+    coords: Mapping[str, object] | None = None,
+    mu: Tensor | np.ndarray | None = None,
+    param_names: Sequence[str] | None = None,
+    attrs: Mapping[str, object] | None = None,
+    name: str = "state",
+) -> xr.DataArray:
+    """Wrap ``(sample, time, channel, *grid)`` values as an ensemble DataArray."""
+    values = states.numpy() if isinstance(states, Tensor) else np.asarray(states)
+    grid_dims = tuple(f"x{i}" if i else "x" for i in range(values.ndim - 3))
+    if coords is not None:
+        named = [d for d in coords if d not in LEADING_DIMS and not d.startswith(MU_PREFIX)]
+        if len(named) == len(grid_dims):
+            grid_dims = tuple(named)
+    dims = (*LEADING_DIMS, *grid_dims)
+    all_coords: dict[str, object] = {"time": np.asarray(times, dtype=np.float64)}
+    for key, value in (coords or {}).items():
+        if key in dims and key not in ("sample", "time"):
+            all_coords[key] = value
+    if mu is not None:
+        m = mu.numpy() if isinstance(mu, Tensor) else np.asarray(mu)
+        names = (
+            list(param_names) if param_names is not None else [f"p{i}" for i in range(m.shape[1])]
+        )
+        if len(names) != m.shape[1] or names != sorted(names):
+            raise ValueError(
+                f"param_names must be {m.shape[1]} names in sorted order (the order of mu), "
+                f"got {names}"
+            )
+        for i, p in enumerate(names):
+            all_coords[MU_PREFIX + p] = ("sample", m[:, i])
+    return xr.DataArray(values, dims=dims, coords=all_coords, attrs=dict(attrs or {}), name=name)
+
+
+# -- files ----------------------------------------------------------------------------------
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` and rename into ``path``; no partial file survives a failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_netcdf(obj: xr.DataArray | xr.Dataset, path: str | os.PathLike) -> Path:
+    """Write ``obj`` to netCDF (h5netcdf engine) atomically."""
+    return atomic_write(path, lambda tmp: obj.to_netcdf(tmp, engine="h5netcdf"))
+
+
+def load_ensemble(path: str | os.PathLike) -> xr.DataArray:
+    """Read an ensemble written by :func:`save_netcdf` (netCDF) or to zarr."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no ensemble file at {path}")
+    try:
+        if path.is_dir():
+            ds = xr.open_zarr(path)
+        else:
+            ds = xr.open_dataset(path, engine="h5netcdf")
+    except Exception as exc:
+        raise ValueError(f"could not read an ensemble from {path}: {exc}") from exc
+    if isinstance(ds, xr.Dataset):
+        if len(ds.data_vars) != 1:
+            raise ValueError(f"{path} holds {list(ds.data_vars)}; expected one ensemble variable")
+        ds = ds[next(iter(ds.data_vars))]
+    return check_ensemble(ds.load(), str(path))
+
+
+# -- transitions ----------------------------------------------------------------------------
+def _check_finite(t: Tensor, name: str) -> None:
+    bad = ~torch.isfinite(t)
+    if bad.any():
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} NaN/Inf values (shape {tuple(t.shape)})"
+        )
+
+
+class TransitionDataset(Dataset):
+    """Transitions ``(window_k, x_{k+1})`` of a trajectory ensemble, with fixed labels.
+
+    Parameters
+    ----------
+    states:
+        ``(n_trajectories, n_times, C, *grid)``.
+    history:
+        Number of states in the input window (stacked on channels, oldest first).
+    mu:
+        Optional physics parameters ``(n_trajectories, n_params)``.
+    labels:
+        Optional label source ``labels(indices) -> (n, *label_shape)``, usually
+        ``stepper.fixed_labels(seed, grid)``. Transition ``j`` always gets label ``j``.
+    dt:
+        Physical step between consecutive states.
+
+    Items are dicts ``{"x": (history*C, *grid), "y": (C, *grid), "index": (),
+    "label": (*label_shape), "mu": (n_params,)}`` (the last two when present): the dict
+    batches that neuraloperator's ``Trainer`` expects.
+    """
+
+    def __init__(
+        self,
+        states: Tensor,
+        *,
+        history: int = 1,
+        mu: Tensor | None = None,
+        labels: Callable[[Tensor], Tensor] | None = None,
+        dt: float = math.nan,
+    ) -> None:
+        states = torch.as_tensor(states)
+        if states.ndim < 3:
+            raise ValueError(
+                "states must have shape (n_trajectories, n_times, C, *grid), "
+                f"got {tuple(states.shape)}"
+            )
+        if states.shape[0] == 0:
+            raise ValueError("states is empty: no trajectories (shape[0] == 0)")
+        if int(history) < 1:
+            raise ValueError(f"history must be >= 1, got {history}")
+        if states.shape[1] < history + 1:
+            raise ValueError(
+                f"each trajectory needs at least history + 1 = {history + 1} times to form a "
+                f"transition, got {states.shape[1]}"
+            )
+        if not states.is_floating_point():
+            raise TypeError(f"states must be floating point, got {states.dtype}")
+        states = states.to(torch.float32)
+        _check_finite(states, "states")
+        if mu is not None:
+            mu = torch.as_tensor(mu, dtype=torch.float32)
+            if mu.ndim != 2 or mu.shape[0] != states.shape[0]:
+                raise ValueError(
+                    f"mu must have shape ({states.shape[0]}, n_params), got {tuple(mu.shape)}"
+                )
+            _check_finite(mu, "mu")
+        self.states = states
+        self.mu = mu
+        self.history = int(history)
+        self.labels = labels
+        self.dt = float(dt)
+        self.per_trajectory = states.shape[1] - self.history
+
+    @classmethod
+    def from_xarray(
+        cls,
+        ensemble: xr.DataArray,
+        *,
+        history: int = 1,
+        labels: Callable[[Tensor], Tensor] | None = None,
+    ) -> TransitionDataset:
+        """Transitions of an ensemble DataArray (``mu`` coord used when present)."""
+        states, mu = ensemble_to_tensor(ensemble, "ensemble")
+        dt = (
+            uniform_step(ensemble["time"].values, "ensemble time")
+            if "time" in ensemble.coords
+            else math.nan
+        )
+        return cls(states, history=history, mu=mu, labels=labels, dt=dt)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return tuple(self.states.shape[2:])
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return tuple(self.states.shape[3:])
+
+    @property
+    def n_params(self) -> int:
+        return 0 if self.mu is None else self.mu.shape[1]
+
+    def __len__(self) -> int:
+        return self.states.shape[0] * self.per_trajectory
+
+    def get_batch(self, index: Tensor) -> dict[str, Tensor]:
+        """Vectorised fetch of transitions ``index`` (1-D integer tensor)."""
+        index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        if index.numel() and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"transition index out of range [0, {len(self)})")
+        traj = index // self.per_trajectory
+        k = index % self.per_trajectory + self.history - 1
+        offsets = torch.arange(-self.history + 1, 1)
+        window = self.states[traj[:, None], k[:, None] + offsets]  # (n, h, C, *grid)
+        batch = {
+            "x": window.reshape(len(index), -1, *self.grid_shape),
+            "y": self.states[traj, k + 1],
+            "index": index,
+        }
+        if self.labels is not None:
+            batch["label"] = self.labels(index)
+        if self.mu is not None:
+            batch["mu"] = self.mu[traj]
+        return batch
+
+    def __getitem__(self, j: int) -> dict[str, Tensor]:
+        if not -len(self) <= j < len(self):
+            raise IndexError(f"transition {j} out of range for {len(self)} transitions")
+        return {k: v[0] for k, v in self.get_batch(torch.tensor([j % len(self)])).items()}
+
+    def statistics(self) -> dict[str, Tensor]:
+        """Per-channel state mean/std, increment std and parameter mean/std."""
+        s = self.states.transpose(0, 2).reshape(self.states.shape[2], -1).double()
+        delta = (self.states[:, 1:] - self.states[:, :-1]).transpose(0, 2)
+        delta = delta.reshape(self.states.shape[2], -1).double()
+        state_std = s.std(dim=1)
+        # A channel that never changes would divide by zero; fall back to its scale.
+        floor = 1e-6 * torch.clamp(state_std, min=1.0)
+        stats = {
+            "state_mean": s.mean(dim=1).float(),
+            "state_std": torch.clamp(state_std, min=1e-6).float(),
+            "delta_std": torch.maximum(delta.std(dim=1), floor).float(),
+        }
+        if self.mu is not None:
+            stats["param_mean"] = self.mu.mean(dim=0)
+            # A single parameter value has no spread; leave it unscaled.
+            pstd = self.mu.std(dim=0) if self.mu.shape[0] > 1 else torch.ones(self.n_params)
+            stats["param_std"] = torch.where(pstd > 1e-8, pstd, torch.ones_like(pstd))
+        return stats
+
+
+class WithFixedLabels(Dataset):
+    """Attach fixed labels to any map-style dataset of dict samples.
+
+    For a neuraloperator user: wrap the dataset that feeds ``Trainer`` (items
+    ``{"x": ..., "y": ...}``); each item gains ``"label"`` = ``labels([i])[0]`` and
+    ``"index"`` = ``i``. The label of item ``i`` is the same in every epoch.
+    """
+
+    def __init__(self, dataset: Dataset, labels: Callable[[Tensor], Tensor]) -> None:
+        if len(dataset) == 0:
+            raise ValueError("cannot attach labels to an empty dataset")
+        self.dataset = dataset
+        self.labels = labels
+        self._statistics: dict[str, Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        item = dict(self.dataset[i])
+        if not {"x", "y"} <= item.keys():
+            raise KeyError(f"items must be dicts with 'x' and 'y', got keys {sorted(item)}")
+        i = i % len(self)
+        item["label"] = self.labels(torch.tensor([i]))[0]
+        item["index"] = torch.tensor(i)
+        return item
+
+    def statistics(self, history: int = 1) -> dict[str, Tensor]:
+        """Per-channel statistics from one pass over the data (cached)."""
+        if self._statistics is None:
+            first = self.dataset[0]
+            c = first["y"].shape[0]
+            total = torch.zeros(3, c, dtype=torch.float64)  # count, sum, sum of squares
+            dtotal = torch.zeros(3, c, dtype=torch.float64)
+            for i in range(len(self.dataset)):
+                item = self.dataset[i]
+                x, y = item["x"].double(), item["y"].double()
+                last = x[(history - 1) * c :]
+                _check_finite(x, f"item {i} 'x'")
+                _check_finite(y, f"item {i} 'y'")
+                for acc, v in ((total, y), (dtotal, y - last)):
+                    v = v.reshape(c, -1)
+                    acc += torch.stack([torch.full((c,), v.shape[1]), v.sum(1), (v**2).sum(1)])
+            mean = total[1] / total[0]
+            std = (total[2] / total[0] - mean**2).clamp_min(0).sqrt()
+            dmean = dtotal[1] / dtotal[0]
+            dstd = (dtotal[2] / dtotal[0] - dmean**2).clamp_min(0).sqrt()
+            self._statistics = {
+                "state_mean": mean.float(),
+                "state_std": std.clamp_min(1e-6).float(),
+                "delta_std": torch.maximum(dstd, 1e-6 * std.clamp_min(1.0)).float(),
+            }
+        return self._statistics

@@ -1,0 +1,223 @@
+"""Stochastic Lifting (Berman, Blickhan, Peherstorfer 2026) and its MSE baseline.
+
+Training pairs every transition ``(x_k, x_{k+1})`` with one fixed label ``xi ~ N(0, I)``
+(see :mod:`slift_plugin.labels`) and regresses::
+
+    x_{k+1} = x_k + delta_std * G(normalise(x_k), xi, normalise(mu))
+
+The labels act as extra input coordinates, so the map can reach several next states from
+nearly the same ``x_k`` instead of averaging them. Sampling draws a fresh ``xi`` every
+step: one backbone evaluation per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .labels import IndexedGaussianLabels
+from .stepper import Stepper
+
+Criterion = Callable[[Tensor, Tensor], Tensor]
+
+
+def mean_squared_error(prediction: Tensor, target: Tensor) -> Tensor:
+    return torch.mean((prediction - target) ** 2)
+
+
+class StochasticLifting(Stepper):
+    """Stochastic Lifting stepper around a lifted backbone.
+
+    Parameters
+    ----------
+    backbone:
+        A module ``G(window, label, cond)`` with attribute ``label_dim`` and method
+        ``label_shape(grid) -> shape | None``: :class:`slift_plugin.MLP` for vectors,
+        :func:`slift_plugin.adapters.neuralop.lifted_operator` for fields.
+    state_shape:
+        ``(d,)`` or ``(C, *grid)``; grid entries may be ``None`` (any resolution).
+    history:
+        Number of past states stacked on the channel axis as input (1 = Markov).
+    n_params:
+        Number of physics parameters ``mu`` (constant per trajectory).
+    residual:
+        Predict the standardised increment ``x_{k+1} - x_k`` (default) instead of the
+        standardised next state.
+    dt:
+        Physical length of one step (metadata for rollouts).
+    criterion:
+        ``criterion(prediction, target)`` on standardised quantities; mean squared error
+        by default. A neuraloperator ``LpLoss`` works too.
+
+    Normalisation (per channel state mean/std, per channel increment std, parameter
+    mean/std) lives in buffers, so it travels with ``state_dict`` and checkpoints.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        state_shape: tuple[int | None, ...],
+        *,
+        history: int = 1,
+        n_params: int = 0,
+        residual: bool = True,
+        dt: float = math.nan,
+        criterion: Criterion | None = None,
+    ) -> None:
+        super().__init__(state_shape, history=history, n_params=n_params, dt=dt)
+        for attr in ("label_dim", "label_shape"):
+            if not hasattr(backbone, attr):
+                raise TypeError(
+                    f"backbone {type(backbone).__name__} has no '{attr}'; wrap a plain network "
+                    "with slift_plugin.MLP or slift_plugin.adapters.neuralop.lifted_operator"
+                )
+        self.backbone = backbone
+        self.residual = bool(residual)
+        self.criterion = criterion or mean_squared_error
+        c, p = self.n_channels, self.n_params
+        self.register_buffer("state_mean", torch.zeros(c))
+        self.register_buffer("state_std", torch.ones(c))
+        self.register_buffer("delta_std", torch.ones(c))
+        self.register_buffer("param_mean", torch.zeros(p))
+        self.register_buffer("param_std", torch.ones(p))
+        self.register_buffer("normalized", torch.tensor(False))
+
+    @property
+    def label_dim(self) -> int:
+        return int(self.backbone.label_dim)
+
+    # -- normalisation --------------------------------------------------------------------
+    def set_normalization(
+        self,
+        state_mean: Tensor,
+        state_std: Tensor,
+        delta_std: Tensor,
+        param_mean: Tensor | None = None,
+        param_std: Tensor | None = None,
+    ) -> None:
+        """Store per-channel statistics (as returned by ``TransitionDataset.statistics``)."""
+        c, p = self.n_channels, self.n_params
+        given = {"state_mean": state_mean, "state_std": state_std, "delta_std": delta_std}
+        if p:
+            given |= {"param_mean": param_mean, "param_std": param_std}
+        for name, value in given.items():
+            expected = c if name.startswith(("state", "delta")) else p
+            value = torch.as_tensor(value, dtype=torch.float32)
+            if value.shape != (expected,) or not torch.isfinite(value).all():
+                raise ValueError(
+                    f"{name} must be a finite tensor of shape ({expected},), got "
+                    f"{tuple(value.shape)} {value.tolist()}"
+                )
+            if name.endswith("std") and (value <= 0).any():
+                raise ValueError(f"{name} must be positive, got {value.tolist()}")
+            getattr(self, name).copy_(value)
+        self.normalized.fill_(True)
+
+    def prepare(self, dataset: object) -> None:
+        if bool(self.normalized):
+            return
+        statistics = getattr(dataset, "statistics", None)
+        if statistics is None:
+            raise ValueError(
+                f"{type(self).__name__} is not normalised and the dataset "
+                f"({type(dataset).__name__}) has no statistics(); call set_normalization()"
+            )
+        self.set_normalization(**statistics())
+
+    def _per_channel(self, v: Tensor, repeats: int, ndim: int) -> Tensor:
+        return v.repeat(repeats).reshape(1, -1, *([1] * (ndim - 2)))
+
+    # -- the model ------------------------------------------------------------------------
+    def fixed_labels(self, seed: int, grid_shape: tuple[int, ...] = ()) -> IndexedGaussianLabels:
+        """The training labels for data on ``grid_shape``, a function of ``(seed, index)``."""
+        shape = self.backbone.label_shape(tuple(grid_shape))
+        if shape is None:
+            raise ValueError(f"{type(self).__name__} has label_dim=0: it takes no labels")
+        return IndexedGaussianLabels(shape, seed)
+
+    def noise_shape(self, grid_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        return self.backbone.label_shape(tuple(grid_shape))
+
+    def _check_label(self, label: Tensor | None, window: Tensor) -> None:
+        expected = self.backbone.label_shape(tuple(window.shape[2:]))
+        if expected is None:
+            if label is not None:
+                raise ValueError(
+                    f"{type(self).__name__} takes no label (label_dim=0), got a label of "
+                    f"shape {tuple(label.shape)}"
+                )
+            return
+        if label is None or tuple(label.shape) != (window.shape[0], *expected):
+            got = None if label is None else tuple(label.shape)
+            raise ValueError(f"label must have shape {(window.shape[0], *expected)}, got {got}")
+
+    def standardized_output(
+        self, window: Tensor, label: Tensor | None = None, mu: Tensor | None = None
+    ) -> Tensor:
+        """``G`` applied to the standardised inputs: the quantity the loss regresses."""
+        self.check_window(window)
+        self._check_label(label, window)
+        mu = self.check_mu(mu, window.shape[0])
+        mean = self._per_channel(self.state_mean, self.history, window.ndim)
+        std = self._per_channel(self.state_std, self.history, window.ndim)
+        cond = None if mu is None else (mu - self.param_mean) / self.param_std
+        return self.backbone((window - mean) / std, label, cond)
+
+    def _last_state(self, window: Tensor) -> Tensor:
+        return window[:, (self.history - 1) * self.n_channels :]
+
+    def forward(
+        self, x: Tensor, label: Tensor | None = None, mu: Tensor | None = None, **batch: Tensor
+    ) -> Tensor:
+        """Predict the next state ``(B, C, *grid)`` from window ``x`` and ``label``.
+
+        Extra keyword arguments (``y``, ``index``, ...) are ignored, so that a
+        neuraloperator ``Trainer`` can call ``model(**batch)`` on a dict batch.
+        """
+        g = self.standardized_output(x, label, mu)
+        if self.residual:
+            return self._last_state(x) + self._per_channel(self.delta_std, 1, x.ndim) * g
+        return (
+            self._per_channel(self.state_mean, 1, x.ndim)
+            + self._per_channel(self.state_std, 1, x.ndim) * g
+        )
+
+    def step(
+        self,
+        window: Tensor,
+        noise: Tensor | None = None,
+        *,
+        mu: Tensor | None = None,
+        t: float | None = None,
+    ) -> Tensor:
+        return self.forward(window, noise, mu)
+
+    def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
+        x, y = batch["x"], batch["y"]
+        g = self.standardized_output(x, batch.get("label"), batch.get("mu"))
+        if self.residual:
+            target = (y - self._last_state(x)) / self._per_channel(self.delta_std, 1, y.ndim)
+        else:
+            target = (y - self._per_channel(self.state_mean, 1, y.ndim)) / self._per_channel(
+                self.state_std, 1, y.ndim
+            )
+        return self.criterion(g, target)
+
+
+class MeanRegression(StochasticLifting):
+    """The deterministic baseline: the same regression without labels.
+
+    Trained with MSE it predicts the conditional mean, so every rollout from the same
+    state is the same trajectory; this is what a plain surrogate does today. Its backbone
+    must have ``label_dim == 0``.
+    """
+
+    def __init__(self, backbone: nn.Module, state_shape: tuple[int | None, ...], **kwargs):
+        super().__init__(backbone, state_shape, **kwargs)
+        if self.label_dim != 0:
+            raise ValueError(
+                f"MeanRegression needs a backbone with label_dim=0, got {self.label_dim}"
+            )

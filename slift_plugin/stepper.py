@@ -1,0 +1,175 @@
+"""The contract that every stochastic stepper fulfils.
+
+A stepper advances a batch of states by one output step of physical length ``dt``::
+
+    noise = torch.randn(batch, *stepper.noise_shape(grid), generator=g)
+    x_next = stepper.step(window, noise, mu=mu, t=t)
+
+``window`` holds the last ``history`` states stacked along the channel axis (oldest
+first), shape ``(batch, history * C, *grid)`` for fields or ``(batch, history * d)`` for
+vectors. The step returns ``(batch, C, *grid)`` / ``(batch, d)``.
+
+The randomness of a step is an explicit argument, a standard normal tensor of shape
+``(batch, *noise_shape(grid))``: the step itself is a deterministic function. This is how
+torchsde separates the solver from the Brownian motion, and it is what lets
+:func:`slift_plugin.rollout` derive every draw from ``(seed, sample block)`` so that an
+ensemble does not depend on chunking or on the number of processes.
+
+Training goes through :meth:`Stepper.loss`, which maps a batch dictionary to a scalar,
+so that one :func:`slift_plugin.fit` loop serves every method.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class Stepper(nn.Module):
+    """Base class of all steppers.
+
+    Attributes
+    ----------
+    state_shape:
+        Shape of one state without the batch axis: ``(C, *grid)`` or ``(d,)``. A grid
+        entry may be ``None`` for resolution-agnostic backbones (neural operators).
+    history:
+        Number of past states one step consumes (1 = Markov).
+    n_params:
+        Number of physics parameters ``mu`` the stepper is conditioned on (0 = none).
+    dt:
+        Physical length of one step (``nan`` when unknown).
+    evals_per_step:
+        Backbone evaluations per step; the cost unit the benchmarks report.
+    """
+
+    evals_per_step: int = 1
+
+    def __init__(
+        self,
+        state_shape: tuple[int, ...],
+        *,
+        history: int = 1,
+        n_params: int = 0,
+        dt: float = math.nan,
+    ) -> None:
+        super().__init__()
+        state_shape = tuple(None if s is None else int(s) for s in state_shape)
+        if (
+            not state_shape
+            or state_shape[0] is None
+            or any(s is not None and s <= 0 for s in state_shape)
+        ):
+            raise ValueError(
+                f"state_shape must be (C, *grid) or (d,) with positive sizes, got {state_shape}"
+            )
+        if int(history) < 1:
+            raise ValueError(f"history must be >= 1, got {history}")
+        if int(n_params) < 0:
+            raise ValueError(f"n_params must be >= 0, got {n_params}")
+        self.state_shape = state_shape
+        self.history = int(history)
+        self.n_params = int(n_params)
+        self.dt = float(dt)
+
+    # -- the contract ---------------------------------------------------------------------
+    def noise_shape(self, grid_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """Per-sample shape of the standard normal noise one step consumes (None: none)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement noise_shape()")
+
+    def step(
+        self,
+        window: Tensor,
+        noise: Tensor | None = None,
+        *,
+        mu: Tensor | None = None,
+        t: float | None = None,
+    ) -> Tensor:
+        """Advance ``window`` (``(B, history*C, *grid)``) by one output step."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement step()")
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Training objective of one batch (mean over the batch)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement loss()")
+
+    def prepare(self, dataset: object) -> None:
+        """Called by :func:`slift_plugin.fit` before training (e.g. to fit normalisation).
+
+        The base stepper needs nothing from the data.
+        """
+
+    def sample_step(
+        self,
+        window: Tensor,
+        *,
+        mu: Tensor | None = None,
+        t: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Draw the step's noise from ``generator`` and take one step."""
+        shape = self.noise_shape(tuple(window.shape[2:]))
+        noise = None
+        if shape is not None:
+            noise = torch.randn(
+                (window.shape[0], *shape),
+                generator=generator,
+                device=window.device,
+                dtype=window.dtype,
+            )
+        return self.step(window, noise, mu=mu, t=t)
+
+    # -- shared helpers -------------------------------------------------------------------
+    @property
+    def n_channels(self) -> int:
+        return self.state_shape[0]
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return self.state_shape[1:]
+
+    @property
+    def window_channels(self) -> int:
+        return self.history * self.n_channels
+
+    def param_device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        for p in self.parameters():
+            return p.device, p.dtype
+        for b in self.buffers():
+            return b.device, b.dtype
+        return torch.device("cpu"), torch.get_default_dtype()
+
+    def check_window(self, window: Tensor, name: str = "window") -> None:
+        """Raise a ValueError unless ``window`` is ``(B, history*C, *grid)``."""
+        if not isinstance(window, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(window).__name__}")
+        expected = (self.window_channels, *self.grid_shape)
+        got = tuple(window.shape[1:])
+        if len(got) != len(expected) or any(
+            e is not None and e != g for e, g in zip(expected, got, strict=True)
+        ):
+            shown = ", ".join("*" if e is None else str(e) for e in expected)
+            raise ValueError(
+                f"{name} must have shape (batch, {shown}) (history={self.history} states of "
+                f"shape {self.state_shape} stacked on channels), got {tuple(window.shape)}"
+            )
+        if window.shape[0] == 0:
+            raise ValueError(f"{name} is an empty batch (shape {tuple(window.shape)})")
+
+    def check_mu(self, mu: Tensor | None, batch: int) -> Tensor | None:
+        """Validate the physics parameters of a batch; returns them as ``(B, n_params)``."""
+        if self.n_params == 0:
+            if mu is not None and mu.numel() > 0:
+                raise ValueError(
+                    f"this stepper was built without physics parameters (n_params=0) "
+                    f"but mu of shape {tuple(mu.shape)} was given"
+                )
+            return None
+        if mu is None:
+            raise ValueError(f"this stepper needs mu of shape (batch, {self.n_params}), got None")
+        if mu.ndim != 2 or mu.shape != (batch, self.n_params):
+            raise ValueError(
+                f"mu must have shape ({batch}, {self.n_params}), got {tuple(mu.shape)}"
+            )
+        return mu
