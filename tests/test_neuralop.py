@@ -8,7 +8,14 @@ from neuralop import LpLoss, Trainer, get_model
 from neuralop.models import FNO, TFNO, UNO
 from torch.utils.data import DataLoader, Dataset
 
-from slift_plugin import StochasticLifting, WithFixedLabels, fit, load_stepper, rollout, save_stepper
+from slift_plugin import (
+    StochasticLifting,
+    WithFixedLabels,
+    fit,
+    load_stepper,
+    rollout,
+    save_stepper,
+)
 from slift_plugin.adapters.neuralop import SLFNO, lift, lifted_operator
 
 GRID = 32
@@ -39,8 +46,13 @@ class NoisyShift(Dataset):
 
 def slfno_config(**extra):
     model = dict(
-        model_arch="slfno", data_channels=1, n_modes=(8,), hidden_channels=16, n_layers=2,
-        label_dim=4, label_injection="channels",
+        model_arch="slfno",
+        data_channels=1,
+        n_modes=(8,),
+        hidden_channels=16,
+        n_layers=2,
+        label_dim=4,
+        label_injection="channels",
     )
     return Config(model=Config({**model, **extra}))
 
@@ -59,7 +71,9 @@ def test_training_through_neuralop_trainer_and_checkpoint_roundtrip(tmp_path):
     model = get_model(slfno_config())
     data = WithFixedLabels(NoisyShift(), model.fixed_labels(seed=0))
     model.prepare(data)  # per-channel normalisation from the user's dataset
-    loader = DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     lp = LpLoss(d=1, p=2)
     trainer = Trainer(model=model, n_epochs=25, device="cpu", verbose=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -68,8 +82,13 @@ def test_training_through_neuralop_trainer_and_checkpoint_roundtrip(tmp_path):
         warnings.simplefilter("ignore")  # LpLoss warns about the extra dict keys
         before = trainer.evaluate({"l2": lp}, DataLoader(data, batch_size=48), log_prefix="t")
         trainer.train(
-            loader, {"t": DataLoader(data, batch_size=48)}, optimizer, scheduler,
-            training_loss=lp, save_every=24, save_dir=tmp_path,
+            loader,
+            {"t": DataLoader(data, batch_size=48)},
+            optimizer,
+            scheduler,
+            training_loss=lp,
+            save_every=24,
+            save_dir=tmp_path,
         )
         after = trainer.evaluate({"l2": lp}, DataLoader(data, batch_size=48), log_prefix="t")
     assert after["t_l2"] < 0.75 * before["t_l2"]
@@ -115,13 +134,21 @@ def test_dtype_casts_are_refused(cast):
 def test_every_injection_makes_the_output_depend_on_the_label(kind, injection):
     torch.manual_seed(0)
     if kind == "uno":
-        kw = dict(hidden_channels=8, n_layers=2, uno_out_channels=[8, 8], uno_n_modes=[[8], [8]],
-                  uno_scalings=[[1.0], [1.0]], lifting_channels=8, projection_channels=8,
-                  horizontal_skips_map={})
+        kw = dict(
+            hidden_channels=8,
+            n_layers=2,
+            uno_out_channels=[8, 8],
+            uno_n_modes=[[8], [8]],
+            uno_scalings=[[1.0], [1.0]],
+            lifting_channels=8,
+            projection_channels=8,
+            horizontal_skips_map={},
+        )
     else:
         kw = dict(n_modes=(8,), hidden_channels=8, n_layers=2)
-    net = lifted_operator(kind, state_channels=2, history=2, label_dim=3, injection=injection,
-                          n_cond=1, **kw)
+    net = lifted_operator(
+        kind, state_channels=2, history=2, label_dim=3, injection=injection, n_cond=1, **kw
+    )
     if injection == "embedding":  # its output layer starts at zero: give it weights
         torch.nn.init.normal_(net.label_embedding[-1].weight)
     sl = StochasticLifting(net, (2, None), history=2, n_params=1)
@@ -154,8 +181,13 @@ def test_operator_stepper_is_resolution_agnostic_and_trains_with_fit():
     states = torch.stack([data.x, data.y], dim=1)  # (n, 2 times, 1, GRID)
     from slift_plugin import TransitionDataset
 
-    res = fit(sl, TransitionDataset(states, labels=sl.fixed_labels(0, (GRID,))),
-              epochs=3, batch_size=16, progress=False)
+    res = fit(
+        sl,
+        TransitionDataset(states, labels=sl.fixed_labels(0, (GRID,))),
+        epochs=3,
+        batch_size=16,
+        progress=False,
+    )
     assert all(map(torch.isfinite, map(torch.tensor, res.losses)))
     ens = rollout(sl, torch.zeros(1, 64), n_steps=1, n_samples=2)  # twice the training grid
     assert ens.shape == (2, 2, 1, 64)
@@ -171,5 +203,8 @@ def test_bad_injection_and_channels():
     with pytest.raises(ValueError, match="in_channels"):
         from slift_plugin.adapters.neuralop import LiftedOperator
 
-        LiftedOperator(UNO(1, 1, 4, uno_out_channels=[4], uno_n_modes=[[4]], uno_scalings=[[1.0]],
-                           n_layers=1), window_channels=1, label_dim=2)
+        LiftedOperator(
+            UNO(1, 1, 4, uno_out_channels=[4], uno_n_modes=[[4]], uno_scalings=[[1.0]], n_layers=1),
+            window_channels=1,
+            label_dim=2,
+        )

@@ -34,7 +34,9 @@ def make(label_dim=0):
 
 def test_fit_learns_a_deterministic_map():
     sl = make()
-    res = fit(sl, TransitionDataset(linear_data()), epochs=200, batch_size=32, lr=3e-3, progress=False)
+    res = fit(
+        sl, TransitionDataset(linear_data()), epochs=200, batch_size=32, lr=3e-3, progress=False
+    )
     assert res.losses[-1] < 1e-3 * res.losses[0]
     x = torch.tensor([[1.0, -2.0]])
     with torch.no_grad():

@@ -1,0 +1,202 @@
+"""The main job: Stochastic Lifting vs plain MSE on the stochastic Allen-Cahn equation.
+
+1. generate training trajectories and a held-out reference ensemble, both from ``u0 = 0``
+   (random nucleation of +1/-1 domains, see :mod:`slift_plugin.systems.allen_cahn`);
+2. train an SL-FNO and the same FNO with plain MSE (no labels), same budget;
+3. roll both out, evaluate against the reference, print a table;
+4. write ensembles (netCDF), metrics (CSV, JSON), checkpoints and a figure to ``out``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from .checkpoint import save_stepper
+from .data import TransitionDataset, atomic_write, save_netcdf
+from .lifting import MeanRegression, StochasticLifting
+from .metrics import evaluate
+from .rollout import rollout
+from .systems import allen_cahn
+from .train import fit
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo. The defaults finish in under 10 minutes on a 2-core CPU."""
+
+    n_train: int = 128  # training trajectories (20 transitions each)
+    n_generate: int = 256  # generated trajectories per model
+    n_steps: int = 20
+    dt: float = 0.4
+    n_grid: int = 128
+    label_dim: int = 32
+    injection: str = "channels"
+    hidden_channels: int = 32
+    n_modes: int = 16
+    n_layers: int = 4
+    epochs: int = 120
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 0
+    threads: int = 2
+
+    @classmethod
+    def quick(cls) -> DemoConfig:
+        """A CI-sized run (well under a minute): same pipeline, tiny sizes."""
+        return cls(
+            n_train=16,
+            n_generate=32,
+            n_steps=6,
+            hidden_channels=8,
+            n_modes=8,
+            n_layers=2,
+            label_dim=8,
+            epochs=3,
+            batch_size=32,
+        )
+
+
+def _fno_stepper(cfg: DemoConfig, label_dim: int) -> StochasticLifting:
+    from .adapters.neuralop import lifted_operator
+
+    net = lifted_operator(
+        "fno",
+        state_channels=1,
+        label_dim=label_dim,
+        injection=cfg.injection,
+        n_modes=(cfg.n_modes,),
+        hidden_channels=cfg.hidden_channels,
+        n_layers=cfg.n_layers,
+    )
+    cls = StochasticLifting if label_dim else MeanRegression
+    return cls(net, (1, None), dt=cfg.dt)
+
+
+HORIZON_FRACTIONS = (0.25, 0.5, 1.0)
+
+
+def summary_table(metrics: dict[str, xr.Dataset], losses: dict[str, float]) -> pd.DataFrame:
+    """ED ratio and mean/std errors at a few horizons, with the final training loss."""
+    rows = []
+    first = next(iter(metrics.values()))
+    n = first.sizes["time"] - 1
+    picks = sorted({max(1, round(f * n)) for f in HORIZON_FRACTIONS})
+    for name, m in metrics.items():
+        for k in picks:
+            sel = m.isel(time=k)
+            rows.append(
+                {
+                    "model": name,
+                    "step": k,
+                    "time": float(sel["time"]),
+                    "ed_ratio": float(sel["ed_ratio"]),
+                    "mean_rel_error": float(sel["mean_rel_error"]),
+                    "std_rel_error": float(sel["std_rel_error"]),
+                    "train_loss": losses[name],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def run_demo(out: str | os.PathLike = "demo_output", cfg: DemoConfig | None = None) -> pd.DataFrame:
+    """Run the whole demo; returns the summary table (also written to ``out``)."""
+    cfg = cfg or DemoConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
+    stages = tqdm(total=4, desc="demo", unit="stage", position=0)
+
+    stages.set_postfix_str("generating Allen-Cahn data")
+    common = dict(n_steps=cfg.n_steps, dt=cfg.dt, n_grid=cfg.n_grid)
+    train = allen_cahn(n_samples=cfg.n_train, seed=cfg.seed, **common)
+    reference = allen_cahn(n_samples=2 * cfg.n_generate, seed=cfg.seed + 1, **common)
+    stages.update()
+
+    models, losses, train_time = {}, {}, {}
+    for name, label_dim in (("SL", cfg.label_dim), ("MSE", 0)):
+        stages.set_postfix_str(f"training {name}")
+        torch.manual_seed(cfg.seed)  # weight init; the data and labels have their own seeds
+        stepper = _fno_stepper(cfg, label_dim)
+        labels = stepper.fixed_labels(cfg.seed, (cfg.n_grid,)) if label_dim else None
+        ds = TransitionDataset.from_xarray(train, labels=labels)
+        result = fit(
+            stepper,
+            ds,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            weight_decay=0.0,
+            seed=cfg.seed,
+            description=f"fit {name}",
+        )
+        models[name], losses[name], train_time[name] = stepper, result.final_loss, result.wall_time
+        save_stepper(out / f"{name.lower()}.pt", stepper, config=asdict(cfg))
+    stages.update()
+
+    stages.set_postfix_str("generating ensembles")
+    x0 = reference.isel(sample=0, time=0).values  # u0 = 0, shared by all samples
+    coords = {"channel": reference["channel"].values, "x": reference["x"].values}
+    generated, sample_time = {}, {}
+    for name, stepper in models.items():
+        t = time.perf_counter()
+        generated[name] = rollout(
+            stepper,
+            x0,
+            cfg.n_steps,
+            cfg.n_generate,
+            seed=cfg.seed + 2,
+            coords=coords,
+            t0=float(reference["time"][0]),
+        )
+        sample_time[name] = time.perf_counter() - t
+    stages.update()
+
+    stages.set_postfix_str("evaluating")
+    metrics = {name: evaluate(ens, reference, seed=cfg.seed) for name, ens in generated.items()}
+    table = summary_table(metrics, losses)
+    save_netcdf(reference, out / "reference.nc")
+    save_netcdf(train, out / "train.nc")
+    for name, ens in generated.items():
+        save_netcdf(ens, out / f"{name.lower()}.nc")
+    per_time = pd.concat(
+        [m.to_dataframe().reset_index().assign(model=name) for name, m in metrics.items()]
+    )
+    atomic_write(out / "metrics.csv", lambda p: per_time.to_csv(p, index=False))
+    summary = {
+        "config": asdict(cfg),
+        "train_loss": losses,
+        "train_seconds": train_time,
+        "sample_seconds": sample_time,
+        "horizons": table.to_dict(orient="records"),
+        "total_seconds": time.perf_counter() - started,
+    }
+    atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+    from .plotting import field_ensemble_figure
+
+    field_ensemble_figure(
+        reference,
+        generated,
+        metrics,
+        out / "demo.png",
+        title="Stochastic Allen-Cahn from u0 = 0: Stochastic Lifting vs MSE (same FNO)",
+    )
+    stages.update()
+    stages.close()
+
+    print(f"\nEnergy-distance ratio (1 = noise floor) and relative errors; outputs in {out}/")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"total {time.perf_counter() - started:.0f} s")
+    return table
+
+
+__all__ = ["DemoConfig", "run_demo", "summary_table"]

@@ -1,0 +1,83 @@
+"""Figures for ensembles and their metrics (matplotlib, Agg backend, files only)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from .data import atomic_write  # noqa: E402
+
+
+def field_ensemble_figure(
+    reference: xr.DataArray,
+    models: Mapping[str, xr.DataArray],
+    metrics: Mapping[str, xr.Dataset],
+    path: str | os.PathLike,
+    *,
+    n_trajectories: int = 3,
+    title: str = "",
+) -> Path:
+    """Space-time samples, mean/std over time and energy distance vs the noise floor.
+
+    ``reference`` and ``models`` are 1-D field ensembles ``(sample, time, channel, x)``;
+    ``metrics`` are :func:`slift_plugin.evaluate` results keyed like ``models``.
+    """
+    names = ["reference", *models]
+    ensembles = {"reference": reference, **models}
+    fig = plt.figure(figsize=(4.2 * max(3, len(names)), 9.5), layout="constrained")
+    grid = fig.add_gridspec(2 + 1, max(3, len(names)))
+    t = reference["time"].values
+    x = reference[reference.dims[-1]].values
+    for col, name in enumerate(names):
+        sub = grid[0, col].subgridspec(1, n_trajectories, wspace=0.05)
+        ens = ensembles[name].isel(channel=0)
+        for j in range(n_trajectories):
+            ax = fig.add_subplot(sub[0, j])
+            ax.pcolormesh(x, t, ens.isel(sample=j).values, cmap="RdBu_r", vmin=-1.2, vmax=1.2)
+            ax.set_xticks([])
+            if j:
+                ax.set_yticks([])
+            else:
+                ax.set_ylabel("time")
+            if j == n_trajectories // 2:
+                ax.set_title(f"{name}: {n_trajectories} samples u(x, t)")
+    ax_mean = fig.add_subplot(grid[1, 0])
+    ax_std = fig.add_subplot(grid[1, 1])
+    ax_ed = fig.add_subplot(grid[1, 2])
+    ax_final = fig.add_subplot(grid[2, :])
+    for name in names:
+        ens = ensembles[name]
+        style = {"color": "k", "lw": 2} if name == "reference" else {}
+        spatial = [d for d in ens.dims if d not in ("sample", "time")]
+        ax_mean.plot(ens["time"], np.abs(ens.mean("sample")).mean(spatial), label=name, **style)
+        ax_std.plot(ens["time"], ens.std("sample").mean(spatial), label=name, **style)
+        ax_final.plot(x, ens.isel(time=-1, channel=0, sample=0), label=f"{name} sample", **style)
+    for name, m in metrics.items():
+        line = ax_ed.semilogy(m["time"], m["energy_distance"], label=f"{name}")[0]
+        line.set_marker(".")
+    first = next(iter(metrics.values()))
+    ax_ed.semilogy(first["time"], first["noise_floor"], "k--", label="noise floor (ref vs ref)")
+    ax_mean.set(title="|ensemble mean|, grid average", xlabel="time")
+    ax_std.set(title="ensemble std, grid average", xlabel="time")
+    ax_ed.set(title="energy distance to reference", xlabel="time")
+    ax_final.set(title="one sample at the final time", xlabel="x", ylabel="u")
+    for ax in (ax_mean, ax_std, ax_ed, ax_final):
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+
+    def write(tmp: Path) -> None:
+        fig.savefig(tmp, format="png", dpi=90)
+
+    try:
+        return atomic_write(path, write)
+    finally:
+        plt.close(fig)
