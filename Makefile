@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install install-dev demo test lint bench clean
+.PHONY: install install-dev demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -31,7 +31,10 @@ and FNO weights do not survive a dtype cast (any cast away from float32 is refus
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +43,8 @@ from neuralop.models import FNO, TFNO, UNO
 from neuralop.models.base_model import BaseModel
 from torch import Tensor, nn
 
+from ..checkpoint import CheckpointError, load_stepper, tensor_state
+from ..data import atomic_write
 from ..lifting import StochasticLifting
 
 __all__ = ["INJECTIONS", "OPERATORS", "LiftedOperator", "SLFNO", "lift", "lifted_operator"]
@@ -101,7 +106,9 @@ class LiftedOperator(nn.Module):
         self.injection = injection
         self.n_cond = n_cond
         self._embedding: Tensor | None = None
-        self._offsets: dict[tuple[int, int], tuple[int, int]] = {}
+        # (start, size) of each block call's slice of the embedding, indexed by
+        # [block position][layer index]; positions (not ids) survive deepcopy and pickling.
+        self._offsets: list[list[tuple[int, int]]] = []
         if injection == "embedding" and label_dim:
             width = self._register_block_hooks()
             self.label_embedding = nn.Sequential(
@@ -113,21 +120,22 @@ class LiftedOperator(nn.Module):
     # -- embedding injection ---------------------------------------------------------------
     def _register_block_hooks(self) -> int:
         blocks = self.operator.fno_blocks
-        sites: list[tuple[FNOBlocks, int]]
         if isinstance(blocks, FNOBlocks):  # FNO/TFNO: one module called once per layer
-            sites = [(blocks, i) for i in range(blocks.n_layers)]
+            modules, calls = [blocks], [blocks.n_layers]
         elif isinstance(blocks, nn.ModuleList):  # UNO: one module per layer
-            sites = [(b, 0) for b in blocks]
+            modules, calls = list(blocks), [1] * len(blocks)
         else:
             raise TypeError(
                 f"injection='embedding' needs an operator with fno_blocks (FNO/TFNO/UNO), got "
                 f"{type(self.operator).__name__}"
             )
         width = 0
-        for block, index in sites:
-            self._offsets[(id(block), index)] = (width, block.in_channels)
-            width += block.in_channels
-        for block in {id(b): b for b, _ in sites}.values():
+        for position, (block, n_calls) in enumerate(zip(modules, calls, strict=True)):
+            block._slift_block_position = position
+            self._offsets.append([])
+            for _ in range(n_calls):
+                self._offsets[position].append((width, block.in_channels))
+                width += block.in_channels
             block.register_forward_pre_hook(self._add_embedding, with_kwargs=True)
         return width
 
@@ -135,7 +143,7 @@ class LiftedOperator(nn.Module):
         if self._embedding is None:
             return args, kwargs
         index = args[1] if len(args) > 1 else kwargs.get("index", 0)
-        start, size = self._offsets[(id(block), index)]
+        start, size = self._offsets[block._slift_block_position][index]
         x = args[0]
         bias = self._embedding[:, start : start + size].reshape(
             x.shape[0], size, *([1] * (x.ndim - 2))
@@ -183,10 +191,13 @@ class LiftedOperator(nn.Module):
         return state
 
     def _apply(self, fn, recurse: bool = True):
-        probe = fn(torch.zeros((), dtype=torch.float32))
-        if probe.dtype != torch.float32:
+        # Module.to(dtype) converts complex tensors too, even for float32 -> float32.
+        real = fn(torch.zeros((), dtype=torch.float32)).dtype
+        cplx = fn(torch.zeros((), dtype=torch.complex64)).dtype
+        if real != torch.float32 or cplx != torch.complex64:
             raise TypeError(
-                f"refusing to cast a neuraloperator model to {probe.dtype}: FNO spectral "
+                f"refusing to cast a neuraloperator model (float32 -> {real}, complex64 -> "
+                f"{cplx}): FNO spectral "
                 "weights are complex and do not survive dtype casts in neuraloperator 2.0 "
                 "(.double() fails, .to(dtype) silently drops imaginary parts). Keep it in "
                 "float32; use torch.autocast for mixed precision."
@@ -233,11 +244,29 @@ def lifted_operator(
     )
 
 
-def _spatial_dims(net: nn.Module) -> int:
-    n_dim = getattr(net, "n_dim", None)
-    if n_dim is None:
-        raise TypeError(f"cannot tell the number of grid dimensions of {type(net).__name__}")
-    return int(n_dim)
+def _constructor_arguments(model: BaseModel) -> dict[str, Any]:
+    """The user's constructor arguments (positional ones bound to names), minus defaults."""
+    init = FNO.__init__ if isinstance(model, FNO) else type(model).__init__
+    signature = inspect.signature(init)
+    stored = {k: v for k, v in model._init_kwargs.items() if k not in _HOST_KEYS}
+    bound = signature.bind_partial(None, *model._init_kwargs.get("args", ()), **stored)
+    arguments = dict(bound.arguments)
+    arguments.pop(next(iter(signature.parameters)))  # self
+    # BaseModel records every default too; keep only what differs, so that the
+    # metadata stays plain data (no functions or classes) and loads with weights_only.
+    return {
+        k: v
+        for k, v in arguments.items()
+        if signature.parameters[k].default is inspect.Parameter.empty
+        or not _same(v, signature.parameters[k].default)
+    }
+
+
+def _same(a: object, b: object) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
 
 
 def lift(
@@ -249,39 +278,41 @@ def lift(
     history: int = 1,
     residual: bool = True,
     dt: float = math.nan,
-    embedding_hidden: int = 64,
-) -> StochasticLifting:
-    """Turn a user's deterministic FNO/TFNO/UNO into a StochasticLifting stepper.
+) -> SLFNO:
+    """Turn a user's deterministic FNO/TFNO/UNO into a Stochastic Lifting stepper.
 
     The architecture (every constructor argument of ``model``) is kept; the input width
-    grows to ``history * C + label + n_params`` channels, with ``C = model.out_channels``.
+    grows to ``history * C + label + n_params`` channels, with ``C`` the state channels
+    (``in_channels == out_channels`` is required: the stepper maps a state to the next).
     Weights are not copied: the input layer changes shape, and the stochastic model is
-    trained from scratch on labelled transitions.
+    trained from scratch on labelled transitions. The result is an :class:`SLFNO`, so
+    ``neuralop.Trainer`` can train and checkpoint it.
     """
     if not isinstance(model, tuple(OPERATORS.values())):
         raise TypeError(f"lift() takes an FNO, TFNO or UNO, got {type(model).__name__}")
-    kwargs = {k: v for k, v in model._init_kwargs.items() if k not in _HOST_KEYS}
-    state_channels = int(kwargs.pop("out_channels"))
-    kwargs.pop("in_channels")
+    kwargs = _constructor_arguments(model)
+    in_channels, out_channels = kwargs.pop("in_channels"), kwargs.pop("out_channels")
+    if in_channels != out_channels:
+        raise ValueError(
+            f"lift() needs a state-to-state operator (in_channels == out_channels), got "
+            f"in_channels={in_channels}, out_channels={out_channels}"
+        )
     kind = {FNO: "fno", TFNO: "tfno", UNO: "uno"}[type(model)]
-    backbone = lifted_operator(
-        kind,
-        state_channels=state_channels,
-        history=history,
+    named = {k: kwargs.pop(k) for k in ("n_modes", "hidden_channels", "n_layers") if k in kwargs}
+    if kind == "uno":  # UNO takes them through operator_kwargs
+        kwargs |= named
+        named = {}
+    return SLFNO(
+        in_channels,
+        **named,
         label_dim=label_dim,
-        injection=injection,
-        n_cond=n_params,
-        embedding_hidden=embedding_hidden,
-        **kwargs,
-    )
-    grid = (None,) * _spatial_dims(model)
-    return StochasticLifting(
-        backbone,
-        (state_channels, *grid),
-        history=history,
+        label_injection=injection,
         n_params=n_params,
+        history=history,
         residual=residual,
         dt=dt,
+        operator=kind,
+        operator_kwargs=kwargs,
     )
 
 
@@ -302,7 +333,8 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
     in_channels:
         Channels ``C`` of one state (neuraloperator's ``data_channels``).
     n_modes, hidden_channels, n_layers:
-        As for FNO (ignored for ``operator="uno"``, which takes ``operator_kwargs``).
+        As for FNO (for ``operator="uno"``, ``hidden_channels``/``n_layers`` are defaults
+        for ``operator_kwargs``, which must hold ``uno_n_modes`` etc.).
     label_dim, label_injection:
         Label size and injection (see module docstring).
     n_params, history, residual, dt:
@@ -311,6 +343,10 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
         ``"fno"``, ``"tfno"`` or ``"uno"``.
     operator_kwargs:
         Further constructor arguments of the operator.
+
+    Checkpoints (``save_checkpoint``/``from_checkpoint``, also used by ``Trainer``) are
+    written atomically and read with ``weights_only=True``: only tensors and plain
+    constructor arguments are stored.
     """
 
     def __init__(
@@ -328,21 +364,26 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
         operator: str = "fno",
         operator_kwargs: dict | None = None,
     ) -> None:
+        key = str(operator).lower()
+        if key not in OPERATORS:
+            raise ValueError(f"operator must be one of {sorted(OPERATORS)}, got {operator!r}")
         kwargs = dict(operator_kwargs or {})
-        if operator.lower() in ("fno", "tfno"):
+        if key in ("fno", "tfno"):
             kwargs = {
                 "n_modes": tuple(n_modes),
                 "hidden_channels": hidden_channels,
                 "n_layers": n_layers,
                 **kwargs,
             }
-            n_dim = len(n_modes)
+            n_dim = len(kwargs["n_modes"])
         else:
             kwargs.setdefault("hidden_channels", hidden_channels)
             kwargs.setdefault("n_layers", n_layers)
+            if "uno_n_modes" not in kwargs:
+                raise ValueError("operator='uno' needs operator_kwargs['uno_n_modes'] (and more)")
             n_dim = len(kwargs["uno_n_modes"][0])
         backbone = lifted_operator(
-            operator,
+            key,
             state_channels=in_channels,
             history=history,
             label_dim=label_dim,
@@ -358,3 +399,33 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
             residual=residual,
             dt=dt,
         )
+
+    def save_checkpoint(self, save_folder: str | os.PathLike, save_name: str) -> None:
+        """neuraloperator's checkpoint layout, written atomically and safe to load."""
+        folder = Path(save_folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = tensor_state(self)
+        atomic_write(folder / f"{save_name}_state_dict.pt", lambda p: torch.save(state, p))
+        meta = dict(self._init_kwargs)
+        atomic_write(folder / f"{save_name}_metadata.pkl", lambda p: torch.save(meta, p))
+
+    def load_checkpoint(self, save_folder, save_name, map_location=None) -> None:
+        path = Path(save_folder) / f"{save_name}_state_dict.pt"
+        load_stepper(path, self, map_location=map_location or "cpu")
+
+    @classmethod
+    def from_checkpoint(cls, save_folder, save_name, map_location=None) -> SLFNO:
+        path = Path(save_folder) / f"{save_name}_metadata.pkl"
+        if not path.is_file():
+            raise CheckpointError(f"no SLFNO metadata file at {path}")
+        try:
+            meta = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(
+                f"SLFNO metadata {path} is corrupt or holds non-data objects: {exc}"
+            ) from exc
+        args = tuple(meta.pop("args", ()))
+        meta = {k: v for k, v in meta.items() if k not in _HOST_KEYS}
+        instance = cls(*args, **meta)
+        instance.load_checkpoint(save_folder, save_name, map_location=map_location)
+        return instance

@@ -33,7 +33,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`; raises CheckpointError."""
+    """Read a checkpoint written by :func:`save_checkpoint` (a dict with ``"model"``) or a
+    plain state dict of tensors; raises CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
@@ -44,9 +45,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"checkpoint {path} is corrupt or not a slift checkpoint "
             f"(expected a torch.save'd dict readable with weights_only=True): {exc}"
         ) from exc
+    if isinstance(payload, dict) and "model" not in payload and payload:
+        if all(isinstance(v, torch.Tensor) for v in payload.values()):
+            return {"model": payload}
     if not isinstance(payload, dict) or "model" not in payload:
         raise CheckpointError(
-            f"checkpoint {path} does not hold a dict with a 'model' entry "
+            f"checkpoint {path} does not hold a state dict or a dict with a 'model' entry "
             f"(got {type(payload).__name__})"
         )
     return payload
@@ -57,19 +61,33 @@ def save_stepper(path: str | os.PathLike, stepper: nn.Module, **extra: Any) -> P
     return save_checkpoint(path, {"model": tensor_state(stepper), **extra})
 
 
-def load_stepper(path: str | os.PathLike, stepper: nn.Module) -> dict:
-    """Load weights saved by :func:`save_stepper` or :func:`slift_plugin.fit` into ``stepper``."""
-    payload = load_checkpoint(path)
-    try:
-        missing, unexpected = stepper.load_state_dict(payload["model"], strict=False)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint {path} does not fit {type(stepper).__name__}: {exc}"
-        ) from exc
-    missing = [k for k in missing if not k.endswith("_metadata")]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint {path} does not fit {type(stepper).__name__}: "
-            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
-        )
+def load_stepper(
+    path: str | os.PathLike, stepper: nn.Module, map_location: str | torch.device = "cpu"
+) -> dict:
+    """Load weights saved by :func:`save_stepper` or :func:`slift_plugin.fit` into ``stepper``.
+
+    Every key must match; returns the whole checkpoint payload.
+    """
+    payload = load_checkpoint(path, map_location)
+    load_model_state(stepper, payload["model"], path)
     return payload
+
+
+def load_model_state(stepper: nn.Module, state: dict, path: str | os.PathLike) -> None:
+    """``stepper.load_state_dict(state)`` after checking every key and shape up front, so a
+    mismatched checkpoint raises CheckpointError and leaves ``stepper`` untouched."""
+    expected = tensor_state(stepper)
+    given = {k: v for k, v in state.items() if k != "_metadata"}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = [
+        f"{k}: {tuple(given[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in given and tuple(given[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {type(stepper).__name__}: missing keys "
+            f"{missing[:5]}, unexpected keys {unexpected[:5]}, shape mismatches {wrong[:5]}"
+        )
+    stepper.load_state_dict(given, strict=False)

@@ -78,10 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, CheckpointError, FloatingPointError) as exc:
         print(f"slift {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

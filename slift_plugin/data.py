@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +125,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     os.close(fd)
     try:
         write(Path(tmp))
+        with open(tmp, "rb+") as fh:  # the data must be on disk before the rename
+            os.fsync(fh.fileno())
+        # mkstemp creates 0600 files; give the result the usual umask-derived mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -288,23 +294,8 @@ class TransitionDataset(Dataset):
 
     def statistics(self) -> dict[str, Tensor]:
         """Per-channel state mean/std, increment std and parameter mean/std."""
-        s = self.states.transpose(0, 2).reshape(self.states.shape[2], -1).double()
-        delta = (self.states[:, 1:] - self.states[:, :-1]).transpose(0, 2)
-        delta = delta.reshape(self.states.shape[2], -1).double()
-        state_std = s.std(dim=1)
-        # A channel that never changes would divide by zero; fall back to its scale.
-        floor = 1e-6 * torch.clamp(state_std, min=1.0)
-        stats = {
-            "state_mean": s.mean(dim=1).float(),
-            "state_std": torch.clamp(state_std, min=1e-6).float(),
-            "delta_std": torch.maximum(delta.std(dim=1), floor).float(),
-        }
-        if self.mu is not None:
-            stats["param_mean"] = self.mu.mean(dim=0)
-            # A single parameter value has no spread; leave it unscaled.
-            pstd = self.mu.std(dim=0) if self.mu.shape[0] > 1 else torch.ones(self.n_params)
-            stats["param_std"] = torch.where(pstd > 1e-8, pstd, torch.ones_like(pstd))
-        return stats
+        index = torch.arange(len(self))
+        return transition_statistics(self.get_batch(i) for i in index.split(4096))
 
 
 class WithFixedLabels(Dataset):
@@ -334,29 +325,71 @@ class WithFixedLabels(Dataset):
         item["index"] = torch.tensor(i)
         return item
 
-    def statistics(self, history: int = 1) -> dict[str, Tensor]:
+    def statistics(self) -> dict[str, Tensor]:
         """Per-channel statistics from one pass over the data (cached)."""
         if self._statistics is None:
-            first = self.dataset[0]
-            c = first["y"].shape[0]
-            total = torch.zeros(3, c, dtype=torch.float64)  # count, sum, sum of squares
-            dtotal = torch.zeros(3, c, dtype=torch.float64)
-            for i in range(len(self.dataset)):
-                item = self.dataset[i]
-                x, y = item["x"].double(), item["y"].double()
-                last = x[(history - 1) * c :]
-                _check_finite(x, f"item {i} 'x'")
-                _check_finite(y, f"item {i} 'y'")
-                for acc, v in ((total, y), (dtotal, y - last)):
-                    v = v.reshape(c, -1)
-                    acc += torch.stack([torch.full((c,), v.shape[1]), v.sum(1), (v**2).sum(1)])
-            mean = total[1] / total[0]
-            std = (total[2] / total[0] - mean**2).clamp_min(0).sqrt()
-            dmean = dtotal[1] / dtotal[0]
-            dstd = (dtotal[2] / dtotal[0] - dmean**2).clamp_min(0).sqrt()
-            self._statistics = {
-                "state_mean": mean.float(),
-                "state_std": std.clamp_min(1e-6).float(),
-                "delta_std": torch.maximum(dstd, 1e-6 * std.clamp_min(1.0)).float(),
-            }
+            items = (self.dataset[i] for i in range(len(self.dataset)))
+            self._statistics = transition_statistics(
+                {k: v.unsqueeze(0) for k, v in item.items() if isinstance(v, Tensor)}
+                for item in items
+            )
         return self._statistics
+
+
+class _Moments:
+    """Streaming per-channel mean and std (float64 sums)."""
+
+    def __init__(self) -> None:
+        self.count = self.total = self.squares = 0
+
+    def add(self, v: Tensor) -> None:
+        """Accumulate ``v`` of shape ``(n, channels, ...)``."""
+        flat = v.double().transpose(0, 1).reshape(v.shape[1], -1)
+        self.count += flat.shape[1]
+        self.total = self.total + flat.sum(1)
+        self.squares = self.squares + (flat**2).sum(1)
+
+    def mean_std(self) -> tuple[Tensor, Tensor]:
+        mean = self.total / self.count
+        var = (self.squares / self.count - mean**2).clamp_min(0.0)
+        n = self.count
+        return mean.float(), (var * n / max(n - 1, 1)).sqrt().float()
+
+
+def transition_statistics(batches: Iterable[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Normalisation statistics from dict batches ``{"x": window, "y": next, "mu"?}``.
+
+    State mean/std are taken over the next states ``y``, the increment std over
+    ``y - last state of x`` (the quantity the residual form predicts), and parameter
+    mean/std over the per-example ``mu``. Raises on empty data or NaN/Inf.
+    """
+    state, delta, params = _Moments(), _Moments(), _Moments()
+    for batch in batches:
+        x, y = batch["x"], batch["y"]
+        if x.shape[1] % y.shape[1]:
+            raise ValueError(
+                f"x has {x.shape[1]} channels, not a multiple of y's {y.shape[1]} (history)"
+            )
+        _check_finite(x, "x")
+        _check_finite(y, "y")
+        state.add(y)
+        delta.add(y - x[:, x.shape[1] - y.shape[1] :])
+        if "mu" in batch:
+            _check_finite(batch["mu"], "mu")
+            params.add(batch["mu"])
+    if not state.count:
+        raise ValueError("cannot compute statistics of an empty dataset")
+    mean, std = state.mean_std()
+    _, dstd = delta.mean_std()
+    stats = {
+        "state_mean": mean,
+        "state_std": std.clamp_min(1e-6),
+        # A channel that never changes would divide by zero; fall back to its scale.
+        "delta_std": torch.maximum(dstd, 1e-6 * std.clamp_min(1.0)),
+    }
+    if params.count:
+        pmean, pstd = params.mean_std()
+        # A single parameter value has no spread; leave it unscaled.
+        stats["param_mean"] = pmean
+        stats["param_std"] = torch.where(pstd > 1e-8, pstd, torch.ones_like(pstd))
+    return stats

@@ -74,6 +74,17 @@ class StochasticLifting(Stepper):
                     f"backbone {type(backbone).__name__} has no '{attr}'; wrap a plain network "
                     "with slift_plugin.MLP or slift_plugin.adapters.neuralop.lifted_operator"
                 )
+        window = getattr(backbone, "window_channels", getattr(backbone, "in_features", None))
+        if window is not None and window != self.window_channels:
+            raise ValueError(
+                f"backbone takes {window} input state channels/features, but history="
+                f"{self.history} x {self.n_channels} state channels = {self.window_channels}"
+            )
+        if getattr(backbone, "n_cond", n_params) != n_params:
+            raise ValueError(
+                f"backbone is built for n_cond={backbone.n_cond} conditioning inputs, but "
+                f"the stepper has n_params={n_params}"
+            )
         self.backbone = backbone
         self.residual = bool(residual)
         self.criterion = criterion or mean_squared_error
@@ -102,7 +113,13 @@ class StochasticLifting(Stepper):
         c, p = self.n_channels, self.n_params
         given = {"state_mean": state_mean, "state_std": state_std, "delta_std": delta_std}
         if p:
+            if param_mean is None or param_std is None:
+                raise ValueError(
+                    f"this stepper has n_params={p}: param_mean and param_std are required "
+                    "(the dataset must carry mu)"
+                )
             given |= {"param_mean": param_mean, "param_std": param_std}
+        checked = {}
         for name, value in given.items():
             expected = c if name.startswith(("state", "delta")) else p
             value = torch.as_tensor(value, dtype=torch.float32)
@@ -113,6 +130,8 @@ class StochasticLifting(Stepper):
                 )
             if name.endswith("std") and (value <= 0).any():
                 raise ValueError(f"{name} must be positive, got {value.tolist()}")
+            checked[name] = value
+        for name, value in checked.items():  # only after every value passed
             getattr(self, name).copy_(value)
         self.normalized.fill_(True)
 
@@ -198,6 +217,11 @@ class StochasticLifting(Stepper):
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         x, y = batch["x"], batch["y"]
         g = self.standardized_output(x, batch.get("label"), batch.get("mu"))
+        if y.shape != g.shape:
+            raise ValueError(
+                f"y must have the shape of one state per example, {tuple(g.shape)}, "
+                f"got {tuple(y.shape)}"
+            )
         if self.residual:
             target = (y - self._last_state(x)) / self._per_channel(self.delta_std, 1, y.ndim)
         else:

@@ -126,9 +126,8 @@ def rollout(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if n_samples is not None and int(n_samples) < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    run_device = torch.device(device) if device is not None else stepper.param_device_dtype()[0]
-    stepper.to(run_device)
-    dtype = stepper.param_device_dtype()[1]
+    home_device, dtype = stepper.param_device_dtype()
+    run_device = torch.device(device) if device is not None else home_device
     windows = _initial_windows(stepper, _as_tensor(x0, "x0").to(dtype), n_samples)
     n = windows.shape[0]
     if mu is not None:
@@ -144,8 +143,29 @@ def rollout(
     out = torch.empty((n, n_steps + 1, c, *grid), dtype=dtype)
     noise_shape = stepper.noise_shape(grid)
     was_training = stepper.training
-    stepper.eval()
     bar = tqdm(total=n * n_steps, disable=not progress, desc="rollout", unit="traj-step")
+    # The stepper runs on run_device in eval mode and is handed back as it came.
+    stepper.to(run_device).eval()
+    try:
+        _generate(stepper, windows, mu, out, times, seed, chunk_size, run_device, noise_shape, bar)
+    finally:
+        stepper.to(home_device).train(was_training)
+        bar.close()
+    attrs = {"stepper": type(stepper).__name__, "seed": seed, "dt": dt, "n_steps": n_steps}
+    return tensor_to_ensemble(
+        out,
+        times,
+        coords=coords,
+        mu=None if mu is None else mu.cpu(),
+        param_names=param_names,
+        attrs=attrs,
+    )
+
+
+def _generate(stepper, windows, mu, out, times, seed, chunk_size, run_device, noise_shape, bar):
+    """Fill ``out`` (host, ``(n, n_steps + 1, C, *grid)``) chunk by chunk."""
+    n, n_steps = out.shape[0], out.shape[1] - 1
+    c, dtype, grid = stepper.n_channels, out.dtype, tuple(out.shape[3:])
     with torch.inference_mode():
         for lo in range(0, n, chunk_size):
             hi = min(n, lo + chunk_size)
@@ -175,14 +195,3 @@ def rollout(
                 )
             out[lo:hi] = traj.cpu()
             bar.update((hi - lo) * n_steps)
-    bar.close()
-    stepper.train(was_training)
-    attrs = {"stepper": type(stepper).__name__, "seed": seed, "dt": dt, "n_steps": n_steps}
-    return tensor_to_ensemble(
-        out,
-        times,
-        coords=coords,
-        mu=None if mu is None else mu.cpu(),
-        param_names=param_names,
-        attrs=attrs,
-    )

@@ -100,26 +100,6 @@ class Stepper(nn.Module):
         The base stepper needs nothing from the data.
         """
 
-    def sample_step(
-        self,
-        window: Tensor,
-        *,
-        mu: Tensor | None = None,
-        t: float | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Draw the step's noise from ``generator`` and take one step."""
-        shape = self.noise_shape(tuple(window.shape[2:]))
-        noise = None
-        if shape is not None:
-            noise = torch.randn(
-                (window.shape[0], *shape),
-                generator=generator,
-                device=window.device,
-                dtype=window.dtype,
-            )
-        return self.step(window, noise, mu=mu, t=t)
-
     # -- shared helpers -------------------------------------------------------------------
     @property
     def n_channels(self) -> int:

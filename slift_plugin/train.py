@@ -18,7 +18,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, tensor_state
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+    tensor_state,
+)
 from .labels import hash_seed
 from .stepper import Stepper
 
@@ -47,7 +53,9 @@ def _batches(dataset: Dataset, batch_size: int, generator: torch.Generator):
             yield dataset.get_batch(idx)
     else:
         # Generic map-style datasets of dict items (e.g. neuraloperator datasets).
-        yield from DataLoader(dataset, batch_size=batch_size, sampler=perm.tolist())
+        yield from DataLoader(
+            dataset, batch_size=batch_size, sampler=perm.tolist(), generator=generator
+        )
 
 
 def fit(
@@ -110,7 +118,18 @@ def fit(
     )
     result = FitResult()
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    # Everything that shapes the optimisation: a resume with other values would not
+    # continue the same run.
+    config = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "min_lr_ratio": min_lr_ratio,
+        "grad_clip": grad_clip,
+        "seed": seed,
+        "n_examples": len(dataset),
+    }
     if ckpt_path is not None and resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location=device)
         if state.get("config") != config:
@@ -118,7 +137,7 @@ def fit(
                 f"checkpoint {ckpt_path} was written with {state.get('config')}, "
                 f"cannot resume with {config}; use another checkpoint_dir or resume=False"
             )
-        stepper.load_state_dict(state["model"], strict=False)
+        load_model_state(stepper, state["model"], ckpt_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         result.losses = list(state["losses"])

@@ -6,6 +6,7 @@ import pytest
 import torch
 from neuralop import LpLoss, Trainer, get_model
 from neuralop.models import FNO, TFNO, UNO
+from neuralop.training.training_state import load_training_state
 from torch.utils.data import DataLoader, Dataset
 
 from slift_plugin import (
@@ -92,9 +93,14 @@ def test_training_through_neuralop_trainer_and_checkpoint_roundtrip(tmp_path):
         )
         after = trainer.evaluate({"l2": lp}, DataLoader(data, batch_size=48), log_prefix="t")
     assert after["t_l2"] < 0.75 * before["t_l2"]
+    # the Trainer resumes from its own checkpoint (our atomic, tensor-only files)
+    resumed, *_ = load_training_state(tmp_path, "model", model=get_model(slfno_config()))
 
     # neuraloperator's own checkpoint format round-trips (metadata + state dict)
     restored = SLFNO.from_checkpoint(tmp_path, "model")
+    for k, v in restored.state_dict().items():
+        if isinstance(v, torch.Tensor):
+            torch.testing.assert_close(resumed.state_dict()[k], v)
     batch = next(iter(DataLoader(data, batch_size=5)))
     with torch.no_grad():
         torch.testing.assert_close(restored(**batch), model(**batch))
@@ -104,12 +110,22 @@ def test_training_through_neuralop_trainer_and_checkpoint_roundtrip(tmp_path):
     assert ens.shape == (6, 3, 1, GRID)
 
 
+def net_state(module):
+    return module.state_dict()
+
+
 def test_state_dict_metadata_trap_handled(tmp_path):
     """A plain wrapper around a BaseModel must not carry neuraloperator's '_metadata'."""
-    sl = lift(FNO(n_modes=(8,), in_channels=1, out_channels=1, hidden_channels=8), label_dim=2)
+
+    def make():
+        net = lifted_operator("fno", state_channels=1, label_dim=2, n_modes=(8,), hidden_channels=8)
+        return StochasticLifting(net, (1, None))
+
+    sl = make()
+    assert "_metadata" in net_state(sl.backbone.operator)  # the trap is real
     assert "_metadata" not in sl.state_dict()
     save_stepper(tmp_path / "sl.pt", sl)  # weights_only-safe file
-    other = lift(FNO(n_modes=(8,), in_channels=1, out_channels=1, hidden_channels=8), label_dim=2)
+    other = make()
     load_stepper(tmp_path / "sl.pt", other)
     for (k, a), b in zip(sl.state_dict().items(), other.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=k)
@@ -118,12 +134,15 @@ def test_state_dict_metadata_trap_handled(tmp_path):
     assert meta["_name"] == "SLFNO" and meta["label_dim"] == 4
 
 
-@pytest.mark.parametrize("cast", ["double", "half", "to64"])
+@pytest.mark.parametrize("cast", ["double", "half", "to64", "to32"])
 def test_dtype_casts_are_refused(cast):
     model = get_model(slfno_config())
     before = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     with pytest.raises(TypeError, match="refusing to cast"):
-        model.to(torch.float64) if cast == "to64" else getattr(model, cast)()
+        if cast.startswith("to"):  # even float32: Module.to(dtype) also casts complex weights
+            model.to(torch.float64 if cast == "to64" else torch.float32)
+        else:
+            getattr(model, cast)()
     after = model.state_dict()
     for k, v in before.items():
         assert after[k].dtype == v.dtype and torch.equal(after[k], v), k
@@ -149,8 +168,6 @@ def test_every_injection_makes_the_output_depend_on_the_label(kind, injection):
     net = lifted_operator(
         kind, state_channels=2, history=2, label_dim=3, injection=injection, n_cond=1, **kw
     )
-    if injection == "embedding":  # its output layer starts at zero: give it weights
-        torch.nn.init.normal_(net.label_embedding[-1].weight)
     sl = StochasticLifting(net, (2, None), history=2, n_params=1)
     x, mu = torch.randn(4, 4, GRID), torch.randn(4, 1)
     shape = sl.noise_shape((GRID,))
@@ -164,14 +181,47 @@ def test_every_injection_makes_the_output_depend_on_the_label(kind, injection):
     assert not torch.allclose(a, c)  # so do the physics parameters
 
 
-def test_lift_keeps_the_user_architecture():
+def test_lift_keeps_the_user_architecture(tmp_path):
     user = TFNO(n_modes=(6,), in_channels=1, out_channels=1, hidden_channels=12, n_layers=3)
     sl = lift(user, label_dim=5, n_params=1)
+    assert isinstance(sl, SLFNO)
     op = sl.backbone.operator
     assert type(op) is TFNO and op.hidden_channels == 12 and op.n_layers == 3
     assert op.in_channels == 1 + 5 + 1 and op.factorization == user.factorization
+    # positional constructor arguments are understood too
+    positional = lift(FNO((8,), 2, 2, 10), label_dim=3)
+    assert positional.backbone.operator.hidden_channels == 10 and positional.n_channels == 2
+    # and the result checkpoints the neuraloperator way, safely (weights_only loads)
+    positional.save_checkpoint(tmp_path, "m")
+    restored = SLFNO.from_checkpoint(tmp_path, "m")
+    x, lab = torch.randn(2, 2, GRID), torch.randn(2, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x, lab), positional(x, lab))
     with pytest.raises(TypeError, match="FNO, TFNO or UNO"):
         lift(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="in_channels == out_channels"):
+        lift(FNO(n_modes=(8,), in_channels=3, out_channels=1, hidden_channels=8))
+
+
+def test_embedding_injection_survives_deepcopy():
+    import copy
+
+    net = lifted_operator(
+        "fno",
+        state_channels=1,
+        label_dim=3,
+        injection="embedding",
+        n_modes=(8,),
+        hidden_channels=8,
+        n_layers=2,
+    )
+    sl = StochasticLifting(net, (1, None))
+    twin = copy.deepcopy(sl)  # e.g. torch.optim.swa_utils.AveragedModel does this
+    x, lab = torch.randn(2, 1, GRID), torch.randn(2, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x, lab), sl(x, lab))
+        twin.backbone.label_embedding[-1].bias.add_(1.0)  # the copy's own embedding is used
+        assert not torch.allclose(twin(x, lab), sl(x, lab))
 
 
 def test_operator_stepper_is_resolution_agnostic_and_trains_with_fit():
@@ -208,3 +258,18 @@ def test_bad_injection_and_channels():
             window_channels=1,
             label_dim=2,
         )
+
+
+def test_noise_field_labels_on_a_mismatched_grid_are_rejected():
+    sl = lift(
+        FNO(n_modes=(8,), in_channels=1, out_channels=1, hidden_channels=8),
+        label_dim=2,
+        injection="noise_field",
+    )
+    labels = sl.fixed_labels(seed=0, grid_shape=(GRID,))
+    from slift_plugin import TransitionDataset
+
+    states = torch.zeros(2, 3, 1, 2 * GRID)  # data on a 64-point grid, labels for 32 points
+    batch = TransitionDataset(states, labels=labels).get_batch(torch.arange(2))
+    with pytest.raises(ValueError, match=r"label must have shape \(2, 2, 64\)"):
+        sl.loss(batch)

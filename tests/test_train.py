@@ -2,12 +2,14 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from slift_plugin import (
     MLP,
     CheckpointError,
+    IndexedGaussianLabels,
     MeanRegression,
     StochasticLifting,
     TransitionDataset,
@@ -144,3 +146,57 @@ def test_wrong_state_shape_in_training_batch():
         sl.loss({"x": torch.zeros(4, 3), "y": torch.zeros(4, 2)})
     with pytest.raises(ValueError, match="label must have shape"):
         make(label_dim=3).loss({"x": torch.zeros(4, 2), "y": torch.zeros(4, 2)})
+
+
+def test_statistics_match_an_independent_computation_for_both_dataset_kinds():
+    """history=2 with mu: increments are y - last state of the window, never 2-step jumps."""
+    from slift_plugin import WithFixedLabels
+
+    g = torch.Generator().manual_seed(3)
+    states = torch.randn(5, 6, 2, 4, generator=g).cumsum(dim=1)  # (traj, time, C, grid)
+    mu = torch.randn(5, 2, generator=g)
+    ds = TransitionDataset(states, history=2, mu=mu)
+    x = states.numpy()
+    y = x[:, 2:]  # next states of the transitions (k = 1 .. T-2)
+    inc = x[:, 2:] - x[:, 1:-1]
+    ref_mean = y.transpose(2, 0, 1, 3).reshape(2, -1).mean(1)
+    ref_std = y.transpose(2, 0, 1, 3).reshape(2, -1).std(1, ddof=1)
+    ref_dstd = inc.transpose(2, 0, 1, 3).reshape(2, -1).std(1, ddof=1)
+    ref_mu = np.repeat(mu.numpy(), 4, axis=0)  # 4 transitions per trajectory
+    labelled = WithFixedLabels(ds, IndexedGaussianLabels((3,), seed=0))
+    for stats in (ds.statistics(), labelled.statistics()):
+        np.testing.assert_allclose(stats["state_mean"], ref_mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stats["state_std"], ref_std, rtol=1e-5)
+        np.testing.assert_allclose(stats["delta_std"], ref_dstd, rtol=1e-5)
+        np.testing.assert_allclose(stats["param_mean"], ref_mu.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stats["param_std"], ref_mu.std(0, ddof=1), rtol=1e-5)
+
+
+def test_fit_on_a_generic_dict_dataset_leaves_global_rng_alone():
+    """The DataLoader path (neuraloperator-style datasets) is seeded like the fast path."""
+    from slift_plugin import WithFixedLabels
+
+    sl = make(label_dim=2)
+    data = WithFixedLabels(TransitionDataset(linear_data(n=16)), sl.fixed_labels(seed=0))
+    before = torch.get_rng_state()
+    res = fit(sl, data, epochs=2, batch_size=8, progress=False)
+    assert torch.equal(before, torch.get_rng_state())
+    again = make(label_dim=2)
+    res2 = fit(again, data, epochs=2, batch_size=8, progress=False)
+    assert res.losses == res2.losses
+
+
+def test_shape_and_normalisation_errors_are_clear_and_leave_state_alone():
+    sl = make()
+    with pytest.raises(ValueError, match="y must have the shape"):
+        sl.loss({"x": torch.zeros(8, 2), "y": torch.zeros(8)})
+    with pytest.raises(ValueError, match="delta_std must be positive"):
+        sl.set_normalization(torch.full((2,), 5.0), torch.ones(2), -torch.ones(2))
+    assert torch.equal(sl.state_mean, torch.zeros(2)) and not bool(sl.normalized)
+    with pytest.raises(ValueError, match="n_cond=2"):
+        StochasticLifting(MLP(2, 2, label_dim=1, n_cond=2), (2,))
+    with pytest.raises(ValueError, match="history=2"):
+        StochasticLifting(MLP(2, 2, label_dim=1), (2,), history=2)
+    cond = StochasticLifting(MLP(2, 2, label_dim=1, n_cond=1), (2,), n_params=1)
+    with pytest.raises(ValueError, match="param_mean and param_std are required"):
+        cond.prepare(TransitionDataset(linear_data()))  # data without mu

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import xarray as xr
 
+from ..data import tensor_to_ensemble
+
 
 def check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
@@ -87,16 +89,18 @@ def state_array(
     if isinstance(values, torch.Tensor):
         values = values.detach().to("cpu", torch.float32).numpy()
     values = np.asarray(values, dtype=np.float32)
-    grid = dict(grid or {})
+    grid = {k: np.asarray(v, dtype=np.float64) for k, v in (grid or {}).items()}
     dims = ("sample", "time", "channel", *grid.keys())
     if values.ndim != len(dims):
         raise ValueError(f"values must have dims {dims}; got shape {values.shape}")
-    coords: dict[str, object] = {
-        "time": ("time", np.asarray(times, dtype=np.float64)),
-        "channel": ("channel", list(channels)),
-    }
-    for key, coord in grid.items():
-        coords[key] = (key, np.asarray(coord, dtype=np.float64))
-    for key, value in (params or {}).items():
-        coords[f"mu_{key}"] = ("sample", np.asarray(value, dtype=np.float32))
-    return xr.DataArray(values, dims=dims, coords=coords, name=name, attrs=dict(attrs))
+    names = sorted(params or {})
+    mu = np.stack([np.asarray(params[k], np.float32) for k in names], axis=1) if names else None
+    return tensor_to_ensemble(
+        values,
+        times,
+        coords={"channel": list(channels), **grid},
+        mu=mu,
+        param_names=names or None,
+        attrs=attrs,
+        name=name,
+    )
