@@ -47,7 +47,16 @@ from ..checkpoint import CheckpointError, load_stepper, tensor_state
 from ..data import atomic_write
 from ..lifting import StochasticLifting
 
-__all__ = ["INJECTIONS", "OPERATORS", "LiftedOperator", "SLFNO", "lift", "lifted_operator"]
+__all__ = [
+    "INJECTIONS",
+    "OPERATORS",
+    "SLFNO",
+    "LiftedOperator",
+    "OperatorPotential",
+    "lift",
+    "lifted_operator",
+    "operator_potential",
+]
 
 INJECTIONS = ("channels", "noise_field", "embedding")
 OPERATORS = {"fno": FNO, "tfno": TFNO, "uno": UNO}
@@ -58,7 +67,36 @@ def _extra_channels(injection: str, label_dim: int, n_cond: int) -> int:
     return (label_dim if injection in ("channels", "noise_field") else 0) + n_cond
 
 
-class LiftedOperator(nn.Module):
+class _HostsOperator(nn.Module):
+    """Handles the two neuraloperator traps for a module that wraps an operator."""
+
+    def state_dict(self, *args: Any, destination=None, prefix: str = "", keep_vars: bool = False):
+        had_metadata = destination is not None and "_metadata" in destination
+        state = super().state_dict(
+            *args, destination=destination, prefix=prefix, keep_vars=keep_vars
+        )
+        if not had_metadata:
+            # The wrapped BaseModel writes its init kwargs under a bare '_metadata' key,
+            # which the parent module neither expects on load nor can save safely.
+            state.pop("_metadata", None)
+        return state
+
+    def _apply(self, fn, recurse: bool = True):
+        # Module.to(dtype) converts complex tensors too, even for float32 -> float32.
+        real = fn(torch.zeros((), dtype=torch.float32)).dtype
+        cplx = fn(torch.zeros((), dtype=torch.complex64)).dtype
+        if real != torch.float32 or cplx != torch.complex64:
+            raise TypeError(
+                f"refusing to cast a neuraloperator model (float32 -> {real}, complex64 -> "
+                f"{cplx}): FNO spectral "
+                "weights are complex and do not survive dtype casts in neuraloperator 2.0 "
+                "(.double() fails, .to(dtype) silently drops imaginary parts). Keep it in "
+                "float32; use torch.autocast for mixed precision."
+            )
+        return super()._apply(fn, recurse)
+
+
+class LiftedOperator(_HostsOperator):
     """A neural operator as a lifted backbone ``G(window, label, cond)``.
 
     Parameters
@@ -177,32 +215,6 @@ class LiftedOperator(nn.Module):
             return self.operator(torch.cat(parts, dim=1))
         finally:
             self._embedding = None
-
-    # -- neuraloperator traps ----------------------------------------------------------------
-    def state_dict(self, *args: Any, destination=None, prefix: str = "", keep_vars: bool = False):
-        had_metadata = destination is not None and "_metadata" in destination
-        state = super().state_dict(
-            *args, destination=destination, prefix=prefix, keep_vars=keep_vars
-        )
-        if not had_metadata:
-            # The wrapped BaseModel writes its init kwargs under a bare '_metadata' key,
-            # which the parent module neither expects on load nor can save safely.
-            state.pop("_metadata", None)
-        return state
-
-    def _apply(self, fn, recurse: bool = True):
-        # Module.to(dtype) converts complex tensors too, even for float32 -> float32.
-        real = fn(torch.zeros((), dtype=torch.float32)).dtype
-        cplx = fn(torch.zeros((), dtype=torch.complex64)).dtype
-        if real != torch.float32 or cplx != torch.complex64:
-            raise TypeError(
-                f"refusing to cast a neuraloperator model (float32 -> {real}, complex64 -> "
-                f"{cplx}): FNO spectral "
-                "weights are complex and do not survive dtype casts in neuraloperator 2.0 "
-                "(.double() fails, .to(dtype) silently drops imaginary parts). Keep it in "
-                "float32; use torch.autocast for mixed precision."
-            )
-        return super()._apply(fn, recurse)
 
 
 def lifted_operator(
@@ -429,3 +441,52 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
         instance = cls(*args, **meta)
         instance.load_checkpoint(save_folder, save_name, map_location=map_location)
         return instance
+
+
+class OperatorPotential(_HostsOperator):
+    """A DICE potential for fields: the grid average of a one-channel neural operator.
+
+    ``s[u](t, mu) = mean_x f(u, t, mu)(x)``, the quadrature of ``integral f dx`` on the unit
+    domain; :class:`slift_plugin.DICE` scales its gradient by the inverse cell volume, so
+    the velocity is the functional derivative and does not depend on the resolution.
+    Time and parameters enter as constant input channels.
+    """
+
+    def __init__(self, operator: nn.Module, *, state_channels: int, n_params: int = 0) -> None:
+        super().__init__()
+        expected = state_channels + 1 + n_params
+        if getattr(operator, "in_channels", expected) != expected:
+            raise ValueError(
+                f"operator.in_channels must be {expected} (state {state_channels} + time 1 + "
+                f"n_params {n_params}), got {operator.in_channels}"
+            )
+        if getattr(operator, "out_channels", 1) != 1:
+            raise ValueError(f"a potential has one output channel, got {operator.out_channels}")
+        self.operator = operator
+        self.state_channels = state_channels
+        self.n_cond = n_params
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        grid = x.shape[2:]
+
+        def constant(v: Tensor) -> Tensor:
+            return v.reshape(*v.shape, *([1] * len(grid))).expand(*v.shape, *grid)
+
+        parts = [x, constant(t[:, None])]
+        if self.n_cond:
+            parts.append(constant(cond))
+        out = self.operator(torch.cat(parts, dim=1))
+        return out.flatten(1).mean(1)
+
+
+def operator_potential(
+    operator: str = "fno", *, state_channels: int, n_params: int = 0, **operator_kwargs: Any
+) -> OperatorPotential:
+    """Build an FNO/TFNO/UNO potential with ``state + 1 + n_params`` inputs, one output."""
+    key = operator.lower()
+    if key not in OPERATORS:
+        raise ValueError(f"operator must be one of {sorted(OPERATORS)}, got {operator!r}")
+    net = OPERATORS[key](
+        in_channels=state_channels + 1 + n_params, out_channels=1, **operator_kwargs
+    )
+    return OperatorPotential(net, state_channels=state_channels, n_params=n_params)

@@ -5,6 +5,8 @@ Public surface::
     Stepper                     the contract every method fulfils
     StochasticLifting           regression with fixed random labels, fresh labels at sampling
     MeanRegression              the deterministic (collapse-to-the-mean) baseline
+    DICE, PotentialMLP          population dynamics from unpaired snapshots
+    SnapshotDataset             populations per time (and per mu) for DICE
     MLP                         backbone for vector states
     TransitionDataset           transitions of an ensemble, with fixed labels
     WithFixedLabels             attach fixed labels to any dict dataset (neuraloperator)
@@ -17,12 +19,14 @@ Neural-operator backbones and torchsde glue live in ``slift_plugin.adapters``.
 from .backbones import MLP
 from .checkpoint import CheckpointError, load_stepper, save_stepper
 from .data import (
+    SnapshotDataset,
     TransitionDataset,
     WithFixedLabels,
     load_ensemble,
     save_netcdf,
     tensor_to_ensemble,
 )
+from .dice import DICE, PotentialMLP, trapezoid_weights
 from .labels import IndexedGaussianLabels
 from .lifting import MeanRegression, StochasticLifting
 from .metrics import energy_distance, evaluate
@@ -33,6 +37,10 @@ from .train import FitResult, fit
 __version__ = "0.1.0"
 
 __all__ = [
+    "DICE",
+    "PotentialMLP",
+    "SnapshotDataset",
+    "trapezoid_weights",
     "CheckpointError",
     "FitResult",
     "IndexedGaussianLabels",

@@ -393,3 +393,212 @@ def transition_statistics(batches: Iterable[Mapping[str, Tensor]]) -> dict[str, 
         stats["param_mean"] = pmean
         stats["param_std"] = torch.where(pstd > 1e-8, pstd, torch.ones_like(pstd))
     return stats
+
+
+# -- snapshots (DICE) -------------------------------------------------------------------------
+class SnapshotDataset:
+    """Unpaired sample populations ``X_k`` at sorted times ``t_k``, per parameter value.
+
+    Parameters
+    ----------
+    groups:
+        One entry per physics-parameter value: ``(times (K+1,), populations, mu)`` where
+        ``populations[k]`` is ``(n_k, *state)`` (sizes may differ per time) and ``mu`` is
+        ``(n_params,)`` or None. All groups share the state shape.
+    n_times:
+        Times per training batch: a random sorted subset that keeps both endpoints
+        (default: all times).
+    seed:
+        Seeds the per-batch Hutchinson probes handed to the loss.
+
+    Batches are dicts ``{"x": (n_times, B, *state), "t": (n_times,), "mu": (n_params,),
+    "probe_seed": ()}``: an independent minibatch of ``B`` samples at each chosen time, all
+    from one randomly chosen parameter value.
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[tuple[Tensor, Sequence[Tensor], Tensor | None]],
+        *,
+        n_times: int | None = None,
+    ) -> None:
+        if not groups:
+            raise ValueError("SnapshotDataset needs at least one group of populations")
+        checked = []
+        state_shape = None
+        for g, (times, populations, mu) in enumerate(groups):
+            times = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
+            if times.numel() < 2:
+                raise ValueError(
+                    f"group {g}: DICE needs populations at two or more times, got {times.numel()}"
+                )
+            if not (times[1:] > times[:-1]).all():
+                raise ValueError(
+                    f"group {g}: times must be strictly increasing, got {times.tolist()}"
+                )
+            if len(populations) != times.numel():
+                raise ValueError(
+                    f"group {g}: {len(populations)} populations for {times.numel()} times"
+                )
+            pops = []
+            for k, pop in enumerate(populations):
+                pop = torch.as_tensor(pop, dtype=torch.float32)
+                if pop.ndim < 2 or pop.shape[0] == 0:
+                    raise ValueError(
+                        f"group {g}, time {k}: population must be (n_samples >= 1, *state), "
+                        f"got {tuple(pop.shape)}"
+                    )
+                if state_shape is None:
+                    state_shape = tuple(pop.shape[1:])
+                elif tuple(pop.shape[1:]) != state_shape:
+                    raise ValueError(
+                        f"group {g}, time {k}: state shape {tuple(pop.shape[1:])} does not match "
+                        f"{state_shape}"
+                    )
+                _check_finite(pop, f"group {g}, time {k} population")
+                pops.append(pop)
+            if mu is not None:
+                mu = torch.as_tensor(mu, dtype=torch.float32).reshape(-1)
+                _check_finite(mu, f"group {g} mu")
+            checked.append((times, pops, mu))
+        n_params = {0 if mu is None else mu.numel() for _, _, mu in checked}
+        if len(n_params) != 1:
+            raise ValueError(f"all groups must have the same number of parameters, got {n_params}")
+        self.groups = checked
+        self.state_shape = state_shape
+        self.n_params = n_params.pop()
+        min_times = min(t.numel() for t, _, _ in checked)
+        if n_times is not None and not 2 <= n_times <= min_times:
+            raise ValueError(f"n_times must be in [2, {min_times}], got {n_times}")
+        self.n_times = n_times
+
+    @classmethod
+    def from_xarray(
+        cls,
+        data: xr.DataArray | Sequence[xr.DataArray],
+        *,
+        n_times: int | None = None,
+        exclude_params: Sequence[Sequence[float]] = (),
+    ) -> SnapshotDataset:
+        """Snapshots from xarray, grouped by the ``mu_<name>`` coords.
+
+        ``data`` is either a trajectory ensemble ``(sample, time, channel, *grid)`` whose
+        pairing across times is ignored, or a list with one population per time, each
+        ``(sample, channel, *grid)`` with a scalar ``time`` coord (sizes may differ).
+        Parameter vectors listed in ``exclude_params`` are held out (e.g. for testing
+        generalisation in ``mu``).
+        """
+        if isinstance(data, xr.DataArray):
+            states, mu = ensemble_to_tensor(data, "snapshots")
+            times = torch.as_tensor(np.asarray(data["time"].values, dtype=np.float32))
+            per_time = [states[:, k] for k in range(states.shape[1])]
+            per_time_mu = [mu] * len(per_time)
+        else:
+            if not data:
+                raise ValueError("no populations given")
+            per_time, per_time_mu, t = [], [], []
+            for k, pop in enumerate(data):
+                if not isinstance(pop, xr.DataArray) or pop.dims[:2] != ("sample", "channel"):
+                    raise ValueError(
+                        f"population {k} must be a DataArray with dims ('sample', 'channel', "
+                        f"*grid), got {getattr(pop, 'dims', type(pop).__name__)}"
+                    )
+                if "time" not in pop.coords or pop["time"].ndim != 0:
+                    raise ValueError(f"population {k} needs a scalar 'time' coord")
+                per_time.append(torch.as_tensor(np.asarray(pop.values, dtype=np.float32)))
+                per_time_mu.append(ensemble_params(pop, f"population {k}"))
+                t.append(float(pop["time"]))
+            times = torch.tensor(t)
+        excluded = {tuple(round(float(v), 6) for v in p) for p in exclude_params}
+        keys: dict[tuple, int] = {}
+        buckets: list[list[list[Tensor]]] = []
+        for k, (pop, mu) in enumerate(zip(per_time, per_time_mu, strict=True)):
+            rows = (
+                [()] * pop.shape[0]
+                if mu is None
+                else [tuple(round(float(v), 6) for v in m) for m in mu]
+            )
+            for key in dict.fromkeys(rows):
+                if key in excluded:
+                    continue
+                mask = torch.tensor([r == key for r in rows])
+                if key not in keys:
+                    keys[key] = len(buckets)
+                    buckets.append([[] for _ in per_time])
+                buckets[keys[key]][k].append(pop[mask])
+        groups = []
+        for key, b in zip(keys, buckets, strict=True):
+            present = [k for k in range(len(per_time)) if b[k]]
+            groups.append(
+                (
+                    times[present],
+                    [torch.cat(b[k]) for k in present],
+                    torch.tensor(key) if key else None,
+                )
+            )
+        if not groups:
+            raise ValueError("every parameter value was excluded: no data left")
+        return cls(groups, n_times=n_times)
+
+    @property
+    def params(self) -> list[Tensor | None]:
+        return [mu for _, _, mu in self.groups]
+
+    def __len__(self) -> int:
+        return sum(max(p.shape[0] for p in pops) for _, pops, _ in self.groups)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Batches per epoch: enough to see about every sample of the largest population."""
+        return max(1, math.ceil(len(self) / batch_size))
+
+    def iter_batches(self, batch_size: int, generator: torch.Generator):
+        """Yield :meth:`steps_per_epoch` random batches (see the class docstring)."""
+        for _ in range(self.steps_per_epoch(batch_size)):
+            g = int(torch.randint(len(self.groups), (), generator=generator))
+            times, pops, mu = self.groups[g]
+            chosen = torch.arange(times.numel())
+            if self.n_times is not None and self.n_times < times.numel():
+                inner = torch.randperm(times.numel() - 2, generator=generator)[: self.n_times - 2]
+                chosen = torch.cat(
+                    [
+                        torch.tensor([0]),
+                        (inner + 1).sort().values,
+                        torch.tensor([times.numel() - 1]),
+                    ]
+                )
+            x = torch.stack(
+                [
+                    pops[k][torch.randint(pops[k].shape[0], (batch_size,), generator=generator)]
+                    for k in chosen.tolist()
+                ]
+            )
+            batch = {
+                "x": x,
+                "t": times[chosen],
+                "probe_seed": torch.randint(2**62, (), generator=generator),
+            }
+            if mu is not None:
+                batch["mu"] = mu
+            yield batch
+
+    def statistics(self) -> dict[str, Tensor]:
+        """Per-channel state mean/std, time offset/scale and parameter mean/std."""
+        moments = _Moments()
+        for _, pops, _ in self.groups:
+            for pop in pops:
+                moments.add(pop if pop.ndim > 2 else pop)
+        mean, std = moments.mean_std()
+        t0 = min(float(t[0]) for t, _, _ in self.groups)
+        t1 = max(float(t[-1]) for t, _, _ in self.groups)
+        stats = {
+            "state_mean": mean,
+            "state_std": std.clamp_min(1e-6),
+            "time_offset": torch.tensor(t0),
+            "time_scale": torch.tensor(t1 - t0),
+        }
+        if self.n_params:
+            mus = torch.stack([mu for _, _, mu in self.groups])
+            pstd = mus.std(0) if len(mus) > 1 else torch.ones(self.n_params)
+            stats["param_mean"] = mus.mean(0)
+            stats["param_std"] = torch.where(pstd > 1e-8, pstd, torch.ones_like(pstd))
+        return stats

@@ -166,7 +166,10 @@ def _generate(stepper, windows, mu, out, times, seed, chunk_size, run_device, no
     """Fill ``out`` (host, ``(n, n_steps + 1, C, *grid)``) chunk by chunk."""
     n, n_steps = out.shape[0], out.shape[1] - 1
     c, dtype, grid = stepper.n_channels, out.dtype, tuple(out.shape[3:])
-    with torch.inference_mode():
+    # Steppers that differentiate inside a step (DICE) cannot run under inference_mode;
+    # they enable gradients locally and return detached states.
+    needs_grad = getattr(stepper, "requires_grad_in_step", False)
+    with torch.no_grad() if needs_grad else torch.inference_mode():
         for lo in range(0, n, chunk_size):
             hi = min(n, lo + chunk_size)
             window = windows[lo:hi].to(run_device)

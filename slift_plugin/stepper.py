@@ -46,6 +46,9 @@ class Stepper(nn.Module):
     """
 
     evals_per_step: int = 1
+    #: True for steppers that differentiate inside a step (rollout then uses no_grad
+    #: instead of inference_mode).
+    requires_grad_in_step: bool = False
 
     def __init__(
         self,

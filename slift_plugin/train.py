@@ -46,7 +46,16 @@ class FitResult:
         return self.losses[-1] if self.losses else math.nan
 
 
+def _steps_per_epoch(dataset: Dataset, batch_size: int) -> int:
+    if hasattr(dataset, "steps_per_epoch"):
+        return dataset.steps_per_epoch(batch_size)
+    return math.ceil(len(dataset) / batch_size)
+
+
 def _batches(dataset: Dataset, batch_size: int, generator: torch.Generator):
+    if hasattr(dataset, "iter_batches"):  # datasets that draw their own batches (DICE)
+        yield from dataset.iter_batches(batch_size, generator)
+        return
     perm = torch.randperm(len(dataset), generator=generator)
     if hasattr(dataset, "get_batch"):
         for idx in perm.split(batch_size):
@@ -112,7 +121,7 @@ def fit(
     if not params:
         raise ValueError(f"{type(stepper).__name__} has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(dataset) / batch_size)
+    steps_per_epoch = _steps_per_epoch(dataset, batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=epochs * steps_per_epoch, eta_min=min_lr_ratio * lr
     )
@@ -182,7 +191,7 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()
             scheduler.step()
-            n = len(batch["x"]) if "x" in batch else 1
+            n = batch["x"].shape[-len(stepper.state_shape) - 1] if "x" in batch else 1
             total += loss.detach() * n
             count += n
         result.losses.append(float(total) / count)

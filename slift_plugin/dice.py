@@ -1,0 +1,302 @@
+"""DICE (Blickhan, Berman, Stuart, Peherstorfer 2025): population dynamics from snapshots.
+
+A scalar potential ``s_theta(x, t, mu)`` defines the velocity ``v = grad_x s``. It is
+trained from unpaired sample sets ``X_0 .. X_K`` at times ``t_0 < ... < t_K`` with the
+discrete inverse continuity equation loss (trapezoid weights ``w_k``)::
+
+    L = sum_k w_k 1/2 E_k |v(x, t_k)|^2
+        - sum_{k<K} 1/2 (E_{k+1}[s(., t_k) + s(., t_{k+1})] - E_k[s(., t_k) + s(., t_{k+1})])
+        + sigma^2/2 sum_k w_k E_k[laplacian_x s(x, t_k)]        (diffusion variant)
+
+Adding any ``c(t)`` to ``s`` leaves ``L`` unchanged exactly: the boundary terms compare
+the same constant under two expectations. Generation is Euler (plus Euler-Maruyama noise
+in the diffusion variant) in physical time: one gradient evaluation per (sub-)step.
+
+Fields ``(C, *grid)`` are functions on a unit domain with cell volume ``h = 1/n_points``:
+the potential is a functional (the grid average of an operator's output), the velocity is
+its functional derivative ``(1/h) d s / d u``, kinetic energies use the ``L2`` norm
+``h sum_i v_i^2``, and the noise is space-time white (per-cell variance ``dt / h``). With
+``h = 1`` this is the vector case. DICE matches marginals, not sample paths.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .stepper import Stepper
+
+LAPLACIANS = ("exact", "hutchinson")
+
+
+def trapezoid_weights(times: Tensor) -> Tensor:
+    """Trapezoid quadrature weights of a sorted 1-D time grid (at least two points).
+
+    ``w_0 = (t_1 - t_0)/2``, ``w_k = (t_{k+1} - t_{k-1})/2``, ``w_K = (t_K - t_{K-1})/2``.
+    """
+    if times.ndim != 1 or times.numel() < 2:
+        raise ValueError(f"need a 1-D grid of at least two times, got shape {tuple(times.shape)}")
+    gaps = times[1:] - times[:-1]
+    if not (gaps > 0).all():
+        raise ValueError(f"times must be strictly increasing, got {times.tolist()}")
+    w = torch.zeros_like(times)
+    w[:-1] += gaps / 2
+    w[1:] += gaps / 2
+    return w
+
+
+class PotentialMLP(nn.Module):
+    """Scalar potential ``s(x, t, mu)`` for vector states: an MLP on ``[x, t, mu]``.
+
+    Smooth activations (SiLU) because training differentiates ``grad_x s`` again.
+    """
+
+    def __init__(self, dim: int, *, n_params: int = 0, hidden: int = 128, depth: int = 3) -> None:
+        super().__init__()
+        if min(dim, hidden, depth) < 1 or n_params < 0:
+            raise ValueError(
+                f"PotentialMLP needs dim, hidden, depth >= 1 and n_params >= 0, got dim={dim}, "
+                f"hidden={hidden}, depth={depth}, n_params={n_params}"
+            )
+        self.dim, self.n_cond = dim, n_params
+        layers: list[nn.Module] = []
+        width = dim + 1 + n_params
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        parts = [x, t[:, None]]
+        if self.n_cond:
+            parts.append(cond)
+        return self.net(torch.cat(parts, dim=-1)).squeeze(-1)
+
+
+class DICE(Stepper):
+    """DICE stepper around a potential ``s(x_normalised, t_normalised, mu_normalised)``.
+
+    Parameters
+    ----------
+    potential:
+        ``potential(x, t, cond) -> (B,)``; :class:`PotentialMLP` for vectors,
+        :func:`slift_plugin.adapters.neuralop.operator_potential` for fields.
+    state_shape:
+        ``(d,)`` or ``(C, *grid)`` (grid entries may be ``None``).
+    n_params:
+        Number of physics parameters ``mu``.
+    sigma:
+        Known diffusion (0: the deterministic variant).
+    laplacian:
+        ``"exact"`` (one extra backward per dimension) or ``"hutchinson"`` (Rademacher
+        probes, ``n_probes`` of them) for the diffusion term.
+    dt:
+        Output step for rollouts; ``n_substeps`` Euler steps are taken per output step.
+    """
+
+    def __init__(
+        self,
+        potential: nn.Module,
+        state_shape: tuple[int | None, ...],
+        *,
+        n_params: int = 0,
+        sigma: float = 0.0,
+        laplacian: str = "exact",
+        n_probes: int = 1,
+        dt: float = math.nan,
+        n_substeps: int = 1,
+    ) -> None:
+        super().__init__(state_shape, history=1, n_params=n_params, dt=dt)
+        if laplacian not in LAPLACIANS:
+            raise ValueError(f"laplacian must be one of {LAPLACIANS}, got {laplacian!r}")
+        if sigma < 0 or not math.isfinite(sigma):
+            raise ValueError(f"sigma must be finite and >= 0, got {sigma}")
+        if int(n_substeps) < 1 or int(n_probes) < 1:
+            raise ValueError(f"n_substeps and n_probes must be >= 1, got {n_substeps}, {n_probes}")
+        if getattr(potential, "n_cond", n_params) != n_params:
+            raise ValueError(
+                f"potential is built for n_cond={potential.n_cond}, stepper has n_params={n_params}"
+            )
+        self.potential = potential
+        self.sigma = float(sigma)
+        self.laplacian = laplacian
+        self.n_probes = int(n_probes)
+        self.n_substeps = int(n_substeps)
+        self.evals_per_step = self.n_substeps
+        c, p = self.n_channels, self.n_params
+        self.register_buffer("state_mean", torch.zeros(c))
+        self.register_buffer("state_std", torch.ones(c))
+        self.register_buffer("time_offset", torch.zeros(()))
+        self.register_buffer("time_scale", torch.ones(()))
+        self.register_buffer("param_mean", torch.zeros(p))
+        self.register_buffer("param_std", torch.ones(p))
+        self.register_buffer("normalized", torch.tensor(False))
+
+    # -- normalisation --------------------------------------------------------------------
+    def set_normalization(self, statistics: Mapping[str, Tensor]) -> None:
+        """Store ``state_mean/std`` (C,), ``time_offset/scale`` () and ``param_mean/std``."""
+        shapes = {
+            "state_mean": (self.n_channels,),
+            "state_std": (self.n_channels,),
+            "time_offset": (),
+            "time_scale": (),
+        }
+        if self.n_params:
+            shapes |= {"param_mean": (self.n_params,), "param_std": (self.n_params,)}
+        checked = {}
+        for name, shape in shapes.items():
+            if name not in statistics:
+                raise ValueError(f"normalisation statistics lack {name!r}")
+            value = torch.as_tensor(statistics[name], dtype=torch.float32)
+            if value.shape != shape or not torch.isfinite(value).all():
+                raise ValueError(f"{name} must be finite with shape {shape}, got {value}")
+            if name.endswith(("std", "scale")) and (value <= 0).any():
+                raise ValueError(f"{name} must be positive, got {value}")
+            checked[name] = value
+        for name, value in checked.items():
+            getattr(self, name).copy_(value)
+        self.normalized.fill_(True)
+
+    def prepare(self, dataset: object) -> None:
+        if bool(self.normalized):
+            return
+        statistics = getattr(dataset, "statistics", None)
+        if statistics is None:
+            raise ValueError(
+                f"DICE is not normalised and {type(dataset).__name__} has no statistics()"
+            )
+        self.set_normalization(statistics())
+
+    # -- potential and velocity -------------------------------------------------------------
+    def cell_volume(self, x: Tensor) -> float:
+        """``1/n_points`` of the grid of ``x`` (unit domain); 1 for vector states."""
+        return 1.0 / math.prod(x.shape[2:]) if x.ndim > 2 else 1.0
+
+    def potential_value(self, x: Tensor, t: Tensor | float, mu: Tensor | None = None) -> Tensor:
+        """``s(x, t, mu)`` per sample, shape ``(B,)``; ``t`` scalar or ``(B,)``."""
+        self.check_window(x, "x")
+        mu = self.check_mu(mu, x.shape[0])
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        shape = (1, -1, *([1] * (x.ndim - 2)))
+        xn = (x - self.state_mean.reshape(shape)) / self.state_std.reshape(shape)
+        tn = (t - self.time_offset) / self.time_scale
+        cond = None if mu is None else (mu - self.param_mean) / self.param_std
+        return self.potential(xn, tn, cond)
+
+    def velocity(
+        self, x: Tensor, t: Tensor | float, mu: Tensor | None = None, *, create_graph: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """``(v, s)``: the velocity ``(1/h) grad_x s`` (same shape as ``x``) and ``s``."""
+        with torch.enable_grad():
+            if not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            s = self.potential_value(x, t, mu)
+            (grad,) = torch.autograd.grad(s.sum(), x, create_graph=create_graph)
+        return grad / self.cell_volume(x), s
+
+    def _laplacian(self, x: Tensor, v: Tensor, generator: torch.Generator | None) -> Tensor:
+        """``(1/h) sum_i d^2 s / d x_i^2`` per sample (``v`` built with create_graph)."""
+        h = self.cell_volume(x)
+        flat_v = v.reshape(v.shape[0], -1)
+        if self.laplacian == "exact":
+            total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+            for i in range(flat_v.shape[1]):
+                (row,) = torch.autograd.grad(flat_v[:, i].sum(), x, create_graph=True)
+                total = total + row.reshape(x.shape[0], -1)[:, i]
+            return total  # v already carries 1/h: sum_i dv_i/dx_i = (1/h) laplacian s
+        estimate = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for _ in range(self.n_probes):
+            z = torch.randint(0, 2, flat_v.shape, generator=generator, device="cpu")
+            z = (2 * z - 1).to(dtype=x.dtype, device=x.device)
+            (hz,) = torch.autograd.grad((flat_v * z).sum(), x, create_graph=True)
+            estimate = estimate + (hz.reshape(x.shape[0], -1) * z).sum(1)
+        del h
+        return estimate / self.n_probes
+
+    # -- the loss -------------------------------------------------------------------------
+    def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """DICE loss of one batch ``{"x": (K+1, B, *state), "t": (K+1,), "mu"?: (P,)}``.
+
+        ``x[k]`` is a minibatch of the population at time ``t[k]`` (sorted). Hutchinson
+        probes use ``batch["probe_seed"]`` when given (reproducible), else fresh draws from a
+        generator seeded by the batch content.
+        """
+        x, t = batch["x"], batch["t"]
+        if x.ndim < 3 or x.shape[0] != t.shape[0]:
+            raise ValueError(
+                f"x must be (n_times, batch, *state) with n_times = len(t) = {t.shape[0]}, "
+                f"got {tuple(x.shape)}"
+            )
+        weights = trapezoid_weights(t)
+        mu = batch.get("mu")
+        b = x.shape[1]
+        mu_b = None if mu is None else mu.reshape(1, -1).expand(b, -1)
+        generator = None
+        if self.sigma and self.laplacian == "hutchinson":
+            seed = int(batch["probe_seed"]) if "probe_seed" in batch else 0
+            generator = torch.Generator().manual_seed(seed)
+        kinetic = x.new_zeros(())
+        diffusion = x.new_zeros(())
+        s_here = []  # s(X_k, t_k)
+        s_next = []  # s(X_k, t_{k+1}) and s(X_k, t_{k-1}) as needed
+        for k in range(t.shape[0]):
+            xk = x[k].detach().requires_grad_(True)
+            v, s = self.velocity(xk, t[k], mu_b, create_graph=True)
+            h = self.cell_volume(xk)
+            kinetic = kinetic + weights[k] * 0.5 * (h * v.reshape(b, -1).pow(2).sum(1)).mean()
+            if self.sigma:
+                lap = self._laplacian(xk, v, generator)
+                diffusion = diffusion + weights[k] * 0.5 * self.sigma**2 * lap.mean()
+            s_here.append(s.mean())
+            neighbours = {}
+            if k + 1 < t.shape[0]:
+                neighbours["next"] = self.potential_value(xk, t[k + 1], mu_b).mean()
+            if k > 0:
+                neighbours["prev"] = self.potential_value(xk, t[k - 1], mu_b).mean()
+            s_next.append(neighbours)
+        boundary = x.new_zeros(())
+        for k in range(t.shape[0] - 1):
+            # E_{k+1}[s(t_k) + s(t_{k+1})] - E_k[s(t_k) + s(t_{k+1})]
+            later = s_next[k + 1]["prev"] + s_here[k + 1]
+            earlier = s_here[k] + s_next[k]["next"]
+            boundary = boundary + 0.5 * (later - earlier)
+        return kinetic - boundary + diffusion
+
+    # -- generation -----------------------------------------------------------------------
+    def noise_shape(self, grid_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        if not self.sigma:
+            return None
+        return (self.n_substeps, self.n_channels, *grid_shape)
+
+    requires_grad_in_step = True  # the velocity is a gradient
+
+    def step(
+        self,
+        window: Tensor,
+        noise: Tensor | None = None,
+        *,
+        mu: Tensor | None = None,
+        t: float | None = None,
+    ) -> Tensor:
+        """``n_substeps`` Euler(-Maruyama) steps of ``dt / n_substeps`` from time ``t``."""
+        if not math.isfinite(self.dt):
+            raise ValueError("DICE needs a finite dt to step; set stepper.dt")
+        if self.sigma and (noise is None or noise.shape[1] != self.n_substeps):
+            raise ValueError(
+                f"the diffusion variant needs noise (B, {self.n_substeps}, *state), got "
+                f"{None if noise is None else tuple(noise.shape)}"
+            )
+        x = window.detach()
+        t0 = 0.0 if t is None else float(t)
+        h = self.dt / self.n_substeps
+        scale = self.sigma * math.sqrt(h / self.cell_volume(x))
+        for j in range(self.n_substeps):
+            v, _ = self.velocity(x, t0 + j * h, mu)
+            x = x + h * v.detach()
+            if self.sigma:
+                x = x + scale * noise[:, j]
+        return x.detach()
