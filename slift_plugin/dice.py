@@ -22,7 +22,7 @@ its functional derivative ``(1/h) d s / d u``, kinetic energies use the ``L2`` n
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -52,18 +52,37 @@ class PotentialMLP(nn.Module):
     """Scalar potential ``s(x, t, mu)`` for vector states: an MLP on ``[x, t, mu]``.
 
     Smooth activations (SiLU) because training differentiates ``grad_x s`` again.
+    ``periods`` marks periodic coordinates (e.g. the position of a particle in a periodic
+    box): such a coordinate enters as ``cos``/``sin`` of ``2 pi x / period``, so the
+    potential and its velocity are periodic, and :class:`DICE` leaves it unnormalised.
     """
 
-    def __init__(self, dim: int, *, n_params: int = 0, hidden: int = 128, depth: int = 3) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        n_params: int = 0,
+        hidden: int = 128,
+        depth: int = 3,
+        periods: Sequence[float | None] | None = None,
+    ) -> None:
         super().__init__()
         if min(dim, hidden, depth) < 1 or n_params < 0:
             raise ValueError(
                 f"PotentialMLP needs dim, hidden, depth >= 1 and n_params >= 0, got dim={dim}, "
                 f"hidden={hidden}, depth={depth}, n_params={n_params}"
             )
-        self.dim, self.n_cond = dim, n_params
+        periods = list(periods) if periods is not None else [None] * dim
+        if len(periods) != dim or any(p is not None and not p > 0 for p in periods):
+            raise ValueError(f"periods must list {dim} positive periods or None, got {periods}")
+        self.dim, self.n_cond, self.periods = dim, n_params, periods
+        self._periodic = [i for i, p in enumerate(periods) if p is not None]
+        self._plain = [i for i, p in enumerate(periods) if p is None]
+        self.register_buffer(
+            "_wavenumbers", torch.tensor([2 * math.pi / periods[i] for i in self._periodic])
+        )
         layers: list[nn.Module] = []
-        width = dim + 1 + n_params
+        width = len(self._plain) + 2 * len(self._periodic) + 1 + n_params
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), nn.SiLU()]
             width = hidden
@@ -71,7 +90,10 @@ class PotentialMLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        parts = [x, t[:, None]]
+        parts = [x[:, self._plain], t[:, None]]
+        if self._periodic:
+            phase = x[:, self._periodic] * self._wavenumbers
+            parts += [torch.cos(phase), torch.sin(phase)]
         if self.n_cond:
             parts.append(cond)
         return self.net(torch.cat(parts, dim=-1)).squeeze(-1)
@@ -157,6 +179,9 @@ class DICE(Stepper):
             if name.endswith(("std", "scale")) and (value <= 0).any():
                 raise ValueError(f"{name} must be positive, got {value}")
             checked[name] = value
+        for i, period in enumerate(getattr(self.potential, "periods", None) or []):
+            if period is not None:  # periodic coordinates reach the potential unscaled
+                checked["state_mean"][i], checked["state_std"][i] = 0.0, 1.0
         for name, value in checked.items():
             getattr(self, name).copy_(value)
         self.normalized.fill_(True)

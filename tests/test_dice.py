@@ -295,3 +295,22 @@ def test_fno_potential_velocity_is_resolution_consistent_and_trains():
     assert sum(float(g.abs().sum()) for g in grads) > 0
     res = fit(dice, data, epochs=5, batch_size=6, lr=1e-3, progress=False)
     assert all(math.isfinite(v) for v in res.losses)
+
+
+def test_periodic_coordinates_give_a_periodic_velocity_and_stay_unnormalised():
+    dice = DICE(PotentialMLP(2, periods=[2.0, None], hidden=16), (2,))
+    dice.set_normalization(
+        {
+            "state_mean": torch.tensor([1.0, 2.0]),
+            "state_std": torch.tensor([3.0, 4.0]),
+            "time_offset": torch.tensor(0.0),
+            "time_scale": torch.tensor(1.0),
+        }
+    )
+    torch.testing.assert_close(dice.state_mean, torch.tensor([0.0, 2.0]))
+    torch.testing.assert_close(dice.state_std, torch.tensor([1.0, 4.0]))
+    x = torch.tensor([[0.3, 1.0], [-0.7, 0.5]])
+    v, s = dice.velocity(x, 0.4)
+    v_shifted, s_shifted = dice.velocity(x + torch.tensor([2.0, 0.0]), 0.4)
+    torch.testing.assert_close(v_shifted, v, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s_shifted, s, atol=1e-5, rtol=1e-5)
