@@ -1,6 +1,7 @@
 """Reference stochastic systems that generate ground-truth ensembles as xarray DataArrays."""
 
 from .allen_cahn import allen_cahn, allen_cahn_initial_conditions
+from .vlasov import field_energy, fit_growth_rate, two_stream_growth_rate, vlasov_two_stream
 from .sdes import (
     DoubleWellSDE,
     Lorenz63SDE,
@@ -16,6 +17,10 @@ __all__ = [
     "Lorenz63SDE",
     "OrnsteinUhlenbeckSDE",
     "allen_cahn",
+    "field_energy",
+    "fit_growth_rate",
+    "two_stream_growth_rate",
+    "vlasov_two_stream",
     "allen_cahn_initial_conditions",
     "double_well",
     "lorenz63",

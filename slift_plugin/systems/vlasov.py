@@ -1,12 +1,88 @@
 """1D-1V Vlasov-Poisson two-stream instability, particle-in-cell (PIC).
 
-DOCSTRING-PLACEHOLDER
+Electrons on the periodic domain ``[0, length)`` over a uniform neutralising ion background,
+in normalised units (total plasma frequency 1, electron charge -1, mass 1, eps0 = 1)::
+
+    dx/dt = v,   dv/dt = -E(x),   dE/dx = 1 - n_e(x)   (n_e normalised to mean 1),
+
+i.e. ``phi'' = n_e - 1``, ``E = -phi'``. Discretisation: ``n_particles`` equal-weight
+electrons (each of charge and mass ``length / n_particles``); cloud-in-cell (linear)
+deposition of the density on the ``n_grid`` nodes ``j * length / n_grid``; ``E`` from the
+Poisson equation solved spectrally (FFT, ``E_m = (1 - n)_m / (i k_m)``, with the mean mode
+and, for even ``n_grid``, the Nyquist mode set to zero); ``E`` interpolated back to the
+particles with the same linear weights. Deposition and interpolation with the same weights
+conserve the total momentum to round-off (the measured drift is below 1e-15). Time stepping
+is the **kick-drift-kick** leapfrog (velocity Verlet) with step ``dt_internal``: half kick,
+drift, field solve, half kick, so ``x`` and ``v`` are synchronous at every internal step and
+at every output time ``k * dt``. The integration runs in float64; the stored populations are
+float32 with the positions wrapped into ``[0, length)``.
+
+Initial condition: two Maxwellian beams, half the electrons each, drifting at ``+v0`` and
+``-v0`` with thermal spread ``vth``, uniform in space, then displaced as
+``x -> x + (alpha / k) sin(k x)`` with ``k = 2 pi mode / length`` (density
+``1 - alpha cos(k x) + O(alpha^2)``, no velocity perturbation). ``loading="quiet"`` (default)
+places each beam on a randomly shifted Hammersley set: positions on a uniform lattice with a
+random offset, velocities at the bit-reversed (base-2 van der Corput) quantiles of the
+Maxwellian with a random shift (Cranley-Patterson rotation). ``loading="random"`` draws
+i.i.d. positions and velocities. All draws come from a CPU ``torch.Generator`` seeded with
+``seed``, so the initial population does not depend on ``device``.
+
+The physics parameter ``mu`` is the beam speed ``v0`` (coord ``mu_v0`` on every particle,
+attrs ``mu_name = "v0"``); one call simulates one ``v0``; several values come from several
+calls, whose populations are concatenated along ``"sample"`` (the DICE snapshot loader groups
+them by ``mu_v0``). The box length stays fixed when ``v0`` changes, so ``k v0`` and the
+growth rate change with ``mu``.
+
+Cold-beam theory (:func:`two_stream_growth_rate`): each beam has ``omega_b^2 = 1/2`` and
+``1 = (1/2) / (omega - k v0)^2 + (1/2) / (omega + k v0)^2``, i.e. with ``a = k v0``
+``omega^4 - (2 a^2 + 1) omega^2 + a^4 - a^2 = 0``; unstable for ``0 < a < 1`` with
+``gamma^2 = (sqrt(8 a^2 + 1) - 2 a^2 - 1) / 2``, largest, ``gamma = 1 / (2 sqrt 2) = 0.354``,
+at ``a = sqrt(3/8) = 0.612``. Warm beams (fluid estimate, ``(omega -+ a)^2 - 3 k^2 vth^2``
+in the denominators) grow slightly slower: 0.3526 at ``vth = 0.05``, 0.3495 at 0.1 and
+0.3365 at 0.2 (``v0 = 1``, ``k = sqrt(3/8)``), against the cold 0.3536.
+
+Default regime
+--------------
+``length = 2 pi / sqrt(3/8) = 10.26`` (one wavelength of the fastest-growing cold mode at
+``v0 = 1``; only ``mode = 1`` is unstable for ``v0 > 0.816``), ``v0 = 1`` (``mu``),
+``vth = 0.05``, ``mode = 1``, ``alpha = 1e-3``, ``n_grid = 64`` (``dx = 0.16``),
+``n_particles = 40000`` (20000 per beam), ``dt_internal = 0.1``, output every ``dt = 1`` for
+``n_steps = 40`` (41 populations on ``t = 0..40``). Measured (seed 0; seeds 1 to 3 give the same
+growth rate and maximum of ``W_E`` to 1%, the quiet start being nearly deterministic):
+
+* field energy ``W_E = 1/2 sum_j E_j^2 dx``: 6.8e-6 at ``t = 0`` (the seeded
+  ``alpha^2 length / (4 k^2)``), an initial transient (down to 8e-8 at ``t = 3``, while the
+  seed projects onto the growing mode), then exponential growth from ``t = 8`` (3e-5) to
+  ``t = 22`` (0.47): about 10 e-foldings of ``W_E``; first saturation peak 1.5 at ``t = 25``,
+  then large trapping (bounce) oscillations, period about 9, between 0.02 and 1.9 (the run
+  maximum, 0.37 of the initial kinetic energy 5.14, at ``t = 34``); the mean over
+  ``t = 20..40`` is 0.38 of the maximum;
+* growth rate from :func:`fit_growth_rate` (window ``t = 11.2..18.8``, ``W_E`` from 2e-4 to
+  5e-2): 0.358 on the internal steps, 0.354 on the output times, against the cold theory
+  0.3536 (ratio 1.014, 1.001). For ``v0 = 0.7`` and 1.4 (theory 0.319 and 0.277) the ratio
+  is 0.996 and 1.013;
+* the two beams merge into a phase-space vortex: the fraction of electrons with
+  ``|v| < 0.5`` is 0 up to ``t = 20``, 0.61 at ``t = 25`` and 0.21 at ``t = 40``; the
+  root-mean-square change of ``v`` per output step grows from 0.001 to 0.5 around saturation;
+* conservation: total energy (kinetic + ``W_E``) within 5.5e-4 of its initial value 5.14
+  (1.5e-3 of the maximum of ``W_E``; 1.7e-4 with ``dt_internal = 0.05``), momentum to 1e-15;
+* convergence: with 160000 particles ``W_E`` at the output times stays within 5% of the
+  default from ``t = 4`` to 38 (the noise-dominated minimum at ``t = 3`` and the deep minimum
+  at ``t = 40`` differ more); with ``dt_internal = 0.05`` within 2.3% at every output;
+* noise: with ``alpha = 0`` the quiet start stays below ``W_E = 1e-6`` up to ``t = 12``; i.i.d.
+  (``loading="random"``) positions have ``E[W_E] = length^3 / (24 N)`` (1.1e-3 for
+  ``N = 40000``) before CIC smoothing, which swamps ``alpha = 1e-3``, so random loading needs
+  ``alpha >~ 0.02`` and gives about 2.5 decades of growth only.
+
+Generation time of the default: about 0.4 s on one CPU thread.
+
+:func:`field_energy` computes ``W_E`` from positions alone with the same deposition and
+Poisson solve, to score populations generated by a learned model.
 """
 
 from __future__ import annotations
 
 import math
-import time as _time
 
 import numpy as np
 import torch
@@ -22,7 +98,7 @@ from ._xarray import (
     state_array,
 )
 
-__all__ = ["field_energy", "two_stream_growth_rate", "vlasov_two_stream"]
+__all__ = ["field_energy", "fit_growth_rate", "two_stream_growth_rate", "vlasov_two_stream"]
 
 #: ``k v0`` of the fastest-growing cold two-stream mode, ``sqrt(3/8)``.
 KV0_MAX = math.sqrt(3.0 / 8.0)
@@ -55,14 +131,14 @@ def two_stream_growth_rate(k: float, v0: float) -> float:
 
 
 # ------------------------------------------------------------------------------ PIC core
-def _wavenumbers(length: float, n_grid: int, device, dtype) -> torch.Tensor:
+def _wavenumbers(length: float, n_grid: int, device) -> torch.Tensor:
     """``1 / (i k)`` on the rfft modes, with the mean and (even n_grid) Nyquist mode zeroed."""
     k = 2.0 * math.pi * torch.fft.rfftfreq(n_grid, d=length / n_grid, dtype=torch.float64)
     inv = torch.zeros(k.shape, dtype=torch.complex128)
     inv[1:] = 1.0 / (1j * k[1:])
     if n_grid % 2 == 0:
         inv[-1] = 0.0
-    return inv.to(device=device, dtype=torch.complex128 if dtype == torch.float64 else torch.complex64)
+    return inv.to(device)
 
 
 def _cic(x: torch.Tensor, length: float, n_grid: int):
@@ -119,7 +195,7 @@ def field_energy(x, length: float, n_grid: int = 64) -> torch.Tensor:
         raise ValueError(f"x must have shape (..., N) with N >= 1 particles; got {tuple(xt.shape)}")
     if not bool(torch.isfinite(xt).all()):
         raise ValueError("x contains NaN or Inf values")
-    inv_ik = _wavenumbers(length, n_grid, xt.device, torch.float64)
+    inv_ik = _wavenumbers(length, n_grid, xt.device)
     left, right, frac = _cic(xt, length, n_grid)
     efield = _solve_field(_deposit(left, right, frac, n_grid), inv_ik, n_grid)
     return 0.5 * (length / n_grid) * (efield**2).sum(-1)
@@ -153,6 +229,46 @@ def _load_beam(n: int, drift: float, vth: float, length: float, loading: str, ge
     return x, v
 
 
+# ------------------------------------------------------------------------------ diagnostics
+def fit_growth_rate(
+    times, energy, *, start_factor: float = 30.0, end_fraction: float = 0.03
+) -> tuple[float, float, float]:
+    """Linear growth rate ``gamma`` from a field-energy curve ``W_E(t)``: ``(gamma, t0, t1)``.
+
+    The window starts at the first time ``W_E > start_factor * W_E(0)`` (the seeded mode has
+    come out of the initial transient) and ends at the first later time
+    ``W_E > end_fraction * max W_E`` (well before saturation). A least-squares line through
+    ``log W_E`` on the window has slope ``2 gamma`` (``W_E`` is quadratic in the amplitude).
+    Raises ``ValueError`` when the window holds fewer than 3 points (e.g. a noisy start
+    whose ``W_E(0)`` is already within ``start_factor / end_fraction`` of saturation).
+    """
+    t = np.asarray(times, dtype=np.float64).reshape(-1)
+    w = np.asarray(energy, dtype=np.float64).reshape(-1)
+    if t.shape != w.shape or t.size < 3:
+        raise ValueError(
+            f"times and energy must be 1-D of the same length >= 3; got {t.shape}, {w.shape}"
+        )
+    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(w))) or np.any(w <= 0):
+        raise ValueError("energy must be finite and > 0, times finite")
+    if np.any(np.diff(t) <= 0):
+        raise ValueError("times must be strictly increasing")
+    start_factor = check_float("start_factor", start_factor, positive=True)
+    end_fraction = check_float("end_fraction", end_fraction, positive=True)
+    above = np.nonzero(w > start_factor * w[0])[0]
+    if above.size == 0:
+        raise ValueError(f"W_E never exceeds start_factor * W_E(0) = {start_factor * w[0]:.3g}")
+    i0 = int(above[0])
+    later = np.nonzero(w[i0:] > end_fraction * w.max())[0]
+    i1 = i0 + int(later[0])
+    if i1 - i0 + 1 < 3:
+        raise ValueError(
+            f"growth window t = [{t[i0]:.3g}, {t[i1]:.3g}] holds {i1 - i0 + 1} points (< 3): "
+            f"W_E(0) = {w[0]:.3g} is too close to max W_E = {w.max():.3g}"
+        )
+    slope = np.polyfit(t[i0 : i1 + 1], np.log(w[i0 : i1 + 1]), 1)[0]
+    return float(slope / 2.0), float(t[i0]), float(t[i1])
+
+
 # ------------------------------------------------------------------------------ generator
 def vlasov_two_stream(
     n_particles: int = 40000,
@@ -170,12 +286,35 @@ def vlasov_two_stream(
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> xr.Dataset:
-    """Particle-in-cell two-stream instability (see the module docstring)."""
+    """PIC simulation of the two-stream instability (see the module docstring).
+
+    Args:
+        n_particles: electrons in all (even; half per beam).
+        n_steps: output steps (``n_steps + 1`` output times ``k * dt``, ``t = 0`` included).
+        dt: output step; ``dt / dt_internal`` must be an integer.
+        v0: beam drift speed, the physics parameter ``mu`` (beams at ``+v0`` and ``-v0``).
+        vth: thermal spread (standard deviation) of each beam.
+        mode: the seeded mode, wavenumber ``k = 2 pi mode / length``.
+        length: periodic box ``[0, length)``; default ``2 pi / sqrt(3/8)`` (fastest-growing
+            cold mode at ``v0 = 1``).
+        alpha: relative density perturbation, applied as ``x -> x + (alpha / k) sin(k x)``.
+        n_grid: grid nodes for the CIC deposition and the spectral Poisson solve (>= 2 mode + 1).
+        dt_internal: leapfrog step (kick-drift-kick).
+        loading: ``"quiet"`` (randomly shifted Hammersley set) or ``"random"`` (i.i.d.).
+        seed: seed of the ``torch.Generator`` (CPU) that draws the initial particles.
+        device: where to integrate; the initial particles do not depend on it.
+
+    Returns:
+        Dataset with
+        ``state`` (float32, dims ``("sample", "time", "channel")``, ``channel = ["x", "v"]``,
+        coords ``time``, ``mu_v0`` and ``beam`` (+1 / -1, the initial beam of each electron),
+        attrs with every parameter), ``field_energy`` (``("time",)``) and, at every
+        internal step (coord ``time_fine``), ``field_energy_fine``, ``kinetic_energy_fine``
+        and ``momentum_fine``. The Dataset carries the same attrs as ``state``.
+    """
     n_particles = check_positive_int("n_particles", n_particles)
     if n_particles < 2 or n_particles % 2:
-        raise ValueError(
-            f"n_particles must be an even int >= 2 (half per beam); got {n_particles}"
-        )
+        raise ValueError(f"n_particles must be an even int >= 2 (half per beam); got {n_particles}")
     n_steps = check_positive_int("n_steps", n_steps)
     dt = check_float("dt", dt, positive=True)
     n_sub = check_substeps(dt, dt_internal)
@@ -187,61 +326,105 @@ def vlasov_two_stream(
     alpha = check_float("alpha", alpha, nonneg=True)
     if alpha >= 1.0:
         raise ValueError(
-            f"alpha must be < 1 (the displacement x + (alpha/k) sin(kx) must stay monotone); "
-            f"got {alpha}"
+            f"alpha must be < 1 (x -> x + (alpha / k) sin(k x) must stay monotone); got {alpha}"
         )
     n_grid = check_positive_int("n_grid", n_grid)
     if n_grid < 2 * mode + 1:
-        raise ValueError(f"n_grid must be >= 2 * mode + 1 = {2 * mode + 1}; got {n_grid}")
+        raise ValueError(
+            f"n_grid must be >= 2 * mode + 1 = {2 * mode + 1} to resolve the seeded mode; "
+            f"got {n_grid}"
+        )
     if loading not in ("quiet", "random"):
         raise ValueError(f"loading must be 'quiet' or 'random'; got {loading!r}")
     seed = check_seed(seed)
     device = check_device(device)
 
-    clock = _time.perf_counter()
     k = 2.0 * math.pi * mode / length
     half = n_particles // 2
     gen = torch.Generator().manual_seed(seed)
     xa, va = _load_beam(half, +v0, vth, length, loading, gen)
     xb, vb = _load_beam(half, -v0, vth, length, loading, gen)
     x = torch.cat([xa, xb])
-    v = torch.cat([va, vb])
-    x = torch.remainder(x + (alpha / k) * torch.sin(k * x), length)
-    x, v = x.to(device), v.to(device)
+    x = torch.remainder(x + (alpha / k) * torch.sin(k * x), length).to(device)
+    v = torch.cat([va, vb]).to(device)
 
-    dtype = torch.float64
-    inv_ik = _wavenumbers(length, n_grid, device, dtype)
+    inv_ik = _wavenumbers(length, n_grid, device)
     dxg = length / n_grid
-    weight = length / n_particles  # each electron carries charge/mass L/N (mean density 1)
+    weight = length / n_particles  # charge and mass of one electron: mean density 1
 
-    def accel(pos):
+    def accel_and_energy(pos):
         left, right, frac = _cic(pos, length, n_grid)
         efield = _solve_field(_deposit(left, right, frac, n_grid), inv_ik, n_grid)
-        return -_interpolate(efield, left, right, frac), 0.5 * dxg * float((efield**2).sum())
+        return -_interpolate(efield, left, right, frac), 0.5 * dxg * (efield**2).sum()
 
     n_fine = n_steps * n_sub
-    we_fine = np.empty(n_fine + 1)
-    ke_fine = np.empty(n_fine + 1)
-    p_fine = np.empty(n_fine + 1)
+    diag = torch.empty((n_fine + 1, 3), dtype=torch.float64, device=device)
     out = torch.empty((n_particles, n_steps + 1, 2), dtype=torch.float32)
     with torch.no_grad():
-        acc, we = accel(x)
-        we_fine[0], ke_fine[0], p_fine[0] = we, 0.5 * weight * float((v * v).sum()), weight * float(v.sum())
+        acc, w_e = accel_and_energy(x)
+        diag[0, 0], diag[0, 1], diag[0, 2] = w_e, 0.5 * weight * (v * v).sum(), weight * v.sum()
         out[:, 0, 0], out[:, 0, 1] = x.cpu(), v.cpu()
         i = 0
         for step in range(1, n_steps + 1):
             for _ in range(n_sub):
-                # kick-drift-kick leapfrog (velocity Verlet): x and v synchronous at every step
-                v = v + 0.5 * h * acc
+                # kick-drift-kick leapfrog: x and v are synchronous after every full step
+                v = v + (0.5 * h) * acc
                 x = torch.remainder(x + h * v, length)
-                acc, we = accel(x)
-                v = v + 0.5 * h * acc
+                acc, w_e = accel_and_energy(x)
+                v = v + (0.5 * h) * acc
                 i += 1
-                we_fine[i] = we
-                ke_fine[i] = 0.5 * weight * float((v * v).sum())
-                p_fine[i] = weight * float(v.sum())
+                diag[i, 0], diag[i, 1], diag[i, 2] = (
+                    w_e,
+                    0.5 * weight * (v * v).sum(),
+                    weight * v.sum(),
+                )
             out[:, step, 0], out[:, step, 1] = x.cpu(), v.cpu()
-    if not bool(torch.isfinite(out).all()):
+    diag = diag.cpu().numpy()
+    if not (bool(torch.isfinite(out).all()) and np.all(np.isfinite(diag))):
         raise FloatingPointError("PIC integration produced NaN/Inf; reduce dt_internal")
-    elapsed = _time.perf_counter() - clock
-    return out, we_fine, ke_fine, p_fine, elapsed
+    # float32 positions of L (1 - eps) round up to L: keep the stored values in [0, L)
+    xs = out[:, :, 0]
+    xs[xs >= length] -= length
+
+    attrs = {
+        "system": "vlasov_two_stream",
+        "equation": "dx/dt = v, dv/dt = -E(x), dE/dx = 1 - n_e (periodic, normalised units)",
+        "mu_name": "v0",
+        "mu": v0,
+        "v0": v0,
+        "vth": vth,
+        "mode": mode,
+        "k": k,
+        "length": length,
+        "alpha": alpha,
+        "perturbation": "x -> x + (alpha / k) sin(k x): density 1 - alpha cos(k x) + O(alpha^2)",
+        "n_grid": n_grid,
+        "loading": loading,
+        "scheme": "PIC: CIC deposition and interpolation, spectral Poisson (mean and Nyquist "
+        "modes removed), kick-drift-kick leapfrog",
+        "growth_rate_cold_theory": two_stream_growth_rate(k, v0),
+        "t0": 0.0,
+        "dt": dt,
+        "dt_internal": h,
+        "n_steps": n_steps,
+        "n_particles": n_particles,
+        "seed": seed,
+    }
+    times = output_times(0.0, dt, n_steps)
+    state = state_array(
+        out, times, ["x", "v"], attrs=attrs, params={"v0": np.full(n_particles, v0)}
+    )
+    beam = np.concatenate([np.ones(half, np.int8), -np.ones(half, np.int8)])
+    state = state.assign_coords(beam=("sample", beam))
+    time_fine = h * np.arange(n_fine + 1, dtype=np.float64)
+    return xr.Dataset(
+        {
+            "state": state,
+            "field_energy": ("time", diag[::n_sub, 0]),
+            "field_energy_fine": ("time_fine", diag[:, 0]),
+            "kinetic_energy_fine": ("time_fine", diag[:, 1]),
+            "momentum_fine": ("time_fine", diag[:, 2]),
+        },
+        coords={"time_fine": time_fine},
+        attrs=attrs,
+    )
