@@ -110,9 +110,18 @@ def test_quick_demo_writes_every_output(tmp_path):
     assert float(sl.isel(time=-1).std("sample").mean()) > 0.0
 
 
-@pytest.mark.parametrize("script", ["fno_allen_cahn.py"])
-def test_example_quick_mode(script, monkeypatch):
+@pytest.mark.parametrize("script", ["fno_allen_cahn.py", "dice_vlasov.py"])
+def test_example_quick_mode(script, monkeypatch, tmp_path):
+    import torch
+
     monkeypatch.setattr(sys, "argv", [script, "--quick"])
     namespace = runpy.run_path(str(ROOT / "examples" / script), run_name="example")
-    result = namespace["main"](["--quick"])
-    assert all(np.isfinite(v) for v in result.values())
+    args = ["--quick"] + (["--out", str(tmp_path), "--threads", "1"] if "dice" in script else [])
+    try:
+        result = namespace["main"](args)
+    finally:
+        torch.set_num_threads(1)
+    numbers = [v for v in result.values() if isinstance(v, float)]
+    assert numbers and all(np.isfinite(v) for v in numbers)
+    if "dice" in script:
+        assert (tmp_path / "dice_vlasov.png").is_file() and (tmp_path / "metrics.csv").is_file()

@@ -1,7 +1,6 @@
 """Reference stochastic systems that generate ground-truth ensembles as xarray DataArrays."""
 
 from .allen_cahn import allen_cahn, allen_cahn_initial_conditions
-from .vlasov import field_energy, fit_growth_rate, two_stream_growth_rate, vlasov_two_stream
 from .sdes import (
     DoubleWellSDE,
     Lorenz63SDE,
@@ -11,6 +10,7 @@ from .sdes import (
     ornstein_uhlenbeck,
     ou_transition_moments,
 )
+from .vlasov import field_energy, fit_growth_rate, two_stream_growth_rate, vlasov_two_stream
 
 __all__ = [
     "DoubleWellSDE",
