@@ -295,6 +295,11 @@ def test_fno_potential_velocity_is_resolution_consistent_and_trains():
     assert sum(float(g.abs().sum()) for g in grads) > 0
     res = fit(dice, data, epochs=5, batch_size=6, lr=1e-3, progress=False)
     assert all(math.isfinite(v) for v in res.losses)
+    # and a field population is transported with the same rollout (diffusion variant too)
+    dice.sigma = 0.05
+    ens = rollout(dice, pops[0], n_steps=2, mu=torch.tensor([0.5]), seed=0, chunk_size=4)
+    assert ens.dims == ("sample", "time", "channel", "x") and ens.shape == (6, 3, 1, 32)
+    assert np.isfinite(ens.values).all() and not np.allclose(ens.values[:, 1], ens.values[:, 0])
 
 
 def test_periodic_coordinates_give_a_periodic_velocity_and_stay_unnormalised():
