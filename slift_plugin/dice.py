@@ -120,6 +120,8 @@ class DICE(Stepper):
         Output step for rollouts; ``n_substeps`` Euler steps are taken per output step.
     """
 
+    requires_grad_in_step = True  # the velocity is a gradient of the potential
+
     def __init__(
         self,
         potential: nn.Module,
@@ -225,7 +227,6 @@ class DICE(Stepper):
 
     def _laplacian(self, x: Tensor, v: Tensor, generator: torch.Generator | None) -> Tensor:
         """``(1/h) sum_i d^2 s / d x_i^2`` per sample (``v`` built with create_graph)."""
-        h = self.cell_volume(x)
         flat_v = v.reshape(v.shape[0], -1)
         if self.laplacian == "exact":
             total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
@@ -233,13 +234,14 @@ class DICE(Stepper):
                 (row,) = torch.autograd.grad(flat_v[:, i].sum(), x, create_graph=True)
                 total = total + row.reshape(x.shape[0], -1)[:, i]
             return total  # v already carries 1/h: sum_i dv_i/dx_i = (1/h) laplacian s
+        if generator is None:  # probes never come from the global RNG
+            generator = torch.Generator().manual_seed(0)
         estimate = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for _ in range(self.n_probes):
             z = torch.randint(0, 2, flat_v.shape, generator=generator, device="cpu")
             z = (2 * z - 1).to(dtype=x.dtype, device=x.device)
             (hz,) = torch.autograd.grad((flat_v * z).sum(), x, create_graph=True)
             estimate = estimate + (hz.reshape(x.shape[0], -1) * z).sum(1)
-        del h
         return estimate / self.n_probes
 
     # -- the loss -------------------------------------------------------------------------
@@ -247,8 +249,8 @@ class DICE(Stepper):
         """DICE loss of one batch ``{"x": (K+1, B, *state), "t": (K+1,), "mu"?: (P,)}``.
 
         ``x[k]`` is a minibatch of the population at time ``t[k]`` (sorted). Hutchinson
-        probes use ``batch["probe_seed"]`` when given (reproducible), else fresh draws from a
-        generator seeded by the batch content.
+        probes are drawn from a generator seeded with ``batch["probe_seed"]``
+        (:class:`SnapshotDataset` supplies a fresh one per batch; 0 when absent).
         """
         x, t = batch["x"], batch["t"]
         if x.ndim < 3 or x.shape[0] != t.shape[0]:
@@ -296,8 +298,6 @@ class DICE(Stepper):
         if not self.sigma:
             return None
         return (self.n_substeps, self.n_channels, *grid_shape)
-
-    requires_grad_in_step = True  # the velocity is a gradient
 
     def step(
         self,
