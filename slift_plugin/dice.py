@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .stepper import Stepper
+from .stepper import NormalizedStepper
 
 LAPLACIANS = ("exact", "hutchinson")
 
@@ -99,7 +99,7 @@ class PotentialMLP(nn.Module):
         return self.net(torch.cat(parts, dim=-1)).squeeze(-1)
 
 
-class DICE(Stepper):
+class DICE(NormalizedStepper):
     """DICE stepper around a potential ``s(x_normalised, t_normalised, mu_normalised)``.
 
     Parameters
@@ -151,52 +151,28 @@ class DICE(Stepper):
         self.n_probes = int(n_probes)
         self.n_substeps = int(n_substeps)
         self.evals_per_step = self.n_substeps
-        c, p = self.n_channels, self.n_params
-        self.register_buffer("state_mean", torch.zeros(c))
-        self.register_buffer("state_std", torch.ones(c))
-        self.register_buffer("time_offset", torch.zeros(()))
-        self.register_buffer("time_scale", torch.ones(()))
-        self.register_buffer("param_mean", torch.zeros(p))
-        self.register_buffer("param_std", torch.ones(p))
-        self.register_buffer("normalized", torch.tensor(False))
 
     # -- normalisation --------------------------------------------------------------------
-    def set_normalization(self, statistics: Mapping[str, Tensor]) -> None:
-        """Store ``state_mean/std`` (C,), ``time_offset/scale`` () and ``param_mean/std``."""
-        shapes = {
-            "state_mean": (self.n_channels,),
-            "state_std": (self.n_channels,),
+    def normalization_shapes(self) -> dict[str, tuple[int, ...]]:
+        c, p = self.n_channels, self.n_params
+        return {
+            "state_mean": (c,),
+            "state_std": (c,),
             "time_offset": (),
             "time_scale": (),
+            "param_mean": (p,),
+            "param_std": (p,),
         }
-        if self.n_params:
-            shapes |= {"param_mean": (self.n_params,), "param_std": (self.n_params,)}
-        checked = {}
-        for name, shape in shapes.items():
-            if name not in statistics:
-                raise ValueError(f"normalisation statistics lack {name!r}")
-            value = torch.as_tensor(statistics[name], dtype=torch.float32)
-            if value.shape != shape or not torch.isfinite(value).all():
-                raise ValueError(f"{name} must be finite with shape {shape}, got {value}")
-            if name.endswith(("std", "scale")) and (value <= 0).any():
-                raise ValueError(f"{name} must be positive, got {value}")
-            checked[name] = value
+
+    def required_statistics(self) -> list[str]:
+        names = ["state_mean", "state_std", "time_offset", "time_scale"]
+        return names + (["param_mean", "param_std"] if self.n_params else [])
+
+    def _adjust_normalization(self, checked: dict[str, Tensor]) -> dict[str, Tensor]:
         for i, period in enumerate(getattr(self.potential, "periods", None) or []):
             if period is not None:  # periodic coordinates reach the potential unscaled
                 checked["state_mean"][i], checked["state_std"][i] = 0.0, 1.0
-        for name, value in checked.items():
-            getattr(self, name).copy_(value)
-        self.normalized.fill_(True)
-
-    def prepare(self, dataset: object) -> None:
-        if bool(self.normalized):
-            return
-        statistics = getattr(dataset, "statistics", None)
-        if statistics is None:
-            raise ValueError(
-                f"DICE is not normalised and {type(dataset).__name__} has no statistics()"
-            )
-        self.set_normalization(statistics())
+        return checked
 
     # -- potential and velocity -------------------------------------------------------------
     def cell_volume(self, x: Tensor) -> float:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .labels import IndexedGaussianLabels
-from .stepper import Stepper
+from .stepper import NormalizedStepper
 
 Criterion = Callable[[Tensor, Tensor], Tensor]
 
@@ -28,7 +28,7 @@ def mean_squared_error(prediction: Tensor, target: Tensor) -> Tensor:
     return torch.mean((prediction - target) ** 2)
 
 
-class StochasticLifting(Stepper):
+class StochasticLifting(NormalizedStepper):
     """Stochastic Lifting stepper around a lifted backbone.
 
     Parameters
@@ -88,63 +88,25 @@ class StochasticLifting(Stepper):
         self.backbone = backbone
         self.residual = bool(residual)
         self.criterion = criterion or mean_squared_error
-        c, p = self.n_channels, self.n_params
-        self.register_buffer("state_mean", torch.zeros(c))
-        self.register_buffer("state_std", torch.ones(c))
-        self.register_buffer("delta_std", torch.ones(c))
-        self.register_buffer("param_mean", torch.zeros(p))
-        self.register_buffer("param_std", torch.ones(p))
-        self.register_buffer("normalized", torch.tensor(False))
 
     @property
     def label_dim(self) -> int:
         return int(self.backbone.label_dim)
 
     # -- normalisation --------------------------------------------------------------------
-    def set_normalization(
-        self,
-        state_mean: Tensor,
-        state_std: Tensor,
-        delta_std: Tensor,
-        param_mean: Tensor | None = None,
-        param_std: Tensor | None = None,
-    ) -> None:
-        """Store per-channel statistics (as returned by ``TransitionDataset.statistics``)."""
+    def normalization_shapes(self) -> dict[str, tuple[int, ...]]:
         c, p = self.n_channels, self.n_params
-        given = {"state_mean": state_mean, "state_std": state_std, "delta_std": delta_std}
-        if p:
-            if param_mean is None or param_std is None:
-                raise ValueError(
-                    f"this stepper has n_params={p}: param_mean and param_std are required "
-                    "(the dataset must carry mu)"
-                )
-            given |= {"param_mean": param_mean, "param_std": param_std}
-        checked = {}
-        for name, value in given.items():
-            expected = c if name.startswith(("state", "delta")) else p
-            value = torch.as_tensor(value, dtype=torch.float32)
-            if value.shape != (expected,) or not torch.isfinite(value).all():
-                raise ValueError(
-                    f"{name} must be a finite tensor of shape ({expected},), got "
-                    f"{tuple(value.shape)} {value.tolist()}"
-                )
-            if name.endswith("std") and (value <= 0).any():
-                raise ValueError(f"{name} must be positive, got {value.tolist()}")
-            checked[name] = value
-        for name, value in checked.items():  # only after every value passed
-            getattr(self, name).copy_(value)
-        self.normalized.fill_(True)
+        return {
+            "state_mean": (c,),
+            "state_std": (c,),
+            "delta_std": (c,),
+            "param_mean": (p,),
+            "param_std": (p,),
+        }
 
-    def prepare(self, dataset: object) -> None:
-        if bool(self.normalized):
-            return
-        statistics = getattr(dataset, "statistics", None)
-        if statistics is None:
-            raise ValueError(
-                f"{type(self).__name__} is not normalised and the dataset "
-                f"({type(dataset).__name__}) has no statistics(); call set_normalization()"
-            )
-        self.set_normalization(**statistics())
+    def required_statistics(self) -> list[str]:
+        names = ["state_mean", "state_std", "delta_std"]
+        return names + (["param_mean", "param_std"] if self.n_params else [])
 
     def _per_channel(self, v: Tensor, repeats: int, ndim: int) -> Tensor:
         return v.repeat(repeats).reshape(1, -1, *([1] * (ndim - 2)))

@@ -22,6 +22,7 @@ so that one :func:`slift_plugin.fit` loop serves every method.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -156,3 +157,68 @@ class Stepper(nn.Module):
                 f"mu must have shape ({batch}, {self.n_params}), got {tuple(mu.shape)}"
             )
         return mu
+
+
+class NormalizedStepper(Stepper):
+    """A stepper whose inputs are standardised with statistics stored in buffers.
+
+    Subclasses list the statistics in :meth:`normalization_shapes` (name -> shape; names
+    ending in ``std``/``scale`` must be positive). The buffers travel with ``state_dict``
+    and checkpoints; :func:`slift_plugin.fit` fills them from ``dataset.statistics()``.
+    """
+
+    def __init__(self, state_shape: tuple[int | None, ...], **kwargs) -> None:
+        super().__init__(state_shape, **kwargs)
+        for name, shape in self.normalization_shapes().items():
+            fill = torch.ones if name.endswith(("std", "scale")) else torch.zeros
+            self.register_buffer(name, fill(shape))
+        self.register_buffer("normalized", torch.tensor(False))
+
+    def normalization_shapes(self) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError(f"{type(self).__name__} lists no normalisation statistics")
+
+    def required_statistics(self) -> list[str]:
+        """Statistics without which the stepper cannot be normalised (default: all)."""
+        return list(self.normalization_shapes())
+
+    def _adjust_normalization(self, checked: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Hook to override validated statistics before they are stored."""
+        return checked
+
+    def set_normalization(self, statistics: Mapping[str, Tensor]) -> None:
+        """Validate every statistic (shape, finite, positive spreads), then store them all."""
+        shapes = self.normalization_shapes()
+        missing = [k for k in self.required_statistics() if k not in statistics]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} needs normalisation statistics {missing}; got "
+                f"{sorted(statistics)}"
+                + (" (the dataset must carry mu)" if any("param" in k for k in missing) else "")
+            )
+        checked = {}
+        for name, shape in shapes.items():
+            if name not in statistics:
+                continue
+            value = torch.as_tensor(statistics[name], dtype=torch.float32)
+            if tuple(value.shape) != tuple(shape) or not torch.isfinite(value).all():
+                raise ValueError(
+                    f"{name} must be a finite tensor of shape {tuple(shape)}, got "
+                    f"{tuple(value.shape)} {value.tolist()}"
+                )
+            if name.endswith(("std", "scale")) and (value <= 0).any():
+                raise ValueError(f"{name} must be positive, got {value.tolist()}")
+            checked[name] = value.clone()
+        for name, value in self._adjust_normalization(checked).items():
+            getattr(self, name).copy_(value)  # only after every value passed
+        self.normalized.fill_(True)
+
+    def prepare(self, dataset: object) -> None:
+        if bool(self.normalized):
+            return
+        statistics = getattr(dataset, "statistics", None)
+        if statistics is None:
+            raise ValueError(
+                f"{type(self).__name__} is not normalised and the dataset "
+                f"({type(dataset).__name__}) has no statistics(); call set_normalization()"
+            )
+        self.set_normalization(statistics())

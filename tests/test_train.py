@@ -191,12 +191,18 @@ def test_shape_and_normalisation_errors_are_clear_and_leave_state_alone():
     with pytest.raises(ValueError, match="y must have the shape"):
         sl.loss({"x": torch.zeros(8, 2), "y": torch.zeros(8)})
     with pytest.raises(ValueError, match="delta_std must be positive"):
-        sl.set_normalization(torch.full((2,), 5.0), torch.ones(2), -torch.ones(2))
+        sl.set_normalization(
+            {
+                "state_mean": torch.full((2,), 5.0),
+                "state_std": torch.ones(2),
+                "delta_std": -torch.ones(2),
+            }
+        )
     assert torch.equal(sl.state_mean, torch.zeros(2)) and not bool(sl.normalized)
     with pytest.raises(ValueError, match="n_cond=2"):
         StochasticLifting(MLP(2, 2, label_dim=1, n_cond=2), (2,))
     with pytest.raises(ValueError, match="history=2"):
         StochasticLifting(MLP(2, 2, label_dim=1), (2,), history=2)
     cond = StochasticLifting(MLP(2, 2, label_dim=1, n_cond=1), (2,), n_params=1)
-    with pytest.raises(ValueError, match="param_mean and param_std are required"):
+    with pytest.raises(ValueError, match="dataset must carry mu"):
         cond.prepare(TransitionDataset(linear_data()))  # data without mu
