@@ -3,6 +3,7 @@
 Public surface::
 
     Stepper                     the contract every method fulfils
+    NormalizedStepper           a Stepper with standardisation statistics in buffers
     StochasticLifting           regression with fixed random labels, fresh labels at sampling
     MeanRegression              the deterministic (collapse-to-the-mean) baseline
     DICE, PotentialMLP          population dynamics from unpaired snapshots
@@ -31,7 +32,7 @@ from .labels import IndexedGaussianLabels
 from .lifting import MeanRegression, StochasticLifting
 from .metrics import energy_distance, evaluate
 from .rollout import rollout
-from .stepper import Stepper
+from .stepper import NormalizedStepper, Stepper
 from .train import FitResult, fit
 
 __version__ = "0.1.0"
@@ -46,6 +47,7 @@ __all__ = [
     "IndexedGaussianLabels",
     "MLP",
     "MeanRegression",
+    "NormalizedStepper",
     "Stepper",
     "StochasticLifting",
     "TransitionDataset",
