@@ -16,7 +16,9 @@ import math
 import torch
 import torchsde
 
-__all__ = ["integrate_sde"]
+from ..stepper import Stepper
+
+__all__ = ["DICESDE", "GridBrownian", "SDEStepper", "dice_sde", "integrate_sde", "sdeint"]
 
 _NOISE_TYPES = ("diagonal", "general", "additive", "scalar")
 
@@ -122,3 +124,233 @@ def integrate_sde(
     # Times in float64 so that torchsde's accumulated `t + dt` lands on the output times.
     ts = ts.to(device=y0.device, dtype=torch.float64)
     return torchsde.sdeint(sde, y0, ts, bm=bm, method=method, dt=dt)
+
+
+# -- learned steppers in torchsde's call shape --------------------------------------------------
+def _step_count(stepper, ts: torch.Tensor) -> list[int]:
+    """Output indices ``k`` with ``ts[k] = ts[0] + k * stepper.dt``; raises otherwise."""
+    dt = float(stepper.dt)
+    if not math.isfinite(dt) or dt <= 0:
+        raise ValueError(f"the stepper has no valid step dt ({dt}); set stepper.dt")
+    if not isinstance(ts, torch.Tensor) or ts.ndim != 1 or ts.numel() < 2:
+        got = tuple(ts.shape) if isinstance(ts, torch.Tensor) else type(ts).__name__
+        raise ValueError(f"ts must be a 1-D tensor of at least two times, got {got}")
+    offsets = (ts.double() - float(ts[0])) / dt
+    steps = torch.round(offsets)
+    if not torch.allclose(offsets, steps, rtol=0, atol=1e-6) or (steps[1:] <= steps[:-1]).any():
+        raise ValueError(
+            f"ts must be increasing multiples of the stepper's trained step dt={dt} from ts[0]; "
+            f"got ts - ts[0] = {(ts - ts[0]).tolist()[:8]}... (no resampling is done)"
+        )
+    return [int(k) for k in steps]
+
+
+def sdeint(
+    stepper,
+    y0: torch.Tensor,
+    ts: torch.Tensor,
+    *,
+    mu: torch.Tensor | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    grid_shape: tuple[int, ...] | None = None,
+    chunk_size: int = 65536,
+    **unused: object,
+) -> torch.Tensor:
+    """Run a learned slift stepper with the call shape and output layout of ``torchsde.sdeint``.
+
+    ``y0`` is ``(batch, state_size)``; field states ``(C, *grid)`` are passed flattened to
+    ``C * prod(grid)`` as torchsde requires (give ``grid_shape`` for resolution-agnostic
+    steppers). ``ts`` must be ``ts[0] + k * stepper.dt`` for increasing integers ``k``: one
+    stepper call per ``dt``, never resampled. Randomness comes from ``seed`` or from one draw
+    of ``generator``. Solver options of torchsde (``method``, ``dt``, ``bm``, ...) are
+    accepted and ignored, so that switching a script is a one-line import change.
+
+    Returns ``(len(ts), batch, state_size)`` in the dtype and device of ``y0``.
+    """
+    from ..rollout import rollout
+
+    if not isinstance(y0, torch.Tensor) or y0.ndim != 2:
+        got = tuple(y0.shape) if isinstance(y0, torch.Tensor) else type(y0).__name__
+        raise ValueError(f"y0 must be a tensor of shape (batch, state_size); got {got}")
+    steps = _step_count(stepper, ts)
+    grid = tuple(grid_shape) if grid_shape is not None else tuple(stepper.grid_shape)
+    if any(g is None for g in grid):
+        raise ValueError("this stepper is resolution-agnostic: pass grid_shape=(...)")
+    state_shape = (stepper.n_channels, *grid)
+    if y0.shape[1] != math.prod(state_shape):
+        raise ValueError(
+            f"y0 has state size {y0.shape[1]}, but the stepper's state {state_shape} flattens "
+            f"to {math.prod(state_shape)}"
+        )
+    if seed is None:
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        seed = int(torch.randint(2**62, (), generator=gen))
+    ens = rollout(
+        stepper,
+        y0.detach().reshape(y0.shape[0], *state_shape),
+        steps[-1],
+        mu=mu,
+        seed=seed,
+        chunk_size=chunk_size,
+        device=y0.device,
+        t0=float(ts[0]),
+    )
+    values = torch.as_tensor(ens.values)[:, steps]  # (batch, len(ts), *state)
+    return values.reshape(y0.shape[0], len(steps), -1).transpose(0, 1).to(y0)
+
+
+class GridBrownian(torchsde.BaseBrownian):
+    """A Brownian path on the grid ``t0 + j h`` built from given standard normal draws.
+
+    ``increments`` is ``(n_steps, batch, m)``: ``W(t0 + (j+1) h) - W(t0 + j h) =
+    sqrt(h) * increments[j]``. Queries must fall on the grid (fixed-step solvers with
+    ``dt = h``). This is how :class:`SDEStepper` takes its randomness from the explicit
+    noise of the :class:`slift_plugin.Stepper` contract.
+    """
+
+    def __init__(self, t0: float, h: float, increments: torch.Tensor) -> None:
+        self.t0, self.h = float(t0), float(h)
+        zero = torch.zeros_like(increments[:1])
+        self._w = torch.cat([zero, math.sqrt(h) * increments]).cumsum(0)
+
+    def _index(self, t) -> int:
+        j = (float(t) - self.t0) / self.h
+        k = round(j)
+        # torchsde accumulates t + dt in the dtype of ts: allow float32 round-off
+        if abs(j - k) > 1e-3 or not 0 <= k < self._w.shape[0]:
+            raise ValueError(f"GridBrownian queried at t={float(t)}, off its grid (h={self.h})")
+        return k
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        if return_U or return_A:
+            raise ValueError("GridBrownian has no Levy area: use 'euler' or 'milstein'")
+        if tb is None:
+            return self._w[self._index(ta)]
+        return self._w[self._index(tb)] - self._w[self._index(ta)]
+
+    def __repr__(self) -> str:
+        return f"GridBrownian(t0={self.t0}, h={self.h}, shape={tuple(self.shape)})"
+
+    @property
+    def dtype(self):
+        return self._w.dtype
+
+    @property
+    def device(self):
+        return self._w.device
+
+    @property
+    def shape(self):
+        return self._w.shape[1:]
+
+    @property
+    def levy_area_approximation(self):
+        return "none"
+
+
+_GRID_METHODS = ("euler", "milstein")
+
+
+class SDEStepper(Stepper):
+    """Any torchsde SDE (a physics model or a trained neural SDE) as a slift stepper.
+
+    One :meth:`step` integrates the SDE with ``torchsde.sdeint`` from ``t`` to ``t + dt`` in
+    fixed steps of ``dt_internal``. Its Brownian increments are the explicit noise of the
+    stepper contract, ``(dt / dt_internal, brownian_size)`` standard normals per sample, fed
+    to torchsde through a :class:`GridBrownian`. ``rollout`` draws them from
+    ``(seed, sample block)``, so ensembles do not depend on chunking, and
+    ``rollout``/``evaluate``/benchmarks treat physics SDEs and learned steppers alike.
+
+    States are vectors ``(batch, d)`` as in torchsde. Methods: ``"euler"`` (Ito, any noise
+    type) and ``"milstein"`` (diagonal or scalar noise).
+    """
+
+    def __init__(
+        self,
+        sde: torch.nn.Module,
+        state_size: int,
+        *,
+        dt: float,
+        dt_internal: float,
+        method: str = "euler",
+    ) -> None:
+        super().__init__((int(state_size),), dt=dt)
+        sde_type = getattr(sde, "sde_type", None)
+        if sde_type != "ito":
+            raise ValueError(f"SDEStepper integrates Ito SDEs; sde.sde_type is {sde_type!r}")
+        self.brownian_size = _brownian_dim(sde, int(state_size))
+        if method not in _GRID_METHODS:
+            raise ValueError(f"method must be one of {_GRID_METHODS}, got {method!r}")
+        if method == "milstein" and sde.noise_type not in ("diagonal", "scalar"):
+            raise ValueError(
+                f"milstein needs diagonal or scalar noise; sde.noise_type is {sde.noise_type!r}"
+            )
+        if not (dt_internal > 0 and dt > 0):
+            raise ValueError(f"dt and dt_internal must be > 0, got {dt}, {dt_internal}")
+        n = dt / dt_internal
+        if abs(n - round(n)) > 1e-6 * max(1.0, n):
+            raise ValueError(f"dt / dt_internal must be an integer, got {dt} / {dt_internal}")
+        self.sde = sde
+        self.method = method
+        self.n_internal = int(round(n))
+        self.dt_internal = dt / self.n_internal
+
+    def noise_shape(self, grid_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.n_internal, self.brownian_size)
+
+    def step(self, window, noise=None, *, mu=None, t=None):
+        self.check_window(window)
+        self.check_mu(mu, window.shape[0])
+        expected = (window.shape[0], self.n_internal, self.brownian_size)
+        if noise is None or tuple(noise.shape) != expected:
+            got = None if noise is None else tuple(noise.shape)
+            raise ValueError(f"SDEStepper needs noise of shape {expected}, got {got}")
+        t0 = 0.0 if t is None else float(t)
+        bm = GridBrownian(t0, self.dt_internal, noise.transpose(0, 1))
+        ts = torch.tensor([t0, t0 + self.dt], dtype=window.dtype, device=window.device)
+        ys = torchsde.sdeint(self.sde, window, ts, bm=bm, method=self.method, dt=self.dt_internal)
+        return ys[-1]
+
+
+class DICESDE(torch.nn.Module):
+    """A trained DICE model as a torchsde SDE: drift ``grad_x s(x, t, mu)``, diffusion sigma.
+
+    Ito, diagonal noise. States are flattened ``(batch, C * prod(grid))`` as torchsde
+    requires; for fields the diffusion is ``sigma / sqrt(h)`` per cell (space-time white
+    noise on the unit domain, cell volume ``h``), matching :meth:`DICE.step`. The drift
+    keeps its graph when gradients are enabled, so ``torchsde.sdeint_adjoint`` and
+    backpropagation through ``torchsde.sdeint`` both reach the potential's parameters.
+    """
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, dice, mu: torch.Tensor | None = None, grid_shape=None) -> None:
+        super().__init__()
+        self.dice = dice
+        grid = tuple(grid_shape) if grid_shape is not None else tuple(dice.grid_shape)
+        if any(g is None for g in grid):
+            raise ValueError("this DICE model is resolution-agnostic: pass grid_shape=(...)")
+        self.state_shape = (dice.n_channels, *grid)
+        self.register_buffer(
+            "mu", None if mu is None else torch.as_tensor(mu, dtype=torch.float32).reshape(1, -1)
+        )
+        cell = 1.0 / math.prod(grid) if grid else 1.0
+        self.diffusion = dice.sigma / math.sqrt(cell)
+
+    def _mu(self, batch: int):
+        return None if self.mu is None else self.mu.expand(batch, -1)
+
+    def f(self, t, y):
+        x = y.reshape(y.shape[0], *self.state_shape)
+        v, _ = self.dice.velocity(x, t, self._mu(y.shape[0]), create_graph=torch.is_grad_enabled())
+        return v.reshape(y.shape[0], -1)
+
+    def g(self, t, y):
+        return torch.full_like(y, self.diffusion)
+
+
+def dice_sde(dice, mu: torch.Tensor | None = None, grid_shape=None) -> DICESDE:
+    """``DICESDE(dice, mu, grid_shape)``: see :class:`DICESDE`."""
+    return DICESDE(dice, mu, grid_shape)

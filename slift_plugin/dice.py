@@ -269,6 +269,16 @@ class DICE(NormalizedStepper):
             boundary = boundary + 0.5 * (later - earlier)
         return kinetic - boundary + diffusion
 
+    def to_sde(self, mu: Tensor | None = None, grid_shape: tuple[int, ...] | None = None):
+        """This model as a torchsde SDE (drift ``grad_x s``, diffusion ``sigma``).
+
+        See :class:`slift_plugin.adapters.torchsde.DICESDE`; ``torchsde.sdeint`` and
+        ``torchsde.sdeint_adjoint`` integrate it with any of their solvers.
+        """
+        from .adapters.torchsde import dice_sde
+
+        return dice_sde(self, mu, grid_shape)
+
     # -- generation -----------------------------------------------------------------------
     def noise_shape(self, grid_shape: tuple[int, ...]) -> tuple[int, ...] | None:
         if not self.sigma:

@@ -1,0 +1,149 @@
+"""torchsde adapter: sdeint for learned steppers, SDEs as steppers, DICE as a torchsde SDE."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchsde
+
+from slift_plugin import DICE, MLP, PotentialMLP, StochasticLifting, rollout
+from slift_plugin.adapters.torchsde import GridBrownian, SDEStepper, sdeint
+from slift_plugin.systems import Lorenz63SDE, OrnsteinUhlenbeckSDE, ou_transition_moments
+
+
+def lifting(d=2, dt=0.1):
+    torch.manual_seed(0)
+    return StochasticLifting(MLP(d, d, label_dim=3, hidden=16, depth=2), (d,), dt=dt)
+
+
+def test_sdeint_layout_seeding_and_agreement_with_rollout():
+    sl = lifting()
+    y0 = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    ts = torch.tensor([0.0, 0.1, 0.3, 0.4])  # multiples of dt, one skipped
+    a = sdeint(sl, y0, ts, seed=3, method="srk", dt=1e-3)  # torchsde options are ignored
+    assert a.shape == (4, 6, 2) and a.dtype == y0.dtype
+    torch.testing.assert_close(a[0], y0)
+    torch.testing.assert_close(sdeint(sl, y0, ts, seed=3), a)
+    assert not torch.allclose(sdeint(sl, y0, ts, seed=4)[1:], a[1:])
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    torch.testing.assert_close(sdeint(sl, y0, ts, generator=g1), sdeint(sl, y0, ts, generator=g2))
+    ens = rollout(sl, y0, 4, seed=3)
+    torch.testing.assert_close(a.transpose(0, 1), torch.as_tensor(ens.values)[:, [0, 1, 3, 4]])
+
+
+def test_sdeint_flattens_field_states():
+    from slift_plugin.adapters.neuralop import lifted_operator
+
+    torch.manual_seed(0)
+    net = lifted_operator(
+        "fno", state_channels=2, label_dim=2, n_modes=(4,), hidden_channels=8, n_layers=1
+    )
+    sl = StochasticLifting(net, (2, None), dt=0.5)
+    y0 = torch.randn(3, 2 * 16)
+    out = sdeint(sl, y0, torch.tensor([0.0, 0.5, 1.0]), seed=0, grid_shape=(16,))
+    assert out.shape == (3, 3, 32)
+    ens = rollout(sl, y0.reshape(3, 2, 16), 2, seed=0)
+    torch.testing.assert_close(out[-1], torch.as_tensor(ens.values[:, -1]).reshape(3, 32))
+    with pytest.raises(ValueError, match="grid_shape"):
+        sdeint(sl, y0, torch.tensor([0.0, 0.5]))
+
+
+@pytest.mark.parametrize(
+    "y0, ts, match",
+    [
+        (torch.zeros(4, 2), torch.tensor([0.0, 0.15]), "multiples of the stepper's trained step"),
+        (torch.zeros(4, 2), torch.tensor([0.0, 0.2, 0.1]), "increasing multiples"),
+        (torch.zeros(4, 2), torch.tensor([0.0]), "at least two times"),
+        (torch.zeros(2), torch.tensor([0.0, 0.1]), "shape \\(batch, state_size\\)"),
+        (torch.zeros(4, 3), torch.tensor([0.0, 0.1]), "state size 3"),
+    ],
+    ids=["off-grid", "decreasing", "one-time", "rank", "state-size"],
+)
+def test_sdeint_bad_input(y0, ts, match):
+    with pytest.raises(ValueError, match=match):
+        sdeint(lifting(), y0, ts, seed=0)
+
+
+def test_sde_stepper_reproduces_the_exact_ou_transition():
+    sde = OrnsteinUhlenbeckSDE(theta=1.0, center=0.5, sigma=0.5)
+    stepper = SDEStepper(sde, 1, dt=0.5, dt_internal=0.01)
+    n = 20_000
+    ens = rollout(stepper, torch.tensor([1.5]), 1, n, seed=0, chunk_size=4096)
+    y = ens.isel(time=1, channel=0).values.astype(np.float64)
+    mean, var = ou_transition_moments(1.5, 0.5, 1.0, 0.5, 0.5)
+    # Euler at h=0.01 is biased by O(h) ~ 1%; sampling error of the mean ~0.002
+    assert abs(y.mean() - mean) < 4 * math.sqrt(var / n) + 0.01 * abs(mean)
+    assert abs(y.var() / var - 1) < 4 * math.sqrt(2 / n) + 0.02
+    again = rollout(stepper, torch.tensor([1.5]), 1, n, seed=0, chunk_size=1000)
+    np.testing.assert_array_equal(again.values, ens.values)  # fixed seed, any chunking
+
+
+def test_sde_stepper_rejects_incompatible_sdes():
+    class Weird(torch.nn.Module):
+        noise_type, sde_type = "weird", "ito"
+
+    with pytest.raises(ValueError, match="noise_type"):
+        SDEStepper(Weird(), 2, dt=0.1, dt_internal=0.01)
+    strat = OrnsteinUhlenbeckSDE()
+    strat.sde_type = "stratonovich"
+    with pytest.raises(ValueError, match="Ito"):
+        SDEStepper(strat, 1, dt=0.1, dt_internal=0.01)
+    with pytest.raises(ValueError, match="integer"):
+        SDEStepper(Lorenz63SDE(), 3, dt=0.1, dt_internal=0.03)
+    with pytest.raises(ValueError, match="method"):
+        SDEStepper(Lorenz63SDE(), 3, dt=0.1, dt_internal=0.01, method="srk")
+
+
+def dice_model(sigma):
+    torch.manual_seed(0)
+    dice = DICE(PotentialMLP(2, hidden=16, depth=2), (2,), sigma=sigma, dt=0.2, n_substeps=4)
+    return dice
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.4])
+def test_dice_to_sde_matches_rollout_with_shared_increments(sigma):
+    dice = dice_model(sigma)
+    x0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+    h = dice.dt / dice.n_substeps
+    noise = torch.randn(8, dice.n_substeps, 2, generator=torch.Generator().manual_seed(2))
+    stepped = dice.step(x0, noise if sigma else None, t=0.0)
+    bm = GridBrownian(0.0, h, noise.transpose(0, 1))
+    ys = torchsde.sdeint(
+        dice.to_sde(), x0, torch.tensor([0.0, dice.dt]), bm=bm, method="euler", dt=h
+    )
+    torch.testing.assert_close(ys[-1], stepped, rtol=1e-5, atol=1e-6)
+
+
+def test_dice_sde_adjoint_gradient_matches_backprop():
+    """sdeint_adjoint's gradient converges to backprop through the solver as h -> 0.
+
+    The adjoint solves its own backward SDE, so at a finite step the two differ by the
+    discretisation error: the test checks the size of that gap and that it shrinks with h.
+    """
+    dice = dice_model(0.3)
+    sde = dice.to_sde()
+    x0 = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+    ts = torch.tensor([0.0, 0.2])
+    last = f"{len(dice.potential.net) - 1}.bias"  # never reaches grad_x s: left out
+    params = [p for n, p in sde.named_parameters() if not n.endswith(last)]
+
+    def gap(n_steps):
+        h = 0.2 / n_steps
+        noise = torch.randn(n_steps, 5, 2, generator=torch.Generator().manual_seed(3))
+
+        def grads(integrate, **extra):
+            bm = GridBrownian(0.0, h, noise)
+            ys = integrate(sde, x0, ts, bm=bm, method="euler", dt=h, **extra)
+            return torch.cat(
+                [g.flatten() for g in torch.autograd.grad((ys[-1] ** 2).sum(), params)]
+            )
+
+        direct = grads(torchsde.sdeint)
+        adjoint = grads(torchsde.sdeint_adjoint, adjoint_params=params)
+        assert direct.abs().sum() > 0
+        return float((adjoint - direct).norm() / direct.norm())
+
+    coarse, fine = gap(4), gap(40)
+    assert fine < 0.05, (coarse, fine)
+    assert fine < coarse / 3, (coarse, fine)
