@@ -110,13 +110,16 @@ def test_quick_demo_writes_every_output(tmp_path):
     assert float(sl.isel(time=-1).std("sample").mean()) > 0.0
 
 
-@pytest.mark.parametrize("script", ["fno_allen_cahn.py", "dice_vlasov.py"])
+@pytest.mark.parametrize(
+    "script", ["fno_allen_cahn.py", "dice_vlasov.py", "replace_sdeint_lorenz.py"]
+)
 def test_example_quick_mode(script, monkeypatch, tmp_path):
     import torch
 
     monkeypatch.setattr(sys, "argv", [script, "--quick"])
     namespace = runpy.run_path(str(ROOT / "examples" / script), run_name="example")
-    args = ["--quick"] + (["--out", str(tmp_path), "--threads", "1"] if "dice" in script else [])
+    uses_out = "fno" not in script
+    args = ["--quick"] + (["--out", str(tmp_path), "--threads", "1"] if uses_out else [])
     try:
         result = namespace["main"](args)
     finally:
@@ -125,3 +128,5 @@ def test_example_quick_mode(script, monkeypatch, tmp_path):
     assert numbers and all(np.isfinite(v) for v in numbers)
     if "dice" in script:
         assert (tmp_path / "dice_vlasov.png").is_file() and (tmp_path / "metrics.csv").is_file()
+    if "lorenz" in script:
+        assert (tmp_path / "lorenz.png").is_file() and result["speedup"] > 0
