@@ -147,3 +147,10 @@ def test_dice_sde_adjoint_gradient_matches_backprop():
     coarse, fine = gap(4), gap(40)
     assert fine < 0.05, (coarse, fine)
     assert fine < coarse / 3, (coarse, fine)
+
+
+def test_sdeint_accepts_float32_time_grids_over_long_horizons():
+    sl = lifting(d=2, dt=0.05)
+    ts = 0.05 * torch.arange(401, dtype=torch.float32)  # t up to 20 in float32
+    out = sdeint(sl, torch.zeros(2, 2), ts, seed=0)
+    assert out.shape == (401, 2, 2)
