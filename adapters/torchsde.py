@@ -16,6 +16,7 @@ import math
 import torch
 import torchsde
 
+from ..rollout import rollout
 from ..stepper import Stepper
 
 __all__ = ["DICESDE", "GridBrownian", "SDEStepper", "dice_sde", "integrate_sde", "sdeint"]
@@ -169,8 +170,6 @@ def sdeint(
 
     Returns ``(len(ts), batch, state_size)`` in the dtype and device of ``y0``.
     """
-    from ..rollout import rollout
-
     if not isinstance(y0, torch.Tensor) or y0.ndim != 2:
         got = tuple(y0.shape) if isinstance(y0, torch.Tensor) else type(y0).__name__
         raise ValueError(f"y0 must be a tensor of shape (batch, state_size); got {got}")
