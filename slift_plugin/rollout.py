@@ -180,17 +180,14 @@ def _generate(stepper, windows, mu, out, times, seed, chunk_size, run_device, no
             for k in range(n_steps):
                 noise = None
                 if noise_shape is not None:
-                    noise = torch.cat(
-                        [
-                            torch.randn(
-                                (SEED_BLOCK, *noise_shape),
-                                generator=g,
-                                device=run_device,
-                                dtype=dtype,
-                            )[start:stop]
-                            for g, start, stop in blocks
-                        ]
-                    )
+                    draws = [
+                        torch.randn(
+                            (SEED_BLOCK, *noise_shape), generator=g, device=run_device, dtype=dtype
+                        )[start:stop]
+                        for g, start, stop in blocks
+                    ]
+                    # one block (small ensembles, or chunks aligned to blocks): no copy
+                    noise = draws[0] if len(draws) == 1 else torch.cat(draws)
                 x_next = stepper.step(window, noise, mu=chunk_mu, t=float(times[k]))
                 traj[:, k + 1] = x_next
                 window = (

@@ -154,3 +154,5 @@ def test_sdeint_accepts_float32_time_grids_over_long_horizons():
     ts = 0.05 * torch.arange(401, dtype=torch.float32)  # t up to 20 in float32
     out = sdeint(sl, torch.zeros(2, 2), ts, seed=0)
     assert out.shape == (401, 2, 2)
+    ens = rollout(sl, torch.zeros(2, 2), 400, seed=0)
+    torch.testing.assert_close(out[-1], torch.as_tensor(ens.values[:, -1]))
