@@ -28,7 +28,88 @@ def mean_squared_error(prediction: Tensor, target: Tensor) -> Tensor:
     return torch.mean((prediction - target) ** 2)
 
 
-class StochasticLifting(NormalizedStepper):
+class TransitionStepper(NormalizedStepper):
+    """A stepper that learns ``x_{k+1} | window`` in standardised coordinates.
+
+    The shared normalisation of every transition method (Stochastic Lifting and the
+    baselines it is compared with): per channel state mean/std, per channel increment std
+    and parameter mean/std, in buffers filled from ``dataset.statistics()``. A subclass
+    predicts a standardised quantity ``g`` of shape ``(B, C, *grid)``:
+
+    * ``residual=True``: the increment, ``x_{k+1} = x_k + delta_std * g``;
+    * ``residual=False``: the state, ``x_{k+1} = state_mean + state_std * g``.
+    """
+
+    def __init__(
+        self,
+        state_shape: tuple[int | None, ...],
+        *,
+        history: int = 1,
+        n_params: int = 0,
+        residual: bool = True,
+        dt: float = math.nan,
+    ) -> None:
+        super().__init__(state_shape, history=history, n_params=n_params, dt=dt)
+        self.residual = bool(residual)
+
+    def normalization_shapes(self) -> dict[str, tuple[int, ...]]:
+        c, p = self.n_channels, self.n_params
+        return {
+            "state_mean": (c,),
+            "state_std": (c,),
+            "delta_std": (c,),
+            "param_mean": (p,),
+            "param_std": (p,),
+        }
+
+    def required_statistics(self) -> list[str]:
+        names = ["state_mean", "state_std", "delta_std"]
+        return names + (["param_mean", "param_std"] if self.n_params else [])
+
+    def _per_channel(self, v: Tensor, repeats: int, ndim: int) -> Tensor:
+        return v.repeat(repeats).reshape(1, -1, *([1] * (ndim - 2)))
+
+    def standardized_inputs(
+        self, window: Tensor, mu: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Validate and standardise ``(window (B, history*C, *grid), mu (B, n_params))``.
+
+        Returns the standardised window and ``mu`` (``None`` when ``n_params == 0``).
+        """
+        self.check_window(window)
+        mu = self.check_mu(mu, window.shape[0])
+        mean = self._per_channel(self.state_mean, self.history, window.ndim)
+        std = self._per_channel(self.state_std, self.history, window.ndim)
+        cond = None if mu is None else (mu - self.param_mean) / self.param_std
+        return (window - mean) / std, cond
+
+    def _last_state(self, window: Tensor) -> Tensor:
+        return window[:, (self.history - 1) * self.n_channels :]
+
+    def standardized_target(self, window: Tensor, y: Tensor) -> Tensor:
+        """The standardised quantity ``g`` that maps ``window`` to the next state ``y``."""
+        expected = (window.shape[0], self.n_channels, *window.shape[2:])
+        if tuple(y.shape) != expected:
+            raise ValueError(
+                f"y must have the shape of one state per example, {expected}, got {tuple(y.shape)}"
+            )
+        if self.residual:
+            return (y - self._last_state(window)) / self._per_channel(self.delta_std, 1, y.ndim)
+        return (y - self._per_channel(self.state_mean, 1, y.ndim)) / self._per_channel(
+            self.state_std, 1, y.ndim
+        )
+
+    def next_state(self, window: Tensor, g: Tensor) -> Tensor:
+        """The next state ``(B, C, *grid)`` from the standardised prediction ``g``."""
+        if self.residual:
+            return self._last_state(window) + self._per_channel(self.delta_std, 1, g.ndim) * g
+        return (
+            self._per_channel(self.state_mean, 1, g.ndim)
+            + self._per_channel(self.state_std, 1, g.ndim) * g
+        )
+
+
+class StochasticLifting(TransitionStepper):
     """Stochastic Lifting stepper around a lifted backbone.
 
     Parameters
@@ -67,7 +148,7 @@ class StochasticLifting(NormalizedStepper):
         dt: float = math.nan,
         criterion: Criterion | None = None,
     ) -> None:
-        super().__init__(state_shape, history=history, n_params=n_params, dt=dt)
+        super().__init__(state_shape, history=history, n_params=n_params, residual=residual, dt=dt)
         for attr in ("label_dim", "label_shape"):
             if not hasattr(backbone, attr):
                 raise TypeError(
@@ -86,30 +167,11 @@ class StochasticLifting(NormalizedStepper):
                 f"the stepper has n_params={n_params}"
             )
         self.backbone = backbone
-        self.residual = bool(residual)
         self.criterion = criterion or mean_squared_error
 
     @property
     def label_dim(self) -> int:
         return int(self.backbone.label_dim)
-
-    # -- normalisation --------------------------------------------------------------------
-    def normalization_shapes(self) -> dict[str, tuple[int, ...]]:
-        c, p = self.n_channels, self.n_params
-        return {
-            "state_mean": (c,),
-            "state_std": (c,),
-            "delta_std": (c,),
-            "param_mean": (p,),
-            "param_std": (p,),
-        }
-
-    def required_statistics(self) -> list[str]:
-        names = ["state_mean", "state_std", "delta_std"]
-        return names + (["param_mean", "param_std"] if self.n_params else [])
-
-    def _per_channel(self, v: Tensor, repeats: int, ndim: int) -> Tensor:
-        return v.repeat(repeats).reshape(1, -1, *([1] * (ndim - 2)))
 
     # -- the model ------------------------------------------------------------------------
     def fixed_labels(self, seed: int, grid_shape: tuple[int, ...] = ()) -> IndexedGaussianLabels:
@@ -141,14 +203,8 @@ class StochasticLifting(NormalizedStepper):
         """``G`` applied to the standardised inputs: the quantity the loss regresses."""
         self.check_window(window)
         self._check_label(label, window)
-        mu = self.check_mu(mu, window.shape[0])
-        mean = self._per_channel(self.state_mean, self.history, window.ndim)
-        std = self._per_channel(self.state_std, self.history, window.ndim)
-        cond = None if mu is None else (mu - self.param_mean) / self.param_std
-        return self.backbone((window - mean) / std, label, cond)
-
-    def _last_state(self, window: Tensor) -> Tensor:
-        return window[:, (self.history - 1) * self.n_channels :]
+        inputs, cond = self.standardized_inputs(window, mu)
+        return self.backbone(inputs, label, cond)
 
     def forward(
         self, x: Tensor, label: Tensor | None = None, mu: Tensor | None = None, **batch: Tensor
@@ -158,13 +214,7 @@ class StochasticLifting(NormalizedStepper):
         Extra keyword arguments (``y``, ``index``, ...) are ignored, so that a
         neuraloperator ``Trainer`` can call ``model(**batch)`` on a dict batch.
         """
-        g = self.standardized_output(x, label, mu)
-        if self.residual:
-            return self._last_state(x) + self._per_channel(self.delta_std, 1, x.ndim) * g
-        return (
-            self._per_channel(self.state_mean, 1, x.ndim)
-            + self._per_channel(self.state_std, 1, x.ndim) * g
-        )
+        return self.next_state(x, self.standardized_output(x, label, mu))
 
     def step(
         self,
@@ -179,16 +229,11 @@ class StochasticLifting(NormalizedStepper):
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         x, y = batch["x"], batch["y"]
         g = self.standardized_output(x, batch.get("label"), batch.get("mu"))
-        if y.shape != g.shape:
+        target = self.standardized_target(x, y)
+        if g.shape != target.shape:  # a criterion would broadcast silently
             raise ValueError(
-                f"y must have the shape of one state per example, {tuple(g.shape)}, "
-                f"got {tuple(y.shape)}"
-            )
-        if self.residual:
-            target = (y - self._last_state(x)) / self._per_channel(self.delta_std, 1, y.ndim)
-        else:
-            target = (y - self._per_channel(self.state_mean, 1, y.ndim)) / self._per_channel(
-                self.state_std, 1, y.ndim
+                f"backbone output has shape {tuple(g.shape)}, expected one standardised state "
+                f"per example, {tuple(target.shape)}"
             )
         return self.criterion(g, target)
 
