@@ -1,4 +1,4 @@
-"""Command line: ``slift demo | generate | evaluate``."""
+"""Command line: ``slift demo | generate | evaluate | bench``."""
 
 from __future__ import annotations
 
@@ -49,6 +49,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import BenchConfig, run_bench, write_outputs
+    from .bench.report import aggregate, markdown_report, runs_frame
+
+    config = BenchConfig(
+        problems=args.problems,
+        methods=args.methods,
+        seeds=list(range(args.seeds)) if args.seeds is not None else (0, 1, 2),
+        quick=args.quick,
+        device=args.device,
+        threads=args.threads,
+    )
+    result = run_bench(config, progress=True)
+    paths = write_outputs(result, args.out)
+    print(markdown_report(result, aggregate(runs_frame(result))))
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slift", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +93,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", default=None, help="CSV file for the per-time metrics")
     ev.set_defaults(run=_evaluate)
+
+    from .bench.problems import PROBLEMS
+
+    bench = sub.add_parser("bench", help="SL and DICE against MSE, CFM, ES and the solver")
+    bench.add_argument("--quick", action="store_true", help="CI sizes (minutes on 2 cores)")
+    bench.add_argument(
+        "--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS), metavar="P"
+    )
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        metavar="M",
+        help="e.g. solver sl sl-noise_field sl-l8 mse cfm5 cfm20 es dice "
+        "(default: each problem's set)",
+    )
+    bench.add_argument("--seeds", type=int, default=None, help="number of training seeds (3)")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    bench.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
+    bench.add_argument("--out", default="bench_output", help="output folder")
+    bench.set_defaults(run=_bench)
     return parser
 
 

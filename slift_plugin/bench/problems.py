@@ -1,0 +1,276 @@
+"""The benchmark problems: reference data, a start state, and one problem-specific score.
+
+Every problem builds, from the suite's data seed:
+
+* ``train``: trajectories of the reference system (SL, MSE, CFM and ES regress their
+  transitions; DICE reads them as unpaired populations), all from the test start state;
+* ``reference``: an independent, larger ensemble from the same start (two disjoint
+  halves of it give the noise floor of :func:`slift_plugin.evaluate`);
+* ``solver``: the reference system itself at its fine internal step, timed on the same
+  number of trajectories the learned methods generate. Its cost is the number to beat.
+
+Sizes come in two scales: ``quick`` (the whole quick suite runs in minutes on a 2-core
+CPU, for CI) and full (the committed ``BENCHMARKS.md``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import xarray as xr
+
+from ..systems import allen_cahn, double_well, field_energy, lorenz63, vlasov_two_stream
+from ..systems.sdes import LORENZ63_X0
+
+
+@dataclass
+class ProblemData:
+    """What one problem hands to the runner.
+
+    ``x0`` is the start state (shared by all samples, ``state_shape``) or per-sample
+    states; ``mu`` the physics parameters of the test ensemble (or None). ``solve(n,
+    seed)`` integrates the reference system for ``n`` trajectories over the test horizon
+    and returns the ensemble; ``solver_evals_per_step`` counts its drift evaluations per
+    output step. ``quantity_error(generated, reference)`` is the problem-specific score
+    (smaller is better), described by ``quantity``.
+    """
+
+    name: str
+    kind: str  # "vector", "field" or "particles"
+    train: xr.DataArray
+    reference: xr.DataArray
+    x0: np.ndarray
+    n_steps: int
+    dt: float
+    n_generate: int
+    solve: Callable[[int, int], xr.DataArray]
+    solver_evals_per_step: int
+    quantity: str
+    quantity_error: Callable[[xr.DataArray, xr.DataArray], float]
+    sigma: float = 0.0  # known diffusion, for DICE's diffusion variant
+    mu: list[float] | None = None
+    param_names: list[str] | None = None
+    postprocess: Callable[[xr.DataArray], xr.DataArray] | None = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return tuple(self.reference.shape[2:])
+
+    @property
+    def coords(self) -> dict:
+        """Channel and grid coords of the reference, for generated ensembles."""
+        ref = self.reference
+        return {d: ref[d].values for d in ref.dims[2:] if d in ref.coords}
+
+    @property
+    def horizons(self) -> list[int]:
+        """Output steps reported as short, middle and final horizon."""
+        n = self.n_steps
+        return sorted({max(1, round(n / 8)), max(1, round(n / 2)), n})
+
+
+def timed(fn: Callable[[], xr.DataArray]) -> tuple[xr.DataArray, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+# -- problem-specific scores --------------------------------------------------------------
+def well_occupancy_error(gen: xr.DataArray, ref: xr.DataArray, threshold: float = 0.5) -> float:
+    """Largest error over time of the right-well occupancy ``P(X_t > threshold)``."""
+    occ_gen = (gen.sel(channel="x") > threshold).mean("sample").values
+    occ_ref = (ref.sel(channel="x") > threshold).mean("sample").values
+    return float(np.abs(occ_gen - occ_ref).max())
+
+
+def autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
+    """Mean over samples of the normalised time-autocorrelation of ``x`` (sample, time)."""
+    x = x - x.mean(axis=1, keepdims=True)
+    var = (x * x).mean(axis=1)
+    acf = [(x[:, : x.shape[1] - lag] * x[:, lag:]).mean(axis=1) / var for lag in range(max_lag)]
+    return np.stack(acf, axis=1).mean(axis=0)
+
+
+def autocorrelation_error(gen: xr.DataArray, ref: xr.DataArray) -> float:
+    """Largest difference of the autocorrelation of ``x(t)`` over lags up to half the run."""
+    lags = gen.sizes["time"] // 2
+    a = autocorrelation(gen.sel(channel="x").values.astype(np.float64), lags)
+    b = autocorrelation(ref.sel(channel="x").values.astype(np.float64), lags)
+    return float(np.abs(a - b).max())
+
+
+def power_spectrum(u: np.ndarray) -> np.ndarray:
+    """Ensemble-mean power spectrum ``E|u_hat(k)|^2`` of fields ``(sample, ..., x)``."""
+    return (np.abs(np.fft.rfft(u, axis=-1)) ** 2).mean(axis=0)
+
+
+def spectrum_error(gen: xr.DataArray, ref: xr.DataArray) -> float:
+    """Relative L2 error of the log power spectrum of ``u`` at the final time."""
+    a = np.log(power_spectrum(gen.isel(time=-1).values.astype(np.float64)) + 1e-12)
+    b = np.log(power_spectrum(ref.isel(time=-1).values.astype(np.float64)) + 1e-12)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def field_energy_error(length: float, n_grid: int) -> Callable[[xr.DataArray, xr.DataArray], float]:
+    def error(gen: xr.DataArray, ref: xr.DataArray) -> float:
+        """Relative L2 error of the electric-energy curve ``W_E(t)``."""
+        we = [
+            field_energy(torch.as_tensor(e.sel(channel="x").values.T), length, n_grid).numpy()
+            for e in (gen, ref)
+        ]
+        return float(np.linalg.norm(we[0] - we[1]) / np.linalg.norm(we[1]))
+
+    return error
+
+
+# -- the problems -------------------------------------------------------------------------
+def _double_well(quick: bool, seed: int) -> ProblemData:
+    n_steps, dt, sigma, dt_internal = 16, 0.25, 0.5, 1e-2
+    sizes = (128, 512, 256) if quick else (512, 4096, 2048)  # train, reference, generated
+
+    def solve(n: int, s: int) -> xr.DataArray:
+        return double_well(
+            n_samples=n, n_steps=n_steps, dt=dt, sigma=sigma, dt_internal=dt_internal, seed=s
+        )
+
+    return ProblemData(
+        name="double_well",
+        kind="vector",
+        train=solve(sizes[0], seed),
+        reference=solve(sizes[1], seed + 1),
+        x0=np.zeros(1, dtype=np.float32),
+        n_steps=n_steps,
+        dt=dt,
+        n_generate=sizes[2],
+        solve=solve,
+        solver_evals_per_step=round(dt / dt_internal),
+        quantity="max |error| of right-well occupancy P(x > 0.5)",
+        quantity_error=well_occupancy_error,
+        sigma=sigma,
+    )
+
+
+def _lorenz63(quick: bool, seed: int) -> ProblemData:
+    n_steps, dt, noise, dt_internal = (20, 0.05, 1.0, 1e-3) if quick else (40, 0.05, 1.0, 1e-3)
+    sizes = (128, 512, 256) if quick else (512, 4096, 2048)
+
+    def solve(n: int, s: int) -> xr.DataArray:
+        return lorenz63(
+            n_samples=n, n_steps=n_steps, dt=dt, noise=noise, dt_internal=dt_internal, seed=s
+        )
+
+    return ProblemData(
+        name="lorenz63",
+        kind="vector",
+        train=solve(sizes[0], seed),
+        reference=solve(sizes[1], seed + 1),
+        x0=np.asarray(LORENZ63_X0, dtype=np.float32),
+        n_steps=n_steps,
+        dt=dt,
+        n_generate=sizes[2],
+        solve=solve,
+        solver_evals_per_step=round(dt / dt_internal),
+        quantity="max |error| of the autocorrelation of x(t), lags up to half the run",
+        quantity_error=autocorrelation_error,
+        sigma=noise,
+    )
+
+
+def _allen_cahn(quick: bool, seed: int) -> ProblemData:
+    n_steps, dt, n_grid, dt_internal = (8, 0.4, 64, 1e-2) if quick else (20, 0.4, 128, 1e-2)
+    sizes = (16, 128, 64) if quick else (128, 512, 256)
+
+    def solve(n: int, s: int) -> xr.DataArray:
+        return allen_cahn(
+            n_samples=n, n_steps=n_steps, dt=dt, n_grid=n_grid, dt_internal=dt_internal, seed=s
+        )
+
+    reference = solve(sizes[1], seed + 1)
+    return ProblemData(
+        name="allen_cahn",
+        kind="field",
+        train=solve(sizes[0], seed),
+        reference=reference,
+        x0=np.zeros((1, n_grid), dtype=np.float32),
+        n_steps=n_steps,
+        dt=dt,
+        n_generate=sizes[2],
+        solve=solve,
+        solver_evals_per_step=round(dt / dt_internal),
+        quantity="relative L2 error of the log power spectrum of u at the final time",
+        quantity_error=spectrum_error,
+        sigma=float(reference.attrs["sigma"]),
+    )
+
+
+VLASOV_TRAIN_V0 = (0.8, 0.9, 1.1, 1.2)
+VLASOV_TEST_V0 = 1.0
+
+
+def _vlasov(quick: bool, seed: int) -> ProblemData:
+    n_steps, dt, dt_internal = 40, 1.0, 0.1
+    n_particles = 2000 if quick else 6000
+    train_v0 = (0.9, 1.1) if quick else VLASOV_TRAIN_V0
+
+    def run(n: int, v0: float, s: int) -> xr.DataArray:
+        return vlasov_two_stream(
+            n_particles=n, n_steps=n_steps, dt=dt, v0=v0, dt_internal=dt_internal, seed=s
+        )["state"]
+
+    train = xr.concat([run(n_particles, v0, seed + i) for i, v0 in enumerate(train_v0)], "sample")
+    reference = run(2 * n_particles, VLASOV_TEST_V0, seed + 100)
+    start = run(n_particles, VLASOV_TEST_V0, seed + 101).isel(time=0).values
+    length = float(vlasov_two_stream(n_particles=2, n_steps=1).attrs["length"])
+    n_grid = 64
+
+    def wrap_positions(ens: xr.DataArray) -> xr.DataArray:
+        ens = ens.copy(data=np.array(ens.values))
+        ens.loc[{"channel": "x"}] = np.mod(ens.sel(channel="x"), length)
+        return ens
+
+    return ProblemData(
+        name="vlasov",
+        kind="particles",
+        train=train,
+        reference=reference,
+        x0=start,
+        n_steps=n_steps,
+        dt=dt,
+        n_generate=n_particles,
+        solve=lambda n, s: run(n, VLASOV_TEST_V0, s),
+        solver_evals_per_step=round(dt / dt_internal),
+        quantity="relative L2 error of the electric-energy curve W_E(t)",
+        quantity_error=field_energy_error(length, n_grid),
+        mu=[VLASOV_TEST_V0],
+        param_names=["v0"],
+        postprocess=wrap_positions,
+        extras={"length": length},
+    )
+
+
+PROBLEMS: dict[str, Callable[[bool, int], ProblemData]] = {
+    "double_well": _double_well,
+    "lorenz63": _lorenz63,
+    "allen_cahn": _allen_cahn,
+    "vlasov": _vlasov,
+}
+
+
+def build_problem(name: str, *, quick: bool, seed: int = 0) -> ProblemData:
+    """Build problem ``name`` (one of :data:`PROBLEMS`) at quick or full size."""
+    if name not in PROBLEMS:
+        raise ValueError(f"unknown problem {name!r}; choose from {sorted(PROBLEMS)}")
+    return PROBLEMS[name](quick, seed)
+
+
+def relative_cost(seconds: float, n_samples: int, n_steps: int) -> float:
+    """Wall seconds per 1,000 trajectory-steps."""
+    if n_samples <= 0 or n_steps <= 0:
+        return math.nan
+    return 1000.0 * seconds / (n_samples * n_steps)

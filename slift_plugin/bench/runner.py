@@ -1,0 +1,247 @@
+"""Run the suite: every problem x method x training seed, accuracy and cost per run.
+
+For each learned method and training seed the runner (1) builds the stepper with weights
+seeded from ``(seed, method)``, (2) trains it with :func:`slift_plugin.fit` on the
+problem's data (the same budget for every method), (3) generates ``n_generate``
+trajectories from the problem's start state, timed after a warm-up, (4) measures the peak
+memory of that generation in a second pass, and (5) scores it against the reference.
+The solver is timed on the same number of trajectories, one run per seed.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from ..labels import hash_seed
+from ..metrics import evaluate
+from ..rollout import rollout
+from ..train import fit
+from . import methods as M
+from .memory import peak_memory
+from .problems import PROBLEMS, ProblemData, build_problem, relative_cost, timed
+
+DATA_SEED = 1000  # the problems' data are fixed; the training seeds vary
+
+
+@dataclass
+class BenchConfig:
+    """What to run. ``methods=None`` runs each problem's default set."""
+
+    problems: Sequence[str] = tuple(PROBLEMS)
+    methods: Sequence[str] | None = None
+    seeds: Sequence[int] = (0, 1, 2)
+    quick: bool = False
+    device: str = "cpu"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.problems if p not in PROBLEMS]
+        if unknown:
+            raise ValueError(f"unknown problems {unknown}; choose from {sorted(PROBLEMS)}")
+        if not self.problems:
+            raise ValueError("no problems selected")
+        if self.methods is not None:
+            if not self.methods:
+                raise ValueError("no methods selected")
+            for name in self.methods:
+                M.parse_method(name)  # raises on a bad name
+        if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {list(self.seeds)}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} requested but CUDA is not available")
+
+    def methods_for(self, problem: str) -> list[M.MethodSpec]:
+        names = self.methods if self.methods is not None else M.DEFAULT_METHODS[problem]
+        return [M.parse_method(n) for n in names]
+
+
+@dataclass
+class BenchResult:
+    """Raw results: one row per (problem, method, seed) run and per output time."""
+
+    runs: list[dict] = field(default_factory=list)
+    over_time: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+
+def environment(config: BenchConfig) -> dict:
+    """Machine, versions and date, for the report."""
+    import neuralop
+    import torchsde
+
+    device = torch.device(config.device)
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "neuraloperator": getattr(neuralop, "__version__", "?"),
+        "torchsde": getattr(torchsde, "__version__", "?"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": config.threads,
+        "quick": config.quick,
+        "seeds": list(config.seeds),
+        "quantities": {},  # problem -> what its problem score measures
+    }
+
+
+def run_bench(config: BenchConfig, *, progress: bool = True) -> BenchResult:
+    """Run the suite described by ``config``; returns the raw results."""
+    result = BenchResult(meta=environment(config))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        plan = [(p, config.methods_for(p)) for p in config.problems]
+        total = sum(len(config.seeds) * len(specs) for _, specs in plan)
+        with tqdm(total=total, desc="bench", unit="run", disable=not progress) as bar:
+            for name, specs in plan:
+                bar.set_postfix_str(f"{name}: data")
+                problem = build_problem(name, quick=config.quick, seed=DATA_SEED)
+                result.meta["quantities"][name] = problem.quantity
+                _run_problem(problem, specs, config, result, bar)
+    finally:
+        torch.set_num_threads(threads)
+    return result
+
+
+def _run_problem(problem, specs, config, result, bar) -> None:
+    trained: dict[tuple[str, int], tuple] = {}
+    for seed in config.seeds:
+        for spec in specs:
+            bar.set_postfix_str(f"{problem.name}/{spec.name}/seed {seed}")
+            if not M.applies(spec, problem):
+                if seed == config.seeds[0]:
+                    result.skipped.append(
+                        {"problem": problem.name, "method": spec.name, "reason": "not applicable"}
+                    )
+                bar.update()
+                continue
+            if spec.family == "solver":
+                row, ens = _run_solver(problem, seed)
+            else:
+                key = (spec.training_key, seed)
+                if key not in trained:
+                    trained[key] = _train(spec, problem, seed, config)
+                stepper, fit_result = trained[key]
+                row, ens = _sample(spec, stepper, fit_result, problem, seed, config)
+            _score(row, ens, problem, seed, result)
+            bar.update()
+
+
+def _train(spec: M.MethodSpec, problem: ProblemData, seed: int, config: BenchConfig):
+    with torch.random.fork_rng(devices=[]):  # seeded weights, global RNG left as it was
+        torch.manual_seed(hash_seed(seed, sum(map(ord, spec.training_key))))
+        stepper = M.build_stepper(spec, problem, config.quick)
+    data = M.training_data(spec, stepper, problem, seed)
+    b = M.budget(problem, config.quick)
+    fit_result = fit(
+        stepper,
+        data,
+        epochs=b.epochs,
+        batch_size=b.batch_size,
+        lr=b.lr,
+        weight_decay=0.0,
+        seed=seed,
+        device=config.device,
+        progress=False,
+    )
+    return stepper, fit_result
+
+
+def _sample(spec, stepper, fit_result, problem: ProblemData, seed: int, config: BenchConfig):
+    M.set_sampling(stepper, spec)
+    n, steps = problem.n_generate, problem.n_steps
+    kwargs = dict(
+        mu=problem.mu,
+        seed=hash_seed(seed, 7),
+        chunk_size=n,
+        device=config.device,
+        coords=problem.coords,
+        param_names=problem.param_names,
+    )
+    n_samples = _n_samples(problem)
+    # warm-up (one step of the whole ensemble): first-call costs stay out of the timing
+    rollout(stepper, problem.x0, 1, n_samples, **kwargs)
+    ens, seconds = timed(lambda: rollout(stepper, problem.x0, steps, n_samples, **kwargs))
+    _, peak = peak_memory(
+        lambda: rollout(stepper, problem.x0, steps, n_samples, **kwargs), config.device
+    )
+    row = {
+        "method": spec.name,
+        "family": spec.family,
+        "evals_per_step": M.evals_per_step(stepper),
+        "sample_seconds": seconds,
+        "sample_ms_per_1k": 1000 * relative_cost(seconds, n, steps),
+        "train_seconds": fit_result.wall_time,
+        "train_loss": fit_result.final_loss,
+        "peak_memory_mb": peak / 2**20,
+        "n_parameters": sum(p.numel() for p in stepper.parameters()),
+    }
+    return row, ens
+
+
+def _n_samples(problem: ProblemData) -> int | None:
+    # Particle problems start from one population (per-sample states): no n_samples.
+    return None if problem.x0.ndim > len(problem.state_shape) else problem.n_generate
+
+
+def _run_solver(problem: ProblemData, seed: int):
+    n = problem.n_generate
+    s = hash_seed(DATA_SEED, seed, 11)
+    problem.solve(min(n, 64), s)  # warm-up
+    ens, seconds = timed(lambda: problem.solve(n, s))
+    _, peak = peak_memory(lambda: problem.solve(n, s))
+    row = {
+        "method": "solver",
+        "family": "solver",
+        "evals_per_step": problem.solver_evals_per_step,
+        "sample_seconds": seconds,
+        "sample_ms_per_1k": 1000 * relative_cost(seconds, n, problem.n_steps),
+        "train_seconds": 0.0,
+        "train_loss": np.nan,
+        "peak_memory_mb": peak / 2**20,
+        "n_parameters": 0,
+    }
+    return row, ens
+
+
+def _score(row: dict, ens: xr.DataArray, problem: ProblemData, seed: int, result) -> None:
+    if problem.postprocess is not None:
+        ens = problem.postprocess(ens)
+    ens = ens.assign_coords(time=problem.reference["time"].values[: ens.sizes["time"]])
+    scores = evaluate(ens, problem.reference, seed=seed)
+    row = {"problem": problem.name, "seed": seed, **row}
+    row["quantity_error"] = problem.quantity_error(ens, problem.reference)
+    for label, k in zip(("short", "middle", "final"), problem.horizons, strict=True):
+        sel = scores.isel(time=k)
+        row[f"time_{label}"] = float(sel["time"])
+        for var in ("ed_ratio", "sliced_w2", "mean_rel_error", "std_rel_error"):
+            row[f"{var}_{label}"] = float(sel[var])
+    result.runs.append(row)
+    for k in range(scores.sizes["time"]):
+        sel = scores.isel(time=k)
+        result.over_time.append(
+            {
+                "problem": problem.name,
+                "method": row["method"],
+                "seed": seed,
+                "time": float(sel["time"]),
+                **{
+                    v: float(sel[v])
+                    for v in ("ed_ratio", "sliced_w2", "mean_rel_error", "std_rel_error")
+                },
+            }
+        )
