@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install install-dev demo test lint clean
+.PHONY: install install-dev demo test bench bench-quick lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ install-dev: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(BIN)/slift demo --out demo_output
 
+# The full benchmark suite (BENCHMARKS.md); `make bench-quick` is the CI-sized one.
+BENCH_ARGS ?=
+bench: $(VENV)/.installed
+	$(BIN)/slift bench --out bench_output $(BENCH_ARGS)
+
+bench-quick: $(VENV)/.installed
+	$(BIN)/slift bench --quick --out bench_output_quick $(BENCH_ARGS)
+
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -37,4 +45,4 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) demo_output bench_output bench_output_quick .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,252 @@
+"""The benchmark machinery: memory accounting, method names, seed handling, aggregation,
+problem scores, and a quick end-to-end run whose result files are checked."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+from slift_plugin.bench import BenchConfig, BenchResult, aggregate, run_bench, runs_frame
+from slift_plugin.bench.memory import TensorMemoryTracker, peak_memory
+from slift_plugin.bench.methods import parse_method
+from slift_plugin.bench.problems import (
+    autocorrelation,
+    spectrum_error,
+    well_occupancy_error,
+)
+from slift_plugin.bench.report import RUN_SCHEMA, markdown_table
+from slift_plugin.cli import main
+
+# -- peak memory ---------------------------------------------------------------------------
+
+
+def test_peak_memory_counts_live_storage_exactly():
+    n = 1000
+
+    def transient():  # one buffer at a time: the peak is two (old and new) at the rebind
+        x = torch.zeros(n)
+        for _ in range(5):
+            x = x + 1
+        return x
+
+    def hoarding():  # every buffer stays alive
+        return [torch.zeros(n) + k for k in range(5)]
+
+    _, peak_transient = peak_memory(transient)
+    _, peak_hoarding = peak_memory(hoarding)
+    assert peak_transient == 2 * 4 * n
+    # zeros + (zeros + k) per item: the zeros die right after the add, the sums stay
+    assert peak_hoarding == 5 * 4 * n + 4 * n
+
+
+def test_views_keep_their_storage_alive():
+    with TensorMemoryTracker() as tracker:
+        big = torch.ones(10_000)
+        view = big[:10]
+        del big
+        alive = tracker.current
+        del view
+        after = tracker.current
+    assert alive == 40_000  # the view holds the whole storage
+    assert after == 0
+
+
+# -- method names and configuration ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "family", "label", "injection", "k"),
+    [
+        ("sl", "sl", 32, "channels", 0),
+        ("sl-l8", "sl", 8, "channels", 0),
+        ("sl-noise_field", "sl", 32, "noise_field", 0),
+        ("sl-embedding-l16", "sl", 16, "embedding", 0),
+        ("cfm5", "cfm", 32, "channels", 5),
+        ("dice", "dice", 32, "channels", 0),
+    ],
+)
+def test_parse_method(name, family, label, injection, k):
+    spec = parse_method(name)
+    assert (spec.family, spec.label_dim, spec.injection, spec.n_euler) == (
+        family,
+        label,
+        injection,
+        k,
+    )
+
+
+def test_cfm_variants_share_one_training():
+    assert parse_method("cfm5").training_key == parse_method("cfm20").training_key
+
+
+@pytest.mark.parametrize("name", ["gan", "sl-l0", "cfm0", "sl-foo", "sl-l"])
+def test_bad_method_names_are_refused(name):
+    with pytest.raises(ValueError, match="method|label|Euler"):
+        parse_method(name)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"problems": ["navier_stokes"]}, "unknown problems"),
+        ({"problems": []}, "no problems"),
+        ({"seeds": (0, 0)}, "distinct"),
+        ({"seeds": ()}, "at least one"),
+        ({"methods": ["sl", "gan"]}, "unknown method"),
+        ({"threads": 0}, "threads"),
+    ],
+)
+def test_bad_configuration_is_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BenchConfig(**kwargs)
+
+
+# -- seeds: each training seed is its own, reproducible experiment -------------------------
+
+
+def _accuracy(result: BenchResult, method: str, seed: int) -> dict:
+    (row,) = [r for r in result.runs if r["method"] == method and r["seed"] == seed]
+    return {k: v for k, v in row.items() if not k.endswith(("seconds", "_1k", "memory_mb"))}
+
+
+def test_seed_handling_is_reproducible_and_independent_of_the_seed_list():
+    small = dict(problems=["double_well"], methods=["sl"], quick=True)
+    alone = run_bench(BenchConfig(seeds=(1,), **small), progress=False)
+    again = run_bench(BenchConfig(seeds=(1,), **small), progress=False)
+    listed = run_bench(BenchConfig(seeds=(0, 1), **small), progress=False)
+    assert _accuracy(alone, "sl", 1) == _accuracy(again, "sl", 1)
+    assert _accuracy(alone, "sl", 1) == _accuracy(listed, "sl", 1)
+    assert _accuracy(listed, "sl", 0)["train_loss"] != _accuracy(listed, "sl", 1)["train_loss"]
+
+
+# -- aggregation -----------------------------------------------------------------------------
+
+
+def _synthetic_result(rng: np.random.Generator) -> BenchResult:
+    result = BenchResult()
+    for seed in range(3):
+        for method, family in (("sl", "sl"), ("mse", "mse"), ("cfm20", "cfm")):
+            row = {c: float(rng.uniform(0.5, 2.0)) for c in RUN_SCHEMA[4:]}
+            row.update(problem="p", method=method, family=family, seed=seed)
+            result.runs.append(row)
+    return result
+
+
+def test_aggregate_is_median_min_max_over_seeds():
+    result = _synthetic_result(np.random.default_rng(0))
+    runs = runs_frame(result)
+    summary = aggregate(runs)
+    for method in ("sl", "mse", "cfm20"):
+        values = np.array(
+            [r["ed_ratio_final"] for r in result.runs if r["method"] == method], dtype=float
+        )
+        row = summary.loc[("p", method)]
+        assert row[("median", "ed_ratio_final")] == pytest.approx(np.median(values))
+        assert row[("min", "ed_ratio_final")] == values.min()
+        assert row[("max", "ed_ratio_final")] == values.max()
+        assert row[("n_seeds", "")] == 3
+
+
+def test_cost_ratio_pairs_each_seed_with_its_own_sl_run():
+    result = _synthetic_result(np.random.default_rng(1))
+    runs = runs_frame(result)
+    for seed in range(3):
+        sl = next(
+            r["sample_ms_per_1k"] for r in result.runs if r["method"] == "sl" and r["seed"] == seed
+        )
+        cfm = next(
+            r["sample_ms_per_1k"]
+            for r in result.runs
+            if r["method"] == "cfm20" and r["seed"] == seed
+        )
+        got = runs[(runs["method"] == "cfm20") & (runs["seed"] == seed)]["cost_vs_sl"].item()
+        assert got == pytest.approx(cfm / sl)
+    assert (runs[runs["method"] == "sl"]["cost_vs_sl"] == 1.0).all()
+
+
+def test_markdown_table_shows_median_and_spread():
+    result = BenchResult(
+        runs=[
+            {c: 1.0 for c in RUN_SCHEMA[4:]}
+            | {"problem": "p", "method": "sl", "family": "sl", "seed": s, "ed_ratio_final": v}
+            for s, v in enumerate((2.0, 3.0, 7.0))
+        ]
+    )
+    table = markdown_table(aggregate(runs_frame(result)), "p")
+    assert "| sl | 3 |" in table
+    assert "3 [2, 7]" in table
+
+
+# -- problem scores against independent computations ---------------------------------------
+
+
+def test_autocorrelation_of_an_ar1_process():
+    rng = np.random.default_rng(0)
+    phi, n, steps = 0.8, 4000, 400
+    x = np.zeros((n, steps))
+    x[:, 0] = rng.normal(size=n) / math.sqrt(1 - phi**2)
+    for k in range(1, steps):
+        x[:, k] = phi * x[:, k - 1] + rng.normal(size=n)
+    acf = autocorrelation(x, 5)
+    # stationary AR(1): rho(lag) = phi**lag (the per-sample mean removal biases it by O(1/T))
+    np.testing.assert_allclose(acf, phi ** np.arange(5), atol=0.03)
+
+
+def _ensemble(values: np.ndarray, channel: str = "x") -> xr.DataArray:
+    return xr.DataArray(
+        values[:, :, None],
+        dims=("sample", "time", "channel"),
+        coords={"time": np.arange(values.shape[1]), "channel": [channel]},
+    )
+
+
+def test_well_occupancy_error():
+    ref = _ensemble(np.array([[0.0, 1.0], [0.0, 1.0], [0.0, -1.0], [0.0, -1.0]]))
+    gen = _ensemble(np.array([[0.0, 1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
+    assert well_occupancy_error(ref, ref) == 0.0
+    assert well_occupancy_error(gen, ref) == pytest.approx(0.25)  # 1/4 against 2/4
+
+
+def test_spectrum_error_sees_a_smoother_field():
+    rng = np.random.default_rng(0)
+    rough = rng.normal(size=(256, 2, 1, 64))
+    smooth = np.fft.irfft(np.fft.rfft(rough, axis=-1) * (np.arange(33) < 8), n=64, axis=-1)
+    dims = ("sample", "time", "channel", "x")
+    ref = xr.DataArray(rough, dims=dims)
+    other = xr.DataArray(rng.normal(size=rough.shape), dims=dims)
+    assert spectrum_error(other, ref) < 0.05  # same law, other draw
+    assert spectrum_error(xr.DataArray(smooth, dims=dims), ref) > 0.5
+
+
+# -- the quick suite end to end ---------------------------------------------------------------
+
+
+def test_quick_double_well_run_writes_a_complete_finite_result(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--quick", "--problems", "double_well", "--out", str(out)]) == 0
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["meta"]["quick"] is True
+    assert payload["meta"]["seeds"] == [0, 1, 2]
+    runs = pd.DataFrame(payload["runs"])
+    assert set(RUN_SCHEMA) <= set(runs.columns)
+    methods = {"solver", "sl", "sl-l8", "sl-l128", "mse", "cfm5", "cfm20", "es", "dice"}
+    assert set(runs["method"]) == methods
+    assert len(runs) == 3 * len(methods)
+    numbers = runs[[c for c in RUN_SCHEMA[4:] if c not in ("train_loss", "cost_vs_sl")]]
+    assert np.isfinite(numbers.to_numpy(dtype=float)).all()
+    learned = runs[runs["family"] != "solver"]
+    assert np.isfinite(learned[["train_loss", "cost_vs_sl"]].to_numpy(dtype=float)).all()
+    cfm = runs[runs["family"] == "cfm"].set_index(["method", "seed"])["evals_per_step"]
+    assert (cfm.loc["cfm5"] == 5).all() and (cfm.loc["cfm20"] == 20).all()
+    # the collapse-to-the-mean baseline has no spread: its std error is 1
+    assert (runs[runs["method"] == "mse"]["std_rel_error_final"] > 0.9).all()
+    for name in ("runs.csv", "over_time.csv", "summary.csv", "summary.md", "double_well.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| sl | 3 |" in (out / "summary.md").read_text()
+    assert "### double_well" in capsys.readouterr().out
