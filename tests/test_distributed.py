@@ -1,0 +1,179 @@
+"""fit() and rollout() under torchrun: 2 CPU processes (gloo) against 1 process.
+
+One torchrun launch (tests/torchrun_worker.py) runs every scenario; each test reads its
+part of the ranks' results and compares it with the same code run here, in one process.
+
+Tolerances: the 2-process run computes the same global-batch loss as one process, but
+sums it in another order (two half-batch means, weighted), so losses and weights differ
+by float32 round-off. Measured: at most 6e-8 on any weight after 12 Adam steps, 1e-7
+relative on the losses. ``rtol=1e-5, atol=1e-6`` leaves a margin of ~100x; a sampler that
+feeds the ranks other examples changes the losses in the 3rd digit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchrun_worker as worker
+
+from slift_plugin import TransitionDataset, fit, rollout
+from slift_plugin.train import _check_shardable, _index_shards
+
+WORKER = Path(__file__).with_name("torchrun_worker.py")
+N_PROC = 2
+TOLERANCE = dict(rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    """Run the worker under torchrun once; the results of rank 0 and rank 1."""
+    out = tmp_path_factory.mktemp("torchrun")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={N_PROC}",
+        "--standalone",
+        str(WORKER),
+        str(out),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"torchrun did not finish in 180 s (a rank hung?)\n{_output(err)}")
+    if proc.returncode != 0:
+        pytest.fail(f"torchrun exited with {proc.returncode}\n{_output(proc)}")
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(N_PROC)]
+
+
+def _output(proc) -> str:
+    return f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+
+
+def scenario(ranks: list[dict], name: str) -> list[dict]:
+    """Every rank's result of one scenario; fails with the worker's traceback if it raised."""
+    for r, result in enumerate(ranks):
+        if name in result["errors"]:
+            pytest.fail(f"scenario {name!r} raised on rank {r}:\n{result['errors'][name]}")
+    return [result[name] for result in ranks]
+
+
+def assert_same_params(a: dict, b: dict, **tol) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=f"parameter {key}", **tol)
+
+
+# -- training -------------------------------------------------------------------------------
+PROBLEMS = {
+    "sl": (worker.sl_problem, {}),  # get_batch, uneven last batch (8 + 7)
+    "generic": (worker.generic_problem, {}),  # DataLoader, last batch of 1 for 2 ranks
+    "dice": (worker.dice_problem, {"batch_size": 16, "epochs": 2}),  # iter_batches
+}
+
+
+@pytest.mark.parametrize("name", list(PROBLEMS))
+def test_ddp_fit_matches_single_process_with_the_same_global_batch(ranks, name):
+    results = scenario(ranks, name)
+    problem, kw = PROBLEMS[name]
+    _, single = worker.run_fit(problem, **kw)
+    for r, result in enumerate(results):
+        assert result["world_size"] == N_PROC
+        torch.testing.assert_close(
+            torch.tensor(result["losses"]),
+            torch.tensor(single["losses"]),
+            msg=f"rank {r} epoch losses",
+            **TOLERANCE,
+        )
+        assert_same_params(result["params"], single["params"], **TOLERANCE)
+    # DDP keeps the replicas identical: the all-reduced gradients are bit-equal.
+    assert_same_params(results[0]["params"], results[1]["params"], rtol=0, atol=0)
+    assert results[0]["losses"] == results[1]["losses"]
+
+
+def test_each_rank_trains_its_share_of_the_global_batch(ranks):
+    results = scenario(ranks, "sl")
+    _, single = worker.run_fit(worker.sl_problem)
+    assert len(results[0]["indices"]) == len(single["indices"])  # same number of steps
+    for step, whole in enumerate(single["indices"]):
+        parts = [result["indices"][step] for result in results]
+        assert abs(len(parts[0]) - len(parts[1])) <= 1, f"step {step}: uneven split {parts}"
+        assert torch.equal(torch.cat(parts), whole), f"step {step}: ranks saw {parts}"
+
+
+def test_index_shards_cover_every_batch_once_with_shares_summing_to_one():
+    perm = torch.randperm(23, generator=torch.Generator().manual_seed(0))
+    per_rank = [list(_index_shards(perm, 8, r, 3)) for r in range(3)]  # batches 8, 8, 7
+    for step, whole in enumerate(perm.split(8)):
+        pieces = [shards[step] for shards in per_rank]
+        assert torch.equal(torch.cat([idx for idx, _ in pieces]), whole)
+        assert sum(share for _, share in pieces) == pytest.approx(1.0)
+    one_left = [list(_index_shards(perm, 22, r, 3))[-1] for r in range(3)]  # last batch: 1
+    assert [share for _, share in one_left] == [1.0, 0.0, 0.0]  # stand-ins weigh nothing
+    assert [len(idx) for idx, _ in one_left] == [1, 1, 1]
+
+
+def test_what_cannot_be_split_is_refused_before_training():
+    ds = TransitionDataset(torch.randn(4, 3, 2))
+    with pytest.raises(ValueError, match="multiple of 2, got 33"):
+        _check_shardable(ds, 33, 2)
+    _check_shardable(ds, 33, 1)  # one process: any batch size
+
+    class Drawn:
+        def iter_batches(self, batch_size, generator):
+            yield {}
+
+    with pytest.raises(TypeError, match="Drawn draws its own batches"):
+        _check_shardable(Drawn(), 32, 2)
+
+
+def test_ranks_refuse_together_what_they_cannot_train(ranks):
+    for messages in scenario(ranks, "refusals"):
+        assert "global batch" in messages["odd batch"]
+        assert "multiple of 2, got 33" in messages["odd batch"]
+        assert "disagree on ['config']" in messages["different datasets"]
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+def test_rank_zero_writes_checkpoints_and_a_resumed_run_continues_the_same(ranks):
+    results = scenario(ranks, "resume")
+    # uninterrupted: epochs 2 and 4; interrupted: epoch 2; resumed: epoch 4
+    assert results[0]["writes"] == [f"rank 0 epoch {e}" for e in (2, 4, 2, 4)]
+    assert results[1]["writes"] == []
+    for result in results:
+        full, resumed = result["uninterrupted"], result["resumed"]
+        assert resumed["resumed_from_epoch"] == 2
+        assert resumed["losses"] == pytest.approx(full["losses"], rel=1e-6)
+        assert_same_params(resumed["params"], full["params"], rtol=0, atol=1e-7)
+
+
+def test_one_process_resumes_a_two_process_checkpoint(ranks):
+    """Checkpoints hold nothing rank-specific: the global batch, not W, defines the run."""
+    result = scenario(ranks, "resume")[0]
+    full, ckpt = result["uninterrupted"], result["epoch2_dir"]
+    stepper, data = worker.sl_problem()
+    res = fit(stepper, data, checkpoint_dir=ckpt, **worker.RESUME)
+    assert res.resumed_from_epoch == 2 and res.world_size == 1
+    torch.testing.assert_close(torch.tensor(res.losses), torch.tensor(full["losses"]), **TOLERANCE)
+    assert_same_params(worker.tensor_state(stepper), full["params"], **TOLERANCE)
+
+
+# -- rollout ----------------------------------------------------------------------------------
+def test_sharded_rollout_equals_the_single_process_rollout(ranks):
+    results = scenario(ranks, "rollout")
+    total_rows = worker.ROLLOUT["n_samples"] * worker.ROLLOUT["n_steps"]
+    rows = [result["rows_stepped"] for result in results]
+    assert sum(rows) == total_rows and max(rows) < total_rows, (
+        f"each rank should step only its share of the {total_rows} sample-steps, got {rows}"
+    )
+    assert torch.equal(results[0]["values"], results[1]["values"])  # full ensemble everywhere
+    stepper = worker.sl_stepper()
+    stepper.load_state_dict(scenario(ranks, "sl")[0]["params"])
+    single = rollout(stepper, torch.zeros(1), **worker.ROLLOUT)
+    torch.testing.assert_close(results[0]["values"], torch.as_tensor(single.values), **TOLERANCE)

@@ -1,0 +1,220 @@
+"""Worker of tests/test_distributed.py: data-parallel fit() and sharded rollout() on CPU.
+
+Run under torchrun (pytest does not collect this file)::
+
+    python -m torch.distributed.run --nproc_per_node=2 --standalone \\
+        tests/torchrun_worker.py OUT_DIR
+
+Every rank writes ``OUT_DIR/rank{r}.pt`` (tensors, lists and strings only, readable with
+``weights_only=True``). A scenario that raises records its traceback under ``errors``
+instead, so the test names the scenario that broke. The problem builders are imported by
+the test to compute the single-process references with the very same code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from slift_plugin import (
+    DICE,
+    MLP,
+    FitResult,
+    PotentialMLP,
+    SnapshotDataset,
+    StochasticLifting,
+    TransitionDataset,
+    WithFixedLabels,
+    fit,
+    rollout,
+)
+from slift_plugin import train as train_module
+from slift_plugin.checkpoint import tensor_state
+from slift_plugin.distributed import barrier, init_from_env, is_main_process, world
+from slift_plugin.systems import ornstein_uhlenbeck
+
+FIT = dict(epochs=3, batch_size=32, lr=3e-3, weight_decay=0.0, seed=5, progress=False)
+RESUME = dict(FIT, epochs=4, checkpoint_every=2)
+STOP_AFTER_EPOCHS = 3  # the interrupted run dies inside epoch 4, after checkpoint 2
+ROLLOUT = dict(n_steps=4, n_samples=700, seed=3, chunk_size=256)  # 700: uneven seed blocks
+
+
+def ou_ensemble(n_traj: int, n_steps: int):
+    return ornstein_uhlenbeck(n_samples=n_traj, n_steps=n_steps, dt=0.1, dt_internal=0.01, seed=0)
+
+
+def sl_stepper() -> StochasticLifting:
+    torch.manual_seed(0)  # DDP broadcasts rank 0's weights anyway; this is for the reference
+    return StochasticLifting(MLP(1, 1, label_dim=8, hidden=32, depth=2), (1,), dt=0.1)
+
+
+def sl_problem() -> tuple[StochasticLifting, TransitionDataset]:
+    """111 transitions: 3 full batches of 32, then 15, split 8 + 7 over two ranks."""
+    sl = sl_stepper()
+    return sl, TransitionDataset.from_xarray(ou_ensemble(37, 3), labels=sl.fixed_labels(0))
+
+
+def generic_problem() -> tuple[StochasticLifting, WithFixedLabels]:
+    """DataLoader path with 33 transitions: the last batch has one example for two ranks."""
+    sl = sl_stepper()
+    data = WithFixedLabels(TransitionDataset.from_xarray(ou_ensemble(33, 1)), sl.fixed_labels(0))
+    return sl, data
+
+
+def dice_problem() -> tuple[DICE, SnapshotDataset]:
+    """Self-drawn batches (x: (n_times, B, 1)); diffusion with the exact Laplacian."""
+    torch.manual_seed(0)
+    dice = DICE(PotentialMLP(1, hidden=16, depth=2), (1,), sigma=0.5, dt=0.1)
+    return dice, SnapshotDataset.from_xarray(ou_ensemble(64, 3), n_times=3)
+
+
+def summary(stepper: torch.nn.Module, res: FitResult) -> dict:
+    return {
+        "losses": list(res.losses),
+        "params": tensor_state(stepper),
+        "world_size": res.world_size,
+        "resumed_from_epoch": res.resumed_from_epoch,
+    }
+
+
+def record_indices(stepper: StochasticLifting, seen: list) -> None:
+    """Log the transition indices of every batch that reaches this rank's loss."""
+    loss = stepper.loss
+
+    def logged(batch):
+        seen.append(batch["index"].cpu().clone())
+        return loss(batch)
+
+    stepper.loss = logged
+
+
+def run_fit(problem: Callable, **kw) -> tuple[torch.nn.Module, dict]:
+    stepper, data = problem()
+    seen: list[torch.Tensor] = []
+    if isinstance(stepper, StochasticLifting):  # transition batches carry "index"
+        record_indices(stepper, seen)
+    out = summary(stepper, fit(stepper, data, **{**FIT, **kw}))
+    out["indices"] = seen
+    return stepper, out
+
+
+class Stop(Exception):
+    pass
+
+
+def interrupted_fit(ckpt: Path) -> None:
+    """Train towards RESUME's end but die (on every rank at the same step) in epoch 4."""
+    stepper, data = sl_problem()
+    loss, calls = stepper.loss, [0]
+    steps = math.ceil(len(data) / RESUME["batch_size"])
+
+    def loss_then_stop(batch):
+        calls[0] += 1
+        if calls[0] > STOP_AFTER_EPOCHS * steps:
+            raise Stop
+        return loss(batch)
+
+    stepper.loss = loss_then_stop
+    try:
+        fit(stepper, data, checkpoint_dir=ckpt, **RESUME)
+    except Stop:
+        return
+    raise AssertionError("the interrupted run was not interrupted")
+
+
+def resume_scenario(out_dir: Path) -> dict:
+    rank = world()[0]
+    writes: list[str] = []
+    save = train_module.save_checkpoint
+
+    def counted_save(path, payload):
+        writes.append(f"rank {rank} epoch {payload['epoch']}")
+        return save(path, payload)
+
+    train_module.save_checkpoint = counted_save
+    try:
+        full, data = sl_problem()
+        uninterrupted = summary(full, fit(full, data, checkpoint_dir=out_dir / "a", **RESUME))
+        interrupted_fit(out_dir / "b")
+        if is_main_process():  # epoch-2 checkpoint, for a 1-process resume in the test
+            shutil.copytree(out_dir / "b", out_dir / "b_epoch2")
+        barrier()
+        again, data = sl_problem()
+        resumed = summary(again, fit(again, data, checkpoint_dir=out_dir / "b", **RESUME))
+    finally:
+        train_module.save_checkpoint = save
+    return {
+        "uninterrupted": uninterrupted,
+        "resumed": resumed,
+        "writes": writes,
+        "epoch2_dir": str(out_dir / "b_epoch2"),
+    }
+
+
+def rollout_scenario(state: dict) -> dict:
+    """Rollout of a trained SL stepper; counts the rows this rank's stepper computed."""
+    sl = sl_stepper()
+    sl.load_state_dict(state)
+    rows = [0]
+    step = sl.step
+
+    def counted_step(window, noise=None, **kw):
+        rows[0] += window.shape[0]
+        return step(window, noise, **kw)
+
+    sl.step = counted_step
+    ens = rollout(sl, torch.zeros(1), **ROLLOUT)
+    return {"values": torch.as_tensor(ens.values), "rows_stepped": rows[0]}
+
+
+def refusals() -> dict[str, str]:
+    """fit() arguments that cannot run data-parallel: every rank must raise, none hang."""
+    messages = {}
+    stepper, data = sl_problem()
+    try:
+        fit(stepper, data, **{**FIT, "batch_size": 33})
+    except ValueError as err:
+        messages["odd batch"] = str(err)
+    rank = world()[0]
+    stepper, _ = sl_problem()
+    other = TransitionDataset.from_xarray(ou_ensemble(37 + rank, 3), labels=stepper.fixed_labels(0))
+    try:
+        fit(stepper, other, **FIT)
+    except RuntimeError as err:
+        messages["different datasets"] = str(err)
+    return messages
+
+
+def main(out_dir: Path) -> None:
+    torch.set_num_threads(1)
+    if not init_from_env("gloo"):
+        raise SystemExit("run me under torchrun (RANK and WORLD_SIZE are not set)")
+    rank = world()[0]
+    results: dict = {"errors": {}}
+    scenarios: dict[str, Callable[[], object]] = {
+        "sl": lambda: run_fit(sl_problem)[1],
+        "generic": lambda: run_fit(generic_problem)[1],
+        "dice": lambda: run_fit(dice_problem, batch_size=16, epochs=2)[1],
+        "resume": lambda: resume_scenario(out_dir),
+        "refusals": refusals,
+        "rollout": lambda: rollout_scenario(results["sl"]["params"]),
+    }
+    for name, scenario in scenarios.items():
+        try:
+            results[name] = scenario()
+        except Exception:  # recorded for the test; the other rank fails the same way
+            results["errors"][name] = traceback.format_exc()
+    torch.save(results, out_dir / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main(Path(sys.argv[1]))
