@@ -3,13 +3,21 @@
 Randomness is derived from ``(seed, sample block)``: samples are grouped in blocks of
 :data:`SEED_BLOCK`, each block owns a generator seeded with ``hash(seed, block)``, and a
 step draws each block's noise from its own generator. The ensemble is therefore the same
-for any ``chunk_size`` (and, later, any number of processes sharding the samples).
+for any ``chunk_size`` and any number of processes sharding the samples.
+
+The step loop does one ``stepper.step`` per output step and nothing else of note: the
+trajectory, the history window and the noise live in buffers allocated once per rollout,
+noise is drawn in place, nothing synchronises with the host inside the loop, and a
+finished chunk goes to host memory (or a zarr store) in one copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,10 +26,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .data import tensor_to_ensemble
+from .distributed import all_gather_rows, barrier, shard_bounds, world
 from .labels import hash_seed
+from .lifting import StochasticLifting
 from .stepper import Stepper
+from .store import EnsembleStore, check_store_path, fingerprint
 
 SEED_BLOCK = 256
+AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def _as_tensor(x: object, name: str) -> Tensor:
@@ -65,16 +77,287 @@ def _initial_windows(stepper: Stepper, x0: Tensor, n_samples: int | None) -> Ten
     return window
 
 
-def _block_generators(seed: int, lo: int, hi: int, device: torch.device) -> list:
-    """``(generator, block_size, start, stop)`` for the blocks overlapping samples [lo, hi)."""
-    out = []
-    for b in range(lo // SEED_BLOCK, (hi - 1) // SEED_BLOCK + 1):
-        g = torch.Generator(device=device).manual_seed(hash_seed(seed, b))
-        b0 = b * SEED_BLOCK
-        out.append((g, max(lo, b0) - b0, min(hi, b0 + SEED_BLOCK) - b0))
-    return out
+# -- noise ----------------------------------------------------------------------------------
+class _BlockNoise:
+    """The noise of samples ``[lo, hi)`` for one step after another, drawn in place.
+
+    Every seed block draws all its ``SEED_BLOCK`` rows from its own generator each step,
+    also when the chunk covers only part of the block: a draw's values depend on its
+    size, so this is what keeps the noise of a sample independent of the chunking.
+    Whole blocks are drawn straight into ``buffer`` (``(hi - lo, *noise_shape)``); a
+    partial block goes through ``scratch`` (``(SEED_BLOCK, *noise_shape)``) and one copy.
+    """
+
+    def __init__(self, seed: int, lo: int, hi: int, buffer: Tensor, scratch: Tensor) -> None:
+        self.buffer, self._scratch, self._plan = buffer, scratch, []
+        for block in range(lo // SEED_BLOCK, (hi - 1) // SEED_BLOCK + 1):
+            b0 = block * SEED_BLOCK
+            start, stop = max(lo, b0) - b0, min(hi, b0 + SEED_BLOCK) - b0
+            g = torch.Generator(device=buffer.device).manual_seed(hash_seed(seed, block))
+            self._plan.append((g, start, stop, buffer[b0 + start - lo : b0 + stop - lo]))
+
+    def draw(self) -> Tensor:
+        """Fill and return the buffer with the next step's noise, ``(hi - lo, *noise_shape)``."""
+        for g, start, stop, dst in self._plan:
+            if stop - start == SEED_BLOCK:
+                torch.randn(dst.shape, generator=g, out=dst)
+            else:
+                torch.randn(self._scratch.shape, generator=g, out=self._scratch)
+                dst.copy_(self._scratch[start:stop])
+        return self.buffer
 
 
+# -- one step: eager, or replayed from a CUDA graph ------------------------------------------
+def _autocast(device: torch.device, dtype: torch.dtype | None, *, cache: bool = True):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
+
+
+class _EagerStep:
+    """``stepper.step`` as it is (optionally under autocast)."""
+
+    def __init__(self, stepper: Stepper, device: torch.device, autocast_dtype=None) -> None:
+        self.stepper, self.device, self.autocast_dtype = stepper, device, autocast_dtype
+
+    def noise_buffer(self, preallocated: Tensor) -> Tensor:
+        """Where a chunk's noise is drawn: the rollout's own buffer."""
+        return preallocated
+
+    def __call__(self, window: Tensor, noise: Tensor | None, mu: Tensor | None, t: float):
+        with _autocast(self.device, self.autocast_dtype):
+            return self.stepper.step(window, noise, mu=mu, t=t)
+
+
+@dataclass
+class _StaticStep:
+    """Static buffers of one batch size (created on first use), the output, the replay."""
+
+    window: Tensor | None = None
+    noise: Tensor | None = None
+    mu: Tensor | None = None
+    out: Tensor | None = None
+    replay: Callable[[], None] | None = None
+
+
+class _GraphedStep(_EagerStep):
+    """``stepper.step`` captured once per batch size as a CUDA graph over static buffers.
+
+    A call copies the window (and mu) into the static inputs and replays the graph; noise
+    is drawn by the caller straight into the static noise buffer (:meth:`noise_buffer`),
+    outside the graph, from the per-block generators, so the random stream is the eager
+    one. The returned tensor is the graph's static output: it is overwritten by the next
+    replay, so the caller copies it out (it does, into the trajectory). The time ``t`` of
+    the capture is baked into the graph, hence only steppers whose step ignores ``t``.
+
+    ``capture=False`` runs the same buffer plumbing eagerly (CPU tests of this logic).
+    """
+
+    def __init__(self, stepper, device, autocast_dtype=None, *, capture: bool = True) -> None:
+        super().__init__(stepper, device, autocast_dtype)
+        self.capture = capture
+        self._static: dict[int, _StaticStep] = {}
+
+    def noise_buffer(self, preallocated: Tensor) -> Tensor:
+        s = self._static.setdefault(preallocated.shape[0], _StaticStep())
+        if s.noise is None:
+            s.noise = torch.empty_like(preallocated)
+        return s.noise
+
+    def __call__(self, window: Tensor, noise: Tensor | None, mu: Tensor | None, t: float):
+        s = self._static.setdefault(window.shape[0], _StaticStep())
+        if s.window is None:
+            s.window = torch.empty_like(window, memory_format=torch.contiguous_format)
+            s.mu = None if mu is None else torch.empty_like(mu)
+        if noise is not None and s.noise is None:
+            s.noise = torch.empty_like(noise)
+        s.window.copy_(window)
+        if mu is not None:
+            s.mu.copy_(mu)
+        if noise is not None and noise.data_ptr() != s.noise.data_ptr():
+            s.noise.copy_(noise)
+        if s.replay is None:
+            self._build(s, t)
+        s.replay()
+        return s.out
+
+    def _run(self, s: _StaticStep, t: float, cache: bool = True) -> Tensor:
+        with _autocast(self.device, self.autocast_dtype, cache=cache):
+            return self.stepper.step(s.window, s.noise, mu=s.mu, t=t)
+
+    def _build(self, s: _StaticStep, t: float) -> None:
+        if not self.capture:
+
+            def replay() -> None:
+                s.out = self._run(s, t)
+
+            s.replay = replay
+            return
+        # The recipe of torch.cuda.graphs: warm up on a side stream (lazy library
+        # initialisation must not happen during capture), then capture. Autocast's weight
+        # cache must be off inside a graph.
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._run(s, t, cache=False)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            s.out = self._run(s, t, cache=False)
+        s.replay = graph.replay
+
+
+def _check_fast_paths(
+    stepper: Stepper, device: torch.device, cuda_graph: bool, autocast_dtype
+) -> None:
+    if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
+        raise ValueError(
+            f"autocast_dtype must be one of {AUTOCAST_DTYPES} or None, got {autocast_dtype!r}"
+        )
+    if not cuda_graph:
+        return
+    if device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a CUDA device; this rollout runs on {device}")
+    if not getattr(stepper, "cuda_graph_safe", isinstance(stepper, StochasticLifting)):
+        raise ValueError(
+            f"cuda_graph=True needs a stepper whose step is pure tensor work that ignores t "
+            f"(StochasticLifting, or a stepper with cuda_graph_safe = True); "
+            f"{type(stepper).__name__} is not marked safe"
+        )
+
+
+# -- chunks to the host -----------------------------------------------------------------------
+class _MemorySink:
+    """The ensemble rows ``[offset, offset + n)`` in host memory."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, offset: int) -> None:
+        self.values = torch.empty(shape, dtype=dtype)
+        self.offset = offset
+
+    def write(self, lo: int, hi: int, values: Tensor) -> None:
+        self.values[lo - self.offset : hi - self.offset].copy_(values)
+
+
+class _HostDrain:
+    """Hands finished chunks (on the run device) to ``sink.write(lo, hi, host_tensor)``.
+
+    Off the CPU (``staged``), a chunk is copied into one of two pinned host buffers with
+    ``non_blocking=True`` and handed to the sink one chunk later, after its copy event:
+    the copy and the sink's work (e.g. zarr compression) overlap with the next chunk's
+    steps, and the step loop never waits for the host.
+    """
+
+    def __init__(self, sink, device: torch.device, shape, dtype, *, staged: bool | None = None):
+        self.sink, self.device = sink, device
+        self.staged = device.type != "cpu" if staged is None else staged
+        pin = device.type == "cuda"
+        self._buffers = (
+            [torch.empty(shape, dtype=dtype, pin_memory=pin) for _ in range(2)]
+            if self.staged
+            else []
+        )
+        self._turn = 0
+        self._pending: tuple | None = None
+
+    def push(self, lo: int, hi: int, traj: Tensor) -> None:
+        if not self.staged:
+            self.sink.write(lo, hi, traj.cpu())
+            return
+        buf = self._buffers[self._turn][: hi - lo]
+        self._turn ^= 1
+        buf.copy_(traj, non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        self.flush()
+        self._pending = (lo, hi, buf, event)
+
+    def flush(self) -> None:
+        """Hand the chunk still in flight (if any) to the sink."""
+        if self._pending is None:
+            return
+        lo, hi, buf, event = self._pending
+        self._pending = None
+        if event is not None:
+            event.synchronize()
+        self.sink.write(lo, hi, buf)
+
+
+# -- the engine -------------------------------------------------------------------------------
+@dataclass
+class _Job:
+    """Everything a chunk needs, shared by all chunks of one rollout."""
+
+    stepper: Stepper
+    windows: Tensor  # (n, history*C, *grid) on the host; may be an expanded view
+    mu: Tensor | None  # (n, n_params)
+    times: list[float]  # n_steps + 1
+    seed: int
+    chunk_size: int
+    device: torch.device
+    dtype: torch.dtype
+    noise_shape: tuple[int, ...] | None
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.times) - 1
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """``(C, *grid)`` of the states actually rolled out."""
+        return (self.stepper.n_channels, *self.windows.shape[2:])
+
+
+def _generate(job: _Job, chunks: Iterable[tuple[int, int]], drain: _HostDrain, step, bar) -> None:
+    """Roll out every chunk ``[lo, hi)`` and push its trajectory to ``drain``.
+
+    The trajectory buffer ``(chunk, history - 1 + n_steps + 1, C, *grid)`` also holds
+    the ``history - 1`` older initial states in front, so that the window of step ``k``
+    is the view ``buffer[:, k : k + history]`` with channels merged: no concatenation,
+    no ring to rotate. Buffers are allocated once and sliced for a shorter last chunk.
+    """
+    h, (c, *grid), chunk_size = job.stepper.history, job.state_shape, job.chunk_size
+    # Steppers that differentiate inside a step (DICE) cannot run under inference_mode;
+    # they enable gradients locally and return detached states.
+    needs_grad = getattr(job.stepper, "requires_grad_in_step", False)
+    with torch.no_grad() if needs_grad else torch.inference_mode():
+        kw = {"dtype": job.dtype, "device": job.device}
+        traj_full = torch.empty((chunk_size, h + job.n_steps, c, *grid), **kw)
+        noise_full = scratch = None
+        if job.noise_shape is not None:
+            noise_full = torch.empty((chunk_size, *job.noise_shape), **kw)
+            scratch = torch.empty((SEED_BLOCK, *job.noise_shape), **kw)
+        for lo, hi in chunks:
+            buf = traj_full[: hi - lo]
+            buf[:, :h].copy_(job.windows[lo:hi].reshape(hi - lo, h, c, *grid))
+            mu = None if job.mu is None else job.mu[lo:hi].to(job.device)
+            noise = None
+            if noise_full is not None:
+                noise = _BlockNoise(
+                    job.seed, lo, hi, step.noise_buffer(noise_full[: hi - lo]), scratch
+                )
+            _run_chunk(job, buf, noise, mu, step)
+            drain.push(lo, hi, buf[:, h - 1 :])
+            bar.update((hi - lo) * job.n_steps)
+        drain.flush()
+
+
+def _run_chunk(job: _Job, buf: Tensor, noise: _BlockNoise | None, mu: Tensor | None, step) -> None:
+    """Fill ``buf[:, h:]`` step by step; one ``step`` call per output step, no host sync."""
+    h = job.stepper.history
+    window = buf[:, 0] if h == 1 else buf[:, :h].flatten(1, 2)
+    for k in range(job.n_steps):
+        x_next = step(window, None if noise is None else noise.draw(), mu, job.times[k])
+        buf[:, h + k].copy_(x_next)  # also casts an autocast result to the stepper's dtype
+        if h > 1:
+            window = buf[:, k + 1 : k + 1 + h].flatten(1, 2)
+        else:  # the step's own output is contiguous; a cast one is read back from buf
+            window = x_next if x_next.dtype == job.dtype else buf[:, h + k]
+
+
+# -- public API -------------------------------------------------------------------------------
 def rollout(
     stepper: Stepper,
     x0: Tensor | np.ndarray | xr.DataArray,
@@ -90,6 +373,9 @@ def rollout(
     coords: Mapping[str, object] | None = None,
     param_names: list[str] | None = None,
     progress: bool = False,
+    out: str | os.PathLike | None = None,
+    cuda_graph: bool = False,
+    autocast_dtype: torch.dtype | None = None,
 ) -> xr.DataArray:
     """Generate ``n_samples`` trajectories of ``n_steps`` steps from ``x0``.
 
@@ -104,9 +390,10 @@ def rollout(
         Physics parameters ``(n_params,)`` (shared) or ``(n_samples, n_params)``.
     seed:
         All noise derives from ``(seed, sample block)``: same seed, same ensemble,
-        whatever ``chunk_size``.
+        whatever ``chunk_size`` and however many processes.
     chunk_size:
-        Samples generated together; bounds device memory.
+        Samples generated together; bounds device and host memory. Multiples of
+        :data:`SEED_BLOCK` (256) draw noise without any copy.
     device:
         Where to run (defaults to the stepper's device). Each chunk stays on the device
         for all steps and is copied to host memory once.
@@ -114,6 +401,22 @@ def rollout(
         Time coordinate ``t0 + k*dt``; ``dt`` defaults to ``stepper.dt``.
     coords:
         Extra coords for the result (``channel`` and grid coords of a reference).
+    out:
+        A path ending in ``.zarr``: stream finished chunks to this zarr store instead of
+        holding the ensemble in memory, and return it opened lazily. An existing store
+        of the same generation (seed, sizes, stepper, x0, mu) is resumed: chunks marked
+        done are kept, the others generated. Any other existing path is refused.
+    cuda_graph:
+        Capture one step as a CUDA graph and replay it (CUDA only; steppers whose step
+        ignores ``t``, e.g. StochasticLifting). Same noise stream as the eager path.
+    autocast_dtype:
+        ``torch.bfloat16`` or ``torch.float16``: run each step under ``torch.autocast``;
+        states are stored (and fed back) in the stepper's dtype.
+
+    Under ``torch.distributed`` (a process group initialised), every rank generates its
+    own whole chunks, ``shard_bounds(n, rank, world, chunk_size)``; in memory the full
+    ensemble is gathered onto every rank, with ``out`` every rank writes its chunks and
+    opens the finished store. The result equals the single-process one bit for bit.
 
     Returns
     -------
@@ -126,8 +429,11 @@ def rollout(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if n_samples is not None and int(n_samples) < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if out is not None:
+        check_store_path(out)
     home_device, dtype = stepper.param_device_dtype()
     run_device = torch.device(device) if device is not None else home_device
+    _check_fast_paths(stepper, run_device, cuda_graph, autocast_dtype)
     windows = _initial_windows(stepper, _as_tensor(x0, "x0").to(dtype), n_samples)
     n = windows.shape[0]
     if mu is not None:
@@ -137,61 +443,80 @@ def rollout(
     stepper.check_mu(mu, n)
     dt = stepper.dt if dt is None else float(dt)
     times = t0 + (dt if math.isfinite(dt) else 1.0) * np.arange(n_steps + 1)
+    chunk_size = min(int(chunk_size), n)
+    job = _Job(
+        stepper=stepper,
+        windows=windows,
+        mu=mu,
+        times=times.tolist(),
+        seed=seed,
+        chunk_size=chunk_size,
+        device=run_device,
+        dtype=dtype,
+        noise_shape=stepper.noise_shape(tuple(windows.shape[2:])),
+    )
+    attrs = {"stepper": type(stepper).__name__, "seed": seed, "dt": dt, "n_steps": n_steps}
 
-    c = stepper.n_channels
-    grid = tuple(windows.shape[2:])
-    out = torch.empty((n, n_steps + 1, c, *grid), dtype=dtype)
-    noise_shape = stepper.noise_shape(grid)
+    def as_ensemble(values) -> xr.DataArray:
+        return tensor_to_ensemble(
+            values,
+            times,
+            coords=coords,
+            mu=None if mu is None else mu.cpu(),
+            param_names=param_names,
+            attrs=attrs,
+        )
+
+    rank, size = world()
+    # Whole chunks per rank: every rank runs exactly the chunks one process would run.
+    lo, hi = shard_bounds(n, rank, size, chunk_size)
+    shape = (n_steps + 1, *job.state_shape)
+    if out is None:
+        sink = _MemorySink((hi - lo, *shape), dtype, lo)
+        _execute(
+            job,
+            [(a, min(a + chunk_size, hi)) for a in range(lo, hi, chunk_size)],
+            sink,
+            progress,
+            cuda_graph,
+            autocast_dtype,
+        )
+        return as_ensemble(all_gather_rows(sink.values, n, chunk_size))
+    settings = {
+        "seed": int(seed),
+        "n_samples": n,
+        "chunk_size": chunk_size,
+        "n_steps": int(n_steps),
+        "state_shape": list(job.state_shape),
+        "dtype": str(dtype),
+        "t0": float(t0),
+        "dt": dt,
+    }
+    template = as_ensemble(np.broadcast_to(np.array(np.nan, dtype=np.float32), (n, *shape)))
+    store = EnsembleStore.open_or_create(
+        out, template, chunk_size, fingerprint(stepper, windows=windows, mu=mu, **settings)
+    )
+    _execute(job, store.pending(lo, hi), store, progress, cuda_graph, autocast_dtype)
+    barrier()  # every rank's chunks are written before anyone opens the result
+    return store.result()
+
+
+def _execute(job: _Job, chunks, sink, progress: bool, cuda_graph: bool, autocast_dtype) -> None:
+    """Run ``chunks`` into ``sink`` with the stepper on the run device, in eval mode.
+
+    The stepper is handed back on its own device and in its own train/eval mode.
+    """
+    stepper = job.stepper
+    home_device, _ = stepper.param_device_dtype()
     was_training = stepper.training
-    bar = tqdm(total=n * n_steps, disable=not progress, desc="rollout", unit="traj-step")
-    # The stepper runs on run_device in eval mode and is handed back as it came.
-    stepper.to(run_device).eval()
+    n_work = sum(hi - lo for lo, hi in chunks) * job.n_steps
+    bar = tqdm(total=n_work, disable=not progress, desc="rollout", unit="traj-step")
+    step_cls = _GraphedStep if cuda_graph else _EagerStep
+    drain_shape = (job.chunk_size, job.n_steps + 1, *job.state_shape)
+    stepper.to(job.device).eval()
     try:
-        _generate(stepper, windows, mu, out, times, seed, chunk_size, run_device, noise_shape, bar)
+        drain = _HostDrain(sink, job.device, drain_shape, job.dtype)
+        _generate(job, chunks, drain, step_cls(stepper, job.device, autocast_dtype), bar)
     finally:
         stepper.to(home_device).train(was_training)
         bar.close()
-    attrs = {"stepper": type(stepper).__name__, "seed": seed, "dt": dt, "n_steps": n_steps}
-    return tensor_to_ensemble(
-        out,
-        times,
-        coords=coords,
-        mu=None if mu is None else mu.cpu(),
-        param_names=param_names,
-        attrs=attrs,
-    )
-
-
-def _generate(stepper, windows, mu, out, times, seed, chunk_size, run_device, noise_shape, bar):
-    """Fill ``out`` (host, ``(n, n_steps + 1, C, *grid)``) chunk by chunk."""
-    n, n_steps = out.shape[0], out.shape[1] - 1
-    c, dtype, grid = stepper.n_channels, out.dtype, tuple(out.shape[3:])
-    # Steppers that differentiate inside a step (DICE) cannot run under inference_mode;
-    # they enable gradients locally and return detached states.
-    needs_grad = getattr(stepper, "requires_grad_in_step", False)
-    with torch.no_grad() if needs_grad else torch.inference_mode():
-        for lo in range(0, n, chunk_size):
-            hi = min(n, lo + chunk_size)
-            window = windows[lo:hi].to(run_device)
-            chunk_mu = None if mu is None else mu[lo:hi].to(run_device)
-            traj = torch.empty((hi - lo, n_steps + 1, c, *grid), dtype=dtype, device=run_device)
-            traj[:, 0] = window[:, (stepper.history - 1) * c :]
-            blocks = _block_generators(seed, lo, hi, run_device) if noise_shape else []
-            for k in range(n_steps):
-                noise = None
-                if noise_shape is not None:
-                    draws = [
-                        torch.randn(
-                            (SEED_BLOCK, *noise_shape), generator=g, device=run_device, dtype=dtype
-                        )[start:stop]
-                        for g, start, stop in blocks
-                    ]
-                    # one block (small ensembles, or chunks aligned to blocks): no copy
-                    noise = draws[0] if len(draws) == 1 else torch.cat(draws)
-                x_next = stepper.step(window, noise, mu=chunk_mu, t=float(times[k]))
-                traj[:, k + 1] = x_next
-                window = (
-                    torch.cat([window[:, c:], x_next], dim=1) if stepper.history > 1 else x_next
-                )
-            out[lo:hi] = traj.cpu()
-            bar.update((hi - lo) * n_steps)

@@ -1,0 +1,230 @@
+"""Zarr stores of rollout ensembles: written chunk by chunk, resumable, shardable.
+
+Layout of ``<name>.zarr`` (zarr format 3, readable with ``xarray.open_zarr``):
+
+``state``
+    ``(sample, time, channel, *grid)``, zarr-chunked along ``sample`` by the rollout's
+    ``chunk_size`` (whole trajectories per zarr chunk), ``NaN`` where nothing is written.
+``time``, grid coords, ``mu_<name>`` ``(sample,)``
+    the coords of the in-memory ensemble (:func:`slift_plugin.tensor_to_ensemble`).
+``chunk_done``
+    ``(sample_chunk,)`` bool, one zarr chunk per flag. A flag is set only after its
+    chunk's data is written, so an interrupted generation resumes by skipping the
+    chunks marked done; a chunk whose write was cut short is not marked and is redone.
+
+The group attribute ``slift_rollout`` fingerprints the generation (seed, sizes, stepper
+type and weights, initial states, ...): a store is only ever resumed by the same
+generation. One flag per zarr chunk lets processes that own disjoint chunks write
+without touching each other's files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+from torch import Tensor, nn
+
+from .distributed import barrier, is_main_process
+
+__all__ = ["EnsembleStore", "fingerprint", "tensor_digest"]
+
+FINGERPRINT_ATTR = "slift_rollout"
+DONE = "chunk_done"
+DONE_DIM = "sample_chunk"
+FORMAT = "slift-rollout-zarr/1"
+
+
+def tensor_digest(*tensors: Tensor | None) -> str:
+    """SHA-256 (hex, 16 characters) of the shapes, dtypes and bytes of ``tensors``."""
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is None:
+            h.update(b"none")
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(
+    stepper: nn.Module, *, windows: Tensor, mu: Tensor | None, **settings: object
+) -> dict[str, object]:
+    """What must match for a store to be resumed: settings, stepper, inputs.
+
+    ``settings`` are plain JSON values (seed, n_samples, chunk_size, n_steps, ...).
+    """
+    cls = type(stepper)
+    return {
+        "format": FORMAT,
+        "stepper": f"{cls.__module__}.{cls.__qualname__}",
+        **settings,
+        "weights_sha256": tensor_digest(*stepper.state_dict().values()),
+        "x0_sha256": tensor_digest(windows),
+        "mu_sha256": tensor_digest(mu),
+    }
+
+
+def check_store_path(out: str | os.PathLike) -> Path:
+    """``out`` as a Path; it must end in ``.zarr`` and, if it exists, be a directory."""
+    path = Path(out)
+    if path.suffix != ".zarr":
+        raise ValueError(f"out must be a path ending in '.zarr', got {str(out)!r}")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"out={str(path)!r} exists and is a file, not a zarr store (directory)")
+    return path
+
+
+class EnsembleStore:
+    """A rollout ensemble on disk; see the module docstring for the layout.
+
+    Use :meth:`open_or_create` (every process calls it; only rank 0 creates), then
+    :meth:`pending` / :meth:`write` for this process's chunks, then :meth:`result`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._group = zarr.open_group(path, mode="r+")
+        self._state = self._group["state"]
+        self._done = self._group[DONE]
+        self.chunk_size = int(self._state.chunks[0])
+
+    @classmethod
+    def open_or_create(
+        cls,
+        out: str | os.PathLike,
+        template: xr.DataArray,
+        chunk_size: int,
+        fingerprint: Mapping[str, object],
+    ) -> EnsembleStore:
+        """Open the store at ``out`` for resuming, or create it from ``template``.
+
+        ``template`` is the ensemble's DataArray with placeholder values (dims, coords,
+        attrs are used, values never read). Collective under torch.distributed: every
+        rank validates an existing store the same way, rank 0 creates a missing one.
+        """
+        path = check_store_path(out)
+        existed = path.exists()
+        if existed:
+            _check_fingerprint(path, dict(fingerprint))
+        barrier()  # nobody looks at the path while rank 0 creates it
+        if not existed and is_main_process():
+            _create(path, template, chunk_size, dict(fingerprint))
+        barrier()
+        return cls(path)
+
+    def chunk_bounds(self, index: int) -> tuple[int, int]:
+        n = self._state.shape[0]
+        return index * self.chunk_size, min(n, (index + 1) * self.chunk_size)
+
+    def pending(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """Bounds of the chunks in samples ``[lo, hi)`` not yet marked done.
+
+        ``lo`` must be a chunk boundary: a process writes whole zarr chunks only.
+        """
+        if lo >= hi:
+            return []
+        if lo % self.chunk_size:
+            raise ValueError(f"lo={lo} is not a multiple of the chunk size {self.chunk_size}")
+        done = self._done[:]
+        first, stop = lo // self.chunk_size, -(-hi // self.chunk_size)
+        return [self.chunk_bounds(i) for i in range(first, stop) if not done[i]]
+
+    def write(self, lo: int, hi: int, values: Tensor) -> None:
+        """Write samples ``[lo, hi)`` (one whole chunk, host tensor), then mark it done."""
+        if (lo, hi) != self.chunk_bounds(lo // self.chunk_size):
+            raise ValueError(f"[{lo}, {hi}) is not one chunk of size {self.chunk_size}")
+        self._state[lo:hi] = values.numpy()
+        self._done[lo // self.chunk_size] = True  # only after the data is in place
+
+    def missing(self) -> list[int]:
+        """Indices of the chunks not marked done."""
+        return [int(i) for i in np.flatnonzero(~self._done[:])]
+
+    def result(self) -> xr.DataArray:
+        """The stored ensemble, opened lazily (dask-backed if dask is installed)."""
+        missing = self.missing()
+        if missing:
+            raise RuntimeError(
+                f"{self.path}: chunks {missing[:10]}{'...' if len(missing) > 10 else ''} "
+                f"({len(missing)} of {self._done.shape[0]}) were never written"
+            )
+        return xr.open_zarr(self.path, consolidated=False)["state"]
+
+
+def _check_fingerprint(path: Path, expected: dict[str, object]) -> None:
+    """Raise unless ``path`` is a rollout store written by the same generation."""
+    try:
+        found = zarr.open_group(path, mode="r").attrs.get(FINGERPRINT_ATTR)
+    except Exception as exc:  # not a zarr group at all
+        raise ValueError(
+            f"out={str(path)!r} exists but is not a zarr store written by rollout() ({exc}); "
+            "refusing to write into it"
+        ) from exc
+    if not isinstance(found, Mapping):
+        raise ValueError(
+            f"out={str(path)!r} is a zarr store without a rollout fingerprint "
+            f"('{FINGERPRINT_ATTR}' attribute); refusing to write into it"
+        )
+    diff = [
+        f"{k}: store has {found.get(k)!r}, this call has {expected.get(k)!r}"
+        for k in sorted(set(found) | set(expected))
+        if not _same(found.get(k), expected.get(k))
+    ]
+    if diff:
+        raise ValueError(
+            f"out={str(path)!r} holds a different rollout and cannot be resumed by this one "
+            f"(delete it or choose another path): " + "; ".join(diff)
+        )
+
+
+def _same(a: object, b: object) -> bool:
+    """Equality of JSON attribute values, with NaN equal to NaN and lists as tuples."""
+    if isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b):
+        return True
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def _create(path: Path, template: xr.DataArray, chunk_size: int, fp: dict[str, object]) -> None:
+    """Build the empty store in a temporary directory, then rename it into place.
+
+    The rename is atomic, so a store either exists complete (metadata, coords, all
+    flags false) or not at all.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        n_chunks = -(-template.sizes["sample"] // chunk_size)
+        skeleton = template.to_dataset(name="state").drop_vars("state")
+        skeleton[DONE] = (DONE_DIM, np.zeros(n_chunks, dtype=bool))
+        skeleton.attrs[FINGERPRINT_ATTR] = fp
+        # mode "w": mkdtemp made the directory; encoding: one zarr chunk per flag
+        skeleton.to_zarr(tmp, mode="w", consolidated=False, encoding={DONE: {"chunks": (1,)}})
+        group = zarr.open_group(tmp, mode="r+")
+        coords = [str(k) for k in template.coords if k not in template.dims]
+        # xarray reads dims from dimension_names and non-index coords from "coordinates"
+        group.create_array(
+            "state",
+            shape=template.shape,
+            chunks=(chunk_size, *template.shape[1:]),
+            dtype=template.dtype,
+            fill_value=np.nan,
+            dimension_names=template.dims,
+            attributes={**template.attrs, **({"coordinates": " ".join(coords)} if coords else {})},
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
