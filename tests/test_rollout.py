@@ -1,12 +1,19 @@
 """rollout(): determinism, chunking, one backbone call per step, layout, bad input."""
 
+import collections
+import importlib
+
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from slift_plugin import MLP, MeanRegression, StochasticLifting, rollout
+from slift_plugin import MLP, MeanRegression, Stepper, StochasticLifting, rollout
 from slift_plugin.rollout import SEED_BLOCK
+
+# the module (the package attribute `rollout` is the function)
+rollout_module = importlib.import_module("slift_plugin.rollout")
 
 
 def make_stepper(history=1, n_params=0, label_dim=3, d=2):
@@ -93,3 +100,144 @@ def test_bad_step_counts():
         rollout(make_stepper(), torch.zeros(2), n_steps=0, n_samples=2)
     with pytest.raises(ValueError, match="chunk_size"):
         rollout(make_stepper(), torch.zeros(2), n_steps=1, n_samples=2, chunk_size=0)
+
+
+# -- the engine: noise, windows, host work, fast paths -------------------------------------
+class Echo(Stepper):
+    """``x_next = mean of the window's states + noise``: elementwise, no BLAS, so the
+    result is a pure function of x0 and the noise, and bit-exact comparisons hold."""
+
+    def __init__(self, history=1, d=2):
+        super().__init__((d,), history=history, dt=1.0)
+        self.register_buffer("scale", torch.ones(()))
+        self.noises = []  # every noise tensor the step received, cloned
+
+    def noise_shape(self, grid_shape):
+        return (self.n_channels,)
+
+    def step(self, window, noise=None, *, mu=None, t=None):
+        self.noises.append(noise.clone())
+        states = window.reshape(window.shape[0], self.history, self.n_channels)
+        return states.mean(1) + self.scale * noise
+
+
+@pytest.mark.parametrize("chunk_size", [1, 100, SEED_BLOCK, SEED_BLOCK + 1, 3 * SEED_BLOCK])
+def test_noise_is_bit_identical_for_any_chunk_size(chunk_size):
+    n = 2 * SEED_BLOCK + 50
+    ref = rollout(Echo(), torch.zeros(2), n_steps=3, n_samples=n, seed=2, chunk_size=n)
+    got = rollout(Echo(), torch.zeros(2), n_steps=3, n_samples=n, seed=2, chunk_size=chunk_size)
+    assert np.array_equal(got.values, ref.values)
+
+
+def test_history_windows_match_a_concatenating_reference():
+    h, n, steps = 3, 5, 6
+    x0 = torch.randn(n, h, 2, generator=torch.Generator().manual_seed(0))
+    stepper = Echo(history=h)
+    ens = rollout(stepper, x0, n_steps=steps, seed=1, chunk_size=n)
+    window, expected = x0.reshape(n, h * 2), []
+    for noise in stepper.noises:  # the old way: shift the window with torch.cat
+        x_next = window.reshape(n, h, 2).mean(1) + noise
+        expected.append(x_next)
+        window = torch.cat([window[:, 2:], x_next], dim=1)
+    np.testing.assert_array_equal(ens.values[:, 1:], torch.stack(expected, 1).numpy())
+    # chunks of 2 (a shorter last chunk reuses the sliced buffers) give the same
+    chunked = rollout(Echo(history=h), x0, n_steps=steps, seed=1, chunk_size=2)
+    np.testing.assert_array_equal(chunked.values, ens.values)
+
+
+class OpCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("history", [1, 3])
+def test_the_step_loop_adds_almost_nothing_to_the_step(history):
+    """Per step: the stepper's own ops, one in-place draw per seed block, one copy."""
+    sl = make_stepper(history=history)
+    x0 = torch.zeros(1, history, 2) if history > 1 else torch.zeros(2)
+    counts = {}
+    for steps in (2, 12):
+        with OpCounter() as c:
+            rollout(sl, x0, n_steps=steps, n_samples=2 * SEED_BLOCK, chunk_size=2 * SEED_BLOCK)
+        counts[steps] = c.ops
+    per_step = {k: (counts[12][k] - counts[2][k]) / 10 for k in counts[12]}
+    window = torch.zeros(2 * SEED_BLOCK, history * 2)
+    noise = torch.zeros(2 * SEED_BLOCK, 3)
+    with torch.inference_mode(), OpCounter() as bare:
+        sl.step(window, noise)
+    extra = {k: v - bare.ops[k] for k, v in per_step.items() if v - bare.ops[k]}
+    # two blocks -> two randn; one copy into the trajectory; history > 1 slices a view
+    # of the trajectory buffer (no cat, no allocation)
+    allowed = {"randn": 2, "copy_": 1, "select": 1, "slice": 1, "flatten": 1}
+    assert all(v <= allowed.get(k, 0) for k, v in extra.items()), sorted(extra.items())
+    # and no host synchronisation per step (item(), float(tensor), bool(tensor))
+    assert counts[12]["_local_scalar_dense"] == counts[2]["_local_scalar_dense"]
+
+
+class FakeGraph(rollout_module._GraphedStep):
+    """The CUDA-graph path with its static buffers but an eager 'replay' (runs on CPU)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, capture=False, **kwargs)
+
+
+def test_cuda_graph_buffer_logic_matches_eager_on_cpu(monkeypatch):
+    sl = make_stepper(history=2, n_params=1)
+    x0 = torch.randn(300, 2, 2, generator=torch.Generator().manual_seed(3))
+    kw = dict(n_steps=4, mu=torch.tensor([0.2]), seed=7, chunk_size=128)  # 3 chunks, 2 sizes
+    eager = rollout(sl, x0, **kw)
+    monkeypatch.setattr(rollout_module, "_GraphedStep", FakeGraph)
+    monkeypatch.setattr(rollout_module, "_check_fast_paths", lambda *args: None)
+    graphed = rollout(sl, x0, cuda_graph=True, **kw)
+    xr.testing.assert_identical(graphed, eager)
+
+
+def test_cuda_graph_is_refused_where_it_cannot_work():
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
+        rollout(make_stepper(), torch.zeros(2), 2, n_samples=2, cuda_graph=True)
+    with pytest.raises(ValueError, match="Echo is not marked safe"):
+        rollout_module._check_fast_paths(Echo(), torch.device("cuda"), True, None)
+    with pytest.raises(ValueError, match="autocast_dtype must be one of"):
+        rollout(make_stepper(), torch.zeros(2), 2, n_samples=2, autocast_dtype=torch.float64)
+
+
+def test_bfloat16_autocast_runs_and_stays_close_to_float32():
+    sl = make_stepper()
+    kw = dict(n_steps=5, n_samples=256, seed=0)
+    ref = rollout(sl, torch.zeros(2), **kw).values
+    got = rollout(sl, torch.zeros(2), autocast_dtype=torch.bfloat16, **kw).values
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    # bf16 keeps 8 mantissa bits: each step's increment is off by a few 2**-8 of its size
+    # (rounded inputs, weights and outputs of each Linear), and the errors of 5 steps add
+    # up. Allow 4 * 2**-8 of the largest increment per step; a wrong noise draw would be
+    # off by the sample spread, which is larger.
+    step_size = np.abs(np.diff(ref, axis=1)).max()
+    tol = kw["n_steps"] * 4 * 2**-8 * step_size
+    err = np.abs(got - ref).max()
+    assert 0 < err < tol < ref[:, -1].std(0).min(), (err, tol)
+
+
+def test_staged_drain_hands_chunks_over_one_behind_and_intact():
+    received = {}
+
+    class Sink:
+        def write(self, lo, hi, values):
+            received[(lo, hi)] = values.clone()
+
+    drain = rollout_module._HostDrain(
+        Sink(), torch.device("cpu"), (4, 3), torch.float32, staged=True
+    )
+    source = torch.empty(4, 3)  # reused for every chunk, like the device buffer
+    for i, (lo, hi) in enumerate([(0, 4), (4, 8), (8, 10)]):
+        source[: hi - lo] = float(i)
+        drain.push(lo, hi, source[: hi - lo])
+        assert len(received) == i  # one chunk behind
+    drain.flush()
+    assert sorted(received) == [(0, 4), (4, 8), (8, 10)]
+    for i, key in enumerate(sorted(received)):
+        assert (received[key] == float(i)).all() and received[key].shape[0] == key[1] - key[0]
