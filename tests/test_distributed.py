@@ -22,7 +22,7 @@ import torch
 import torchrun_worker as worker
 
 from slift_plugin import TransitionDataset, fit, rollout
-from slift_plugin.train import _check_shardable, _index_shards
+from slift_plugin.train import _check_shardable, _index_shards, _shard_snapshot_batch
 
 WORKER = Path(__file__).with_name("torchrun_worker.py")
 N_PROC = 2
@@ -97,14 +97,18 @@ def test_ddp_fit_matches_single_process_with_the_same_global_batch(ranks, name):
     assert results[0]["losses"] == results[1]["losses"]
 
 
-def test_each_rank_trains_its_share_of_the_global_batch(ranks):
-    results = scenario(ranks, "sl")
-    _, single = worker.run_fit(worker.sl_problem)
-    assert len(results[0]["indices"]) == len(single["indices"])  # same number of steps
-    for step, whole in enumerate(single["indices"]):
-        parts = [result["indices"][step] for result in results]
-        assert abs(len(parts[0]) - len(parts[1])) <= 1, f"step {step}: uneven split {parts}"
-        assert torch.equal(torch.cat(parts), whole), f"step {step}: ranks saw {parts}"
+@pytest.mark.parametrize("name, batch_dim", [("sl", 0), ("dice", 1)])
+def test_each_rank_trains_its_share_of_the_global_batch(ranks, name, batch_dim):
+    """Rank 0 takes the first part of every single-process batch, rank 1 the rest."""
+    results = scenario(ranks, name)
+    problem, kw = PROBLEMS[name]
+    _, single = worker.run_fit(problem, **kw)
+    assert [len(result["batches"]) for result in results] == [len(single["batches"])] * N_PROC
+    for step, whole in enumerate(single["batches"]):
+        parts = [result["batches"][step] for result in results]
+        sizes = [part.shape[batch_dim] for part in parts]
+        assert max(sizes) - min(sizes) <= 1, f"step {step}: uneven split {sizes}"
+        assert torch.equal(torch.cat(parts, batch_dim), whole), f"step {step}: ranks saw {parts}"
 
 
 def test_index_shards_cover_every_batch_once_with_shares_summing_to_one():
@@ -117,6 +121,16 @@ def test_index_shards_cover_every_batch_once_with_shares_summing_to_one():
     one_left = [list(_index_shards(perm, 22, r, 3))[-1] for r in range(3)]  # last batch: 1
     assert [share for _, share in one_left] == [1.0, 0.0, 0.0]  # stand-ins weigh nothing
     assert [len(idx) for idx, _ in one_left] == [1, 1, 1]
+
+
+def test_snapshot_batches_split_samples_and_give_each_rank_its_own_probes():
+    batch = {"x": torch.randn(3, 8, 2), "t": torch.arange(3.0), "probe_seed": torch.tensor(7)}
+    shards = [_shard_snapshot_batch(batch, r, 2) for r in range(2)]
+    assert torch.equal(torch.cat([s["x"] for s in shards], 1), batch["x"])
+    assert all(torch.equal(s["t"], batch["t"]) for s in shards)  # same times on every rank
+    # Hutchinson probes: a shared seed would give every rank the same probe vectors.
+    seeds = {int(s["probe_seed"]) for s in shards}
+    assert len(seeds) == 2 and all(s["probe_seed"].dtype == torch.int64 for s in shards)
 
 
 def test_what_cannot_be_split_is_refused_before_training():
@@ -165,8 +179,10 @@ def test_one_process_resumes_a_two_process_checkpoint(ranks):
 
 
 # -- rollout ----------------------------------------------------------------------------------
-def test_sharded_rollout_equals_the_single_process_rollout(ranks):
-    results = scenario(ranks, "rollout")
+@pytest.mark.parametrize("name", ["rollout", "rollout_zarr"])
+def test_sharded_rollout_equals_the_single_process_rollout(ranks, name):
+    """Uneven shards (700 samples, chunks of 256); in memory or streamed to one zarr store."""
+    results = scenario(ranks, name)
     total_rows = worker.ROLLOUT["n_samples"] * worker.ROLLOUT["n_steps"]
     rows = [result["rows_stepped"] for result in results]
     assert sum(rows) == total_rows and max(rows) < total_rows, (
@@ -176,4 +192,4 @@ def test_sharded_rollout_equals_the_single_process_rollout(ranks):
     stepper = worker.sl_stepper()
     stepper.load_state_dict(scenario(ranks, "sl")[0]["params"])
     single = rollout(stepper, torch.zeros(1), **worker.ROLLOUT)
-    torch.testing.assert_close(results[0]["values"], torch.as_tensor(single.values), **TOLERANCE)
+    assert torch.equal(results[0]["values"], torch.as_tensor(single.values))

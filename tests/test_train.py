@@ -206,3 +206,19 @@ def test_shape_and_normalisation_errors_are_clear_and_leave_state_alone():
     cond = StochasticLifting(MLP(2, 2, label_dim=1, n_cond=1), (2,), n_params=1)
     with pytest.raises(ValueError, match="dataset must carry mu"):
         cond.prepare(TransitionDataset(linear_data()))  # data without mu
+
+
+def test_dataloader_path_sees_the_same_batches_as_the_get_batch_path():
+    """Generic datasets are batched by index lists cut from the same seeded permutation."""
+    from slift_plugin import WithFixedLabels
+
+    labels = make(label_dim=2).fixed_labels(seed=0)
+    fast = TransitionDataset(linear_data(n=20), labels=labels)  # get_batch
+    generic = WithFixedLabels(TransitionDataset(linear_data(n=20)), labels)  # DataLoader
+    kw = dict(epochs=3, batch_size=16, progress=False)  # 60 transitions: last batch of 12
+    a, b = make(label_dim=2), make(label_dim=2)
+    res_a, res_b = fit(a, fast, **kw), fit(b, generic, **kw)
+    assert res_a.world_size == res_b.world_size == 1
+    assert res_a.losses == pytest.approx(res_b.losses, rel=1e-6)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q)

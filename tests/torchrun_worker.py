@@ -84,12 +84,13 @@ def summary(stepper: torch.nn.Module, res: FitResult) -> dict:
     }
 
 
-def record_indices(stepper: StochasticLifting, seen: list) -> None:
-    """Log the transition indices of every batch that reaches this rank's loss."""
+def record_batches(stepper: torch.nn.Module, seen: list) -> None:
+    """Log what identifies the examples of every batch that reaches this rank's loss: the
+    transition indices (SL), or the sampled populations ``x`` (DICE, ``(n_times, B, 1)``)."""
     loss = stepper.loss
 
     def logged(batch):
-        seen.append(batch["index"].cpu().clone())
+        seen.append(batch["index" if "index" in batch else "x"].detach().cpu().clone())
         return loss(batch)
 
     stepper.loss = logged
@@ -98,10 +99,9 @@ def record_indices(stepper: StochasticLifting, seen: list) -> None:
 def run_fit(problem: Callable, **kw) -> tuple[torch.nn.Module, dict]:
     stepper, data = problem()
     seen: list[torch.Tensor] = []
-    if isinstance(stepper, StochasticLifting):  # transition batches carry "index"
-        record_indices(stepper, seen)
+    record_batches(stepper, seen)
     out = summary(stepper, fit(stepper, data, **{**FIT, **kw}))
-    out["indices"] = seen
+    out["batches"] = seen
     return stepper, out
 
 
@@ -158,8 +158,9 @@ def resume_scenario(out_dir: Path) -> dict:
     }
 
 
-def rollout_scenario(state: dict) -> dict:
-    """Rollout of a trained SL stepper; counts the rows this rank's stepper computed."""
+def rollout_scenario(state: dict, out: Path | None = None) -> dict:
+    """Rollout of a trained SL stepper (in memory, or into the zarr store ``out``); counts
+    the rows this rank's stepper computed."""
     sl = sl_stepper()
     sl.load_state_dict(state)
     rows = [0]
@@ -170,7 +171,7 @@ def rollout_scenario(state: dict) -> dict:
         return step(window, noise, **kw)
 
     sl.step = counted_step
-    ens = rollout(sl, torch.zeros(1), **ROLLOUT)
+    ens = rollout(sl, torch.zeros(1), **ROLLOUT, out=out)
     return {"values": torch.as_tensor(ens.values), "rows_stepped": rows[0]}
 
 
@@ -205,6 +206,7 @@ def main(out_dir: Path) -> None:
         "resume": lambda: resume_scenario(out_dir),
         "refusals": refusals,
         "rollout": lambda: rollout_scenario(results["sl"]["params"]),
+        "rollout_zarr": lambda: rollout_scenario(results["sl"]["params"], out_dir / "ens.zarr"),
     }
     for name, scenario in scenarios.items():
         try:
