@@ -14,7 +14,6 @@ the test to compute the single-process references with the very same code.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import sys
 import traceback
@@ -218,5 +217,4 @@ def main(out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     main(Path(sys.argv[1]))
