@@ -6,6 +6,8 @@ Public surface::
     NormalizedStepper           a Stepper with standardisation statistics in buffers
     StochasticLifting           regression with fixed random labels, fresh labels at sampling
     MeanRegression              the deterministic (collapse-to-the-mean) baseline
+    FlowMatching                conditional flow matching, K Euler steps per output step
+    EnergyScoreLifting          the SL backbone trained with fresh noise and the energy score
     DICE, PotentialMLP          population dynamics from unpaired snapshots
     SnapshotDataset             populations per time (and per mu) for DICE
     MLP                         backbone for vector states
@@ -14,7 +16,8 @@ Public surface::
     IndexedGaussianLabels       labels as a pure function of (seed, index)
     fit, rollout, evaluate      train any stepper, generate ensembles, score them
 
-Neural-operator backbones and torchsde glue live in ``slift_plugin.adapters``.
+Neural-operator backbones and torchsde glue live in ``slift_plugin.adapters``; the
+benchmark suite in ``slift_plugin.bench``; torchrun helpers in ``slift_plugin.distributed``.
 """
 
 from .backbones import MLP
@@ -28,6 +31,8 @@ from .data import (
     tensor_to_ensemble,
 )
 from .dice import DICE, PotentialMLP, trapezoid_weights
+from .energy_score import EnergyScoreLifting
+from .flow_matching import FlowMatching
 from .labels import IndexedGaussianLabels
 from .lifting import MeanRegression, StochasticLifting
 from .metrics import energy_distance, evaluate
@@ -43,6 +48,8 @@ __all__ = [
     "SnapshotDataset",
     "trapezoid_weights",
     "CheckpointError",
+    "EnergyScoreLifting",
+    "FlowMatching",
     "FitResult",
     "IndexedGaussianLabels",
     "MLP",

@@ -31,6 +31,8 @@ from torch import nn
 from ..backbones import MLP
 from ..data import SnapshotDataset, TransitionDataset
 from ..dice import DICE, PotentialMLP
+from ..energy_score import EnergyScoreLifting
+from ..flow_matching import FlowMatching
 from ..lifting import MeanRegression, StochasticLifting
 from ..stepper import Stepper
 from .problems import ProblemData
@@ -186,13 +188,9 @@ def build_stepper(spec: MethodSpec, problem: ProblemData, quick: bool) -> Steppe
     if spec.family == "mse":
         return MeanRegression(_backbone(problem, quick, label_dim=0), shape, dt=dt)
     if spec.family == "es":
-        from ..energy_score import EnergyScoreLifting
-
         net = _backbone(problem, quick, label_dim=DEFAULT_LABEL_DIM, **injection)
         return EnergyScoreLifting(net, shape, n_members=ES_MEMBERS, dt=dt)
     if spec.family == "cfm":
-        from ..flow_matching import FlowMatching
-
         net = _backbone(problem, quick, label_dim=0, history=2, n_cond=1)
         return FlowMatching(net, shape, n_euler=spec.n_euler, dt=dt)
     if spec.family == "dice":
