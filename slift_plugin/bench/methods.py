@@ -58,7 +58,7 @@ BUDGETS: dict[tuple[str, bool], Budget] = {
     # (problem, quick)
     ("double_well", False): Budget(epochs=100, batch_size=256, lr=2e-3, hidden=256),
     ("double_well", True): Budget(epochs=15, batch_size=128, lr=3e-3, hidden=64),
-    ("lorenz63", False): Budget(epochs=60, batch_size=256, lr=2e-3, hidden=256),
+    ("lorenz63", False): Budget(epochs=40, batch_size=256, lr=2e-3, hidden=256),
     ("lorenz63", True): Budget(epochs=10, batch_size=128, lr=3e-3, hidden=64),
     ("allen_cahn", False): Budget(epochs=40, batch_size=64, lr=2e-3, hidden=32),
     ("allen_cahn", True): Budget(epochs=2, batch_size=32, lr=2e-3, hidden=8),
