@@ -30,7 +30,6 @@ from .distributed import all_gather_rows, barrier, shard_bounds, world
 from .labels import hash_seed
 from .lifting import StochasticLifting
 from .stepper import Stepper
-from .store import EnsembleStore, check_store_path, fingerprint
 
 SEED_BLOCK = 256
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
@@ -429,7 +428,9 @@ def rollout(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if n_samples is not None and int(n_samples) < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    if out is not None:
+    if out is not None:  # zarr is only needed (and imported) for out-of-core rollouts
+        from .store import EnsembleStore, check_store_path, fingerprint
+
         check_store_path(out)
     home_device, dtype = stepper.param_device_dtype()
     run_device = torch.device(device) if device is not None else home_device
@@ -470,18 +471,15 @@ def rollout(
     rank, size = world()
     # Whole chunks per rank: every rank runs exactly the chunks one process would run.
     lo, hi = shard_bounds(n, rank, size, chunk_size)
-    shape = (n_steps + 1, *job.state_shape)
+    step = (_GraphedStep if cuda_graph else _EagerStep)(stepper, run_device, autocast_dtype)
     if out is None:
-        sink = _MemorySink((hi - lo, *shape), dtype, lo)
-        _execute(
-            job,
-            [(a, min(a + chunk_size, hi)) for a in range(lo, hi, chunk_size)],
-            sink,
-            progress,
-            cuda_graph,
-            autocast_dtype,
-        )
+        sink = _MemorySink((hi - lo, n_steps + 1, *job.state_shape), dtype, lo)
+        chunks = [(a, min(a + chunk_size, hi)) for a in range(lo, hi, chunk_size)]
+        _execute(job, chunks, sink, step, progress)
         return as_ensemble(all_gather_rows(sink.values, n, chunk_size))
+    # Placeholder values of the right shape and dtype, zero bytes: dims, coords and attrs.
+    nan = torch.full((), math.nan, dtype=dtype).numpy()
+    template = as_ensemble(np.broadcast_to(nan, (n, n_steps + 1, *job.state_shape)))
     settings = {
         "seed": int(seed),
         "n_samples": n,
@@ -492,16 +490,14 @@ def rollout(
         "t0": float(t0),
         "dt": dt,
     }
-    template = as_ensemble(np.broadcast_to(np.array(np.nan, dtype=np.float32), (n, *shape)))
-    store = EnsembleStore.open_or_create(
-        out, template, chunk_size, fingerprint(stepper, windows=windows, mu=mu, **settings)
-    )
-    _execute(job, store.pending(lo, hi), store, progress, cuda_graph, autocast_dtype)
+    fp = fingerprint(stepper, windows=windows, mu=mu, **settings)
+    store = EnsembleStore.open_or_create(out, template, chunk_size, fp)
+    _execute(job, store.pending(lo, hi), store, step, progress)
     barrier()  # every rank's chunks are written before anyone opens the result
     return store.result()
 
 
-def _execute(job: _Job, chunks, sink, progress: bool, cuda_graph: bool, autocast_dtype) -> None:
+def _execute(job: _Job, chunks: list[tuple[int, int]], sink, step, progress: bool) -> None:
     """Run ``chunks`` into ``sink`` with the stepper on the run device, in eval mode.
 
     The stepper is handed back on its own device and in its own train/eval mode.
@@ -511,12 +507,11 @@ def _execute(job: _Job, chunks, sink, progress: bool, cuda_graph: bool, autocast
     was_training = stepper.training
     n_work = sum(hi - lo for lo, hi in chunks) * job.n_steps
     bar = tqdm(total=n_work, disable=not progress, desc="rollout", unit="traj-step")
-    step_cls = _GraphedStep if cuda_graph else _EagerStep
     drain_shape = (job.chunk_size, job.n_steps + 1, *job.state_shape)
     stepper.to(job.device).eval()
     try:
         drain = _HostDrain(sink, job.device, drain_shape, job.dtype)
-        _generate(job, chunks, drain, step_cls(stepper, job.device, autocast_dtype), bar)
+        _generate(job, chunks, drain, step, bar)
     finally:
         stepper.to(home_device).train(was_training)
         bar.close()

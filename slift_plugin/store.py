@@ -35,6 +35,9 @@ from torch import Tensor, nn
 
 from .distributed import barrier, is_main_process
 
+if int(zarr.__version__.split(".")[0]) < 3:
+    raise ImportError(f"rollout(out=...) needs zarr>=3 (zarr format 3), found {zarr.__version__}")
+
 __all__ = ["EnsembleStore", "fingerprint", "tensor_digest"]
 
 FINGERPRINT_ATTR = "slift_rollout"
