@@ -1,4 +1,5 @@
-"""rollout(): determinism, chunking, one backbone call per step, layout, bad input."""
+"""rollout(): determinism, chunking, one backbone call per step, layout, bad input; the
+engine (in-place noise, history views, per-step op budget, CUDA-graph plumbing, autocast)."""
 
 import collections
 import importlib
