@@ -102,4 +102,3 @@ def all_gather_rows(local: Tensor, n: int, block: int) -> Tensor:
     return torch.cat(
         [p[: hi - lo].to(local.device) for p, (lo, hi) in zip(parts, bounds, strict=True)]
     )
-

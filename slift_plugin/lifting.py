@@ -40,6 +40,8 @@ class TransitionStepper(NormalizedStepper):
     * ``residual=False``: the state, ``x_{k+1} = state_mean + state_std * g``.
     """
 
+    cuda_graph_safe = True  # one backbone call on the inputs; t is ignored
+
     def __init__(
         self,
         state_shape: tuple[int | None, ...],

@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from .data import tensor_to_ensemble
 from .distributed import all_gather_rows, barrier, shard_bounds, world
 from .labels import hash_seed
-from .lifting import StochasticLifting
 from .stepper import Stepper
 
 SEED_BLOCK = 256
@@ -218,10 +217,11 @@ def _check_fast_paths(
         return
     if device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device; this rollout runs on {device}")
-    if not getattr(stepper, "cuda_graph_safe", isinstance(stepper, StochasticLifting)):
+    if not stepper.cuda_graph_safe:
         raise ValueError(
             f"cuda_graph=True needs a stepper whose step is pure tensor work that ignores t "
-            f"(StochasticLifting, or a stepper with cuda_graph_safe = True); "
+            f"(Stepper.cuda_graph_safe, True for StochasticLifting, MeanRegression, "
+            f"FlowMatching and EnergyScoreLifting); "
             f"{type(stepper).__name__} is not marked safe"
         )
 

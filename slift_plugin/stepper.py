@@ -50,6 +50,10 @@ class Stepper(nn.Module):
     #: True for steppers that differentiate inside a step (rollout then uses no_grad
     #: instead of inference_mode).
     requires_grad_in_step: bool = False
+    #: True for steppers whose step is pure tensor work on its inputs that ignores ``t``
+    #: (no host synchronisation, no Python branching on values): rollout may then capture
+    #: it in a CUDA graph (``rollout(..., cuda_graph=True)``).
+    cuda_graph_safe: bool = False
 
     def __init__(
         self,
