@@ -8,8 +8,11 @@ median of the repeats is reported. ``stepper.step`` is timed too, so that the ra
 into the stepper's own work (normalisation, residual) and the loop's (noise, copies).
 The headline ratio is the median over repeats of rollout / backbone within a repeat.
 
-Memory: peak RSS (``ru_maxrss``) of a fresh subprocess per ensemble size, generating
-double-well/MLP ensembles in memory and streamed to zarr.
+Memory: a fresh subprocess per ensemble size generates a double-well/MLP ensemble (64
+steps, chunk 4096 by default: the README's example), in memory and streamed to zarr, and
+reports how much the rollout raised its peak RSS above the RSS just before it. A warm-up
+rollout of the same kind (with ``out=`` to a scratch store for zarr) runs first, so that
+imports (zarr, numcodecs, dask) and first-call allocations are not counted.
 
     python benchmarks/rollout_overhead.py --out rollout_overhead.json [--quick]
 """
@@ -135,14 +138,18 @@ def rss_child(n_samples: int, n_steps: int, chunk_size: int, where: str) -> dict
 
     ``peak_rss_mib`` is the whole process's peak (``ru_maxrss``, imports included);
     ``rollout_peak_rss_mib`` the peak during the rollout alone (``VmHWM`` reset just
-    before it), ``baseline_rss_mib`` the RSS before it.
+    before it), ``baseline_rss_mib`` the RSS before it, ``rss_increase_mib`` the
+    difference of the two: what the rollout itself raised the peak RSS by.
     """
     import resource
 
     stepper = mlp_stepper()
-    rollout(stepper, torch.zeros(1), 1, 8)  # first-call allocations out of the way
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ens.zarr" if where == "zarr" else None
+        # warm-up of the same kind: imports (zarr, numcodecs, dask for the lazy result)
+        # and first-call allocations happen here, before the measurement
+        warm_out = Path(tmp) / "warm-up.zarr" if where == "zarr" else None
+        rollout(stepper, torch.zeros(1), 1, 8, out=warm_out).load()
         baseline = _proc_status_mib("VmRSS")
         reset = _reset_peak_rss()
         start = time.perf_counter()
@@ -151,6 +158,7 @@ def rss_child(n_samples: int, n_steps: int, chunk_size: int, where: str) -> dict
         rollout_peak = _proc_status_mib("VmHWM") if reset else None
         shape = tuple(ens.shape)
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    increase = None if rollout_peak is None or baseline is None else rollout_peak - baseline
     return {
         "where": where,
         "n_samples": n_samples,
@@ -160,6 +168,7 @@ def rss_child(n_samples: int, n_steps: int, chunk_size: int, where: str) -> dict
         "ensemble_mib": 4 * n_samples * (n_steps + 1) / 2**20,
         "baseline_rss_mib": baseline,
         "rollout_peak_rss_mib": rollout_peak,
+        "rss_increase_mib": increase,
         "peak_rss_mib": peak_kib / 1024,
         "seconds": seconds,
     }
@@ -193,14 +202,13 @@ def print_tables(overhead: list[dict], memory: list[dict]) -> None:
         print("\npeak RSS of a fresh process (double-well MLP, chunk "
               f"{memory[0]['chunk_size']}, {memory[0]['n_steps']} steps)")  # fmt: skip
         print(f"{'output':<8}{'samples':>9}{'ensemble':>10}{'before':>9}{'peak in rollout':>17}"
-              f"{'peak (ru_maxrss)':>18}{'s':>7}   (MiB)")  # fmt: skip
+              f"{'increase':>10}{'peak (ru_maxrss)':>18}{'s':>7}   (MiB)")  # fmt: skip
         for r in memory:
-            during = r["rollout_peak_rss_mib"]
+            row = [r[k] for k in ("baseline_rss_mib", "rollout_peak_rss_mib", "rss_increase_mib")]
+            before, during, increase = (float("nan") if v is None else v for v in row)
             print(
-                f"{r['where']:<8}{r['n_samples']:>9}{r['ensemble_mib']:>10.1f}"
-                f"{r['baseline_rss_mib'] or float('nan'):>9.1f}"
-                f"{during if during is not None else float('nan'):>17.1f}"
-                f"{r['peak_rss_mib']:>18.1f}{r['seconds']:>7.1f}"
+                f"{r['where']:<8}{r['n_samples']:>9}{r['ensemble_mib']:>10.1f}{before:>9.1f}"
+                f"{during:>17.1f}{increase:>10.1f}{r['peak_rss_mib']:>18.1f}{r['seconds']:>7.1f}"
             )
 
 
@@ -212,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller ensembles")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--sizes", type=int, nargs="+", default=[20_000, 200_000])
-    p.add_argument("--steps", type=int, default=32, help="steps of the memory runs")
+    p.add_argument("--steps", type=int, default=64, help="steps of the memory runs")
     p.add_argument("--chunk", type=int, default=4096, help="chunk_size of the memory runs")
     p.add_argument("--rss-child", nargs=2, metavar=("N", "WHERE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)

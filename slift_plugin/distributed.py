@@ -5,9 +5,11 @@ same code runs unchanged under ``python`` and under ``torchrun --nproc_per_node=
 The library never initialises a process group itself: the user (or torchrun's
 environment plus :func:`init_from_env`) does.
 
-Sharding is by *contiguous ranges of whole noise blocks*: randomness derives from
-``(seed, sample block)``, never from the rank, so the ensemble is the same for any number
-of processes.
+Sharding is by *contiguous ranges of whole chunks*: :func:`slift_plugin.rollout` gives
+rank ``r`` the samples ``shard_bounds(n, r, world_size, chunk_size)``, so every rank runs
+exactly the chunks (and, with ``out=``, writes exactly the zarr chunks) that one process
+would. Randomness derives from ``(seed, sample block)``, never from the rank or the
+chunking, so the ensemble is the same for any number of processes.
 """
 
 from __future__ import annotations
@@ -86,6 +88,12 @@ def all_gather_rows(local: Tensor, n: int, block: int) -> Tensor:
 
     ``local`` is this rank's slice ``[lo, hi)``. Returns the full tensor on every rank (on
     ``local``'s device). In a single process it returns ``local`` unchanged.
+
+    With the NCCL backend the gather goes through the GPU, whatever ``local``'s device:
+    every rank's shard is padded to the longest one and gathered into device memory, so
+    the whole ensemble (``world_size`` times the longest shard) must fit in each GPU's
+    memory before it is copied back. For ensembles larger than that, stream to a zarr
+    store instead (``rollout(..., out="ens.zarr")``), which gathers nothing.
     """
     rank, size = world()
     if size == 1:

@@ -118,10 +118,6 @@ class _EagerStep:
     def __init__(self, stepper: Stepper, device: torch.device, autocast_dtype=None) -> None:
         self.stepper, self.device, self.autocast_dtype = stepper, device, autocast_dtype
 
-    def noise_buffer(self, preallocated: Tensor) -> Tensor:
-        """Where a chunk's noise is drawn: the rollout's own buffer."""
-        return preallocated
-
     def __call__(self, window: Tensor, noise: Tensor | None, mu: Tensor | None, t: float):
         with _autocast(self.device, self.autocast_dtype):
             return self.stepper.step(window, noise, mu=mu, t=t)
@@ -141,12 +137,14 @@ class _StaticStep:
 class _GraphedStep(_EagerStep):
     """``stepper.step`` captured once per batch size as a CUDA graph over static buffers.
 
-    A call copies the window (and mu) into the static inputs and replays the graph; noise
-    is drawn by the caller straight into the static noise buffer (:meth:`noise_buffer`),
-    outside the graph, from the per-block generators, so the random stream is the eager
-    one. The returned tensor is the graph's static output: it is overwritten by the next
-    replay, so the caller copies it out (it does, into the trajectory). The time ``t`` of
-    the capture is baked into the graph, hence only steppers whose step ignores ``t``.
+    A call copies the window (and mu) into the static inputs and replays the graph. The
+    static noise input of a batch size is the rollout's own noise buffer (sliced to that
+    size, hence at the same address at every step), which the caller fills in place,
+    outside the graph, from the per-block generators: the random stream is the eager one
+    and no copy is needed. The returned tensor is the graph's static output: it is
+    overwritten by the next replay, so the caller copies it out (it does, into the
+    trajectory). The time ``t`` of the capture is baked into the graph, hence only
+    steppers whose step ignores ``t``.
 
     ``capture=False`` runs the same buffer plumbing eagerly (CPU tests of this logic).
     """
@@ -156,24 +154,15 @@ class _GraphedStep(_EagerStep):
         self.capture = capture
         self._static: dict[int, _StaticStep] = {}
 
-    def noise_buffer(self, preallocated: Tensor) -> Tensor:
-        s = self._static.setdefault(preallocated.shape[0], _StaticStep())
-        if s.noise is None:
-            s.noise = torch.empty_like(preallocated)
-        return s.noise
-
     def __call__(self, window: Tensor, noise: Tensor | None, mu: Tensor | None, t: float):
         s = self._static.setdefault(window.shape[0], _StaticStep())
         if s.window is None:
             s.window = torch.empty_like(window, memory_format=torch.contiguous_format)
             s.mu = None if mu is None else torch.empty_like(mu)
-        if noise is not None and s.noise is None:
-            s.noise = torch.empty_like(noise)
+            s.noise = noise  # the rollout's buffer, refilled in place before every call
         s.window.copy_(window)
         if mu is not None:
             s.mu.copy_(mu)
-        if noise is not None and noise.data_ptr() != s.noise.data_ptr():
-            s.noise.copy_(noise)
         if s.replay is None:
             self._build(s, t)
         s.replay()
@@ -241,18 +230,20 @@ class _MemorySink:
 class _HostDrain:
     """Hands finished chunks (on the run device) to ``sink.write(lo, hi, host_tensor)``.
 
-    Off the CPU (``staged``), a chunk is copied into one of two pinned host buffers with
+    On CUDA (``staged``), a chunk is copied into one of two pinned host buffers with
     ``non_blocking=True`` and handed to the sink one chunk later, after its copy event:
     the copy and the sink's work (e.g. zarr compression) overlap with the next chunk's
-    steps, and the step loop never waits for the host.
+    steps, and the step loop never waits for the host. Other devices (CPU, MPS, XPU)
+    copy synchronously: there is no CUDA event to tell when a non-blocking copy is done.
+    ``staged=True`` off CUDA (tests) stages with synchronous copies.
     """
 
     def __init__(self, sink, device: torch.device, shape, dtype, *, staged: bool | None = None):
         self.sink, self.device = sink, device
-        self.staged = device.type != "cpu" if staged is None else staged
-        pin = device.type == "cuda"
+        cuda = device.type == "cuda"
+        self.staged = cuda if staged is None else staged
         self._buffers = (
-            [torch.empty(shape, dtype=dtype, pin_memory=pin) for _ in range(2)]
+            [torch.empty(shape, dtype=dtype, pin_memory=cuda) for _ in range(2)]
             if self.staged
             else []
         )
@@ -265,9 +256,10 @@ class _HostDrain:
             return
         buf = self._buffers[self._turn][: hi - lo]
         self._turn ^= 1
-        buf.copy_(traj, non_blocking=True)
+        cuda = self.device.type == "cuda"
+        buf.copy_(traj, non_blocking=cuda)
         event = None
-        if self.device.type == "cuda":
+        if cuda:
             event = torch.cuda.Event()
             event.record()
         self.flush()
@@ -320,26 +312,31 @@ def _generate(job: _Job, chunks: Iterable[tuple[int, int]], drain: _HostDrain, s
     h, (c, *grid), chunk_size = job.stepper.history, job.state_shape, job.chunk_size
     # Steppers that differentiate inside a step (DICE) cannot run under inference_mode;
     # they enable gradients locally and return detached states.
-    needs_grad = getattr(job.stepper, "requires_grad_in_step", False)
-    with torch.no_grad() if needs_grad else torch.inference_mode():
+    with torch.no_grad() if job.stepper.requires_grad_in_step else torch.inference_mode():
         kw = {"dtype": job.dtype, "device": job.device}
         traj_full = torch.empty((chunk_size, h + job.n_steps, c, *grid), **kw)
         noise_full = scratch = None
         if job.noise_shape is not None:
             noise_full = torch.empty((chunk_size, *job.noise_shape), **kw)
             scratch = torch.empty((SEED_BLOCK, *job.noise_shape), **kw)
-        for lo, hi in chunks:
-            buf = traj_full[: hi - lo]
-            buf[:, :h].copy_(job.windows[lo:hi].reshape(hi - lo, h, c, *grid))
-            mu = None if job.mu is None else job.mu[lo:hi].to(job.device)
-            noise = None
-            if noise_full is not None:
-                noise = _BlockNoise(
-                    job.seed, lo, hi, step.noise_buffer(noise_full[: hi - lo]), scratch
-                )
-            _run_chunk(job, buf, noise, mu, step)
-            drain.push(lo, hi, buf[:, h - 1 :])
-            bar.update((hi - lo) * job.n_steps)
+        try:
+            for lo, hi in chunks:
+                buf = traj_full[: hi - lo]
+                buf[:, :h].copy_(job.windows[lo:hi].reshape(hi - lo, h, c, *grid))
+                mu = None if job.mu is None else job.mu[lo:hi].to(job.device)
+                noise = None
+                if noise_full is not None:
+                    noise = _BlockNoise(job.seed, lo, hi, noise_full[: hi - lo], scratch)
+                _run_chunk(job, buf, noise, mu, step)
+                drain.push(lo, hi, buf[:, h - 1 :])
+                bar.update((hi - lo) * job.n_steps)
+        except BaseException:
+            # The chunk in flight was finished before the failure (a chunk is pushed only
+            # when complete): hand it over, so that a resumed rollout keeps it. A failure
+            # of this hand-over must not hide the original error.
+            with contextlib.suppress(Exception):
+                drain.flush()
+            raise
         drain.flush()
 
 
@@ -403,8 +400,9 @@ def rollout(
     out:
         A path ending in ``.zarr``: stream finished chunks to this zarr store instead of
         holding the ensemble in memory, and return it opened lazily. An existing store
-        of the same generation (seed, sizes, stepper, x0, mu) is resumed: chunks marked
-        done are kept, the others generated. Any other existing path is refused.
+        of the same generation (seed, sizes, dtype and ``autocast_dtype``, stepper and
+        its weights, x0, mu, coords and ``param_names``) is resumed: chunks marked done
+        are kept, the others generated. Any other existing path is refused.
     cuda_graph:
         Capture one step as a CUDA graph and replay it (CUDA only; steppers whose step
         ignores ``t``, e.g. StochasticLifting). Same noise stream as the eager path.
@@ -489,8 +487,10 @@ def rollout(
         "dtype": str(dtype),
         "t0": float(t0),
         "dt": dt,
+        "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype),
+        "param_names": None if param_names is None else [str(p) for p in param_names],
     }
-    fp = fingerprint(stepper, windows=windows, mu=mu, **settings)
+    fp = fingerprint(stepper, windows=windows, mu=mu, coords=template.coords, **settings)
     store = EnsembleStore.open_or_create(out, template, chunk_size, fp)
     _execute(job, store.pending(lo, hi), store, step, progress)
     barrier()  # every rank's chunks are written before anyone opens the result

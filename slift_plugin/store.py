@@ -12,8 +12,9 @@ Layout of ``<name>.zarr`` (zarr format 3, readable with ``xarray.open_zarr``):
     chunk's data is written, so an interrupted generation resumes by skipping the
     chunks marked done; a chunk whose write was cut short is not marked and is redone.
 
-The group attribute ``slift_rollout`` fingerprints the generation (seed, sizes, stepper
-type and weights, initial states, ...): a store is only ever resumed by the same
+The group attribute ``slift_rollout`` fingerprints the generation (seed, sizes, dtype and
+autocast dtype, stepper type and weights, initial states, ``mu``, coords and parameter
+names, ...): a store is only ever resumed by the same
 generation. One flag per zarr chunk lets processes that own disjoint chunks write
 without touching each other's files.
 """
@@ -38,7 +39,7 @@ from .distributed import barrier, is_main_process
 if int(zarr.__version__.split(".")[0]) < 3:
     raise ImportError(f"rollout(out=...) needs zarr>=3 (zarr format 3), found {zarr.__version__}")
 
-__all__ = ["EnsembleStore", "fingerprint", "tensor_digest"]
+__all__ = ["EnsembleStore", "coords_digest", "fingerprint", "tensor_digest"]
 
 FINGERPRINT_ATTR = "slift_rollout"
 DONE = "chunk_done"
@@ -46,26 +47,58 @@ DONE_DIM = "sample_chunk"
 FORMAT = "slift-rollout-zarr/1"
 
 
+#: Bytes hashed per piece by :func:`tensor_digest`: what it copies at a time.
+DIGEST_PIECE_BYTES = 1 << 24
+
+
 def tensor_digest(*tensors: Tensor | None) -> str:
-    """SHA-256 (hex, 16 characters) of the shapes, dtypes and bytes of ``tensors``."""
+    """SHA-256 (hex, 16 characters) of the shapes, dtypes and bytes of ``tensors``.
+
+    The bytes are those of the tensor made contiguous, hashed a few rows at a time (at
+    most :data:`DIGEST_PIECE_BYTES` or one row per piece): an expanded view such as the
+    rollout's shared ``x0`` window is never materialised whole.
+    """
     h = hashlib.sha256()
     for t in tensors:
         if t is None:
             h.update(b"none")
             continue
-        t = t.detach().cpu().contiguous()
+        t = t.detach()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        if not t.numel():
+            continue
+        rows = t.reshape(1, -1) if t.ndim == 0 else t
+        per_row = rows[0].numel() * rows.element_size()
+        for piece in rows.split(max(1, DIGEST_PIECE_BYTES // per_row)):
+            h.update(piece.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
+def coords_digest(coords: Mapping[str, xr.DataArray]) -> str:
+    """SHA-256 (hex, 16 characters) of the names, dims and values of ``coords``."""
+    h = hashlib.sha256()
+    for name in sorted(coords):
+        values = np.asarray(coords[name].values)
+        h.update(f"{name}{tuple(coords[name].dims)}{values.dtype}{values.shape}".encode())
+        if values.dtype.hasobject:
+            h.update(repr(values.tolist()).encode())
+        else:
+            h.update(np.ascontiguousarray(values).tobytes())
     return h.hexdigest()[:16]
 
 
 def fingerprint(
-    stepper: nn.Module, *, windows: Tensor, mu: Tensor | None, **settings: object
+    stepper: nn.Module,
+    *,
+    windows: Tensor,
+    mu: Tensor | None,
+    coords: Mapping[str, xr.DataArray],
+    **settings: object,
 ) -> dict[str, object]:
-    """What must match for a store to be resumed: settings, stepper, inputs.
+    """What must match for a store to be resumed: settings, stepper, inputs, coords.
 
-    ``settings`` are plain JSON values (seed, n_samples, chunk_size, n_steps, ...).
+    ``settings`` are plain JSON values (seed, n_samples, chunk_size, n_steps, ...);
+    ``coords`` are the result's coords (time, grid, ``mu_<name>``).
     """
     cls = type(stepper)
     return {
@@ -75,6 +108,7 @@ def fingerprint(
         "weights_sha256": tensor_digest(*stepper.state_dict().values()),
         "x0_sha256": tensor_digest(windows),
         "mu_sha256": tensor_digest(mu),
+        "coords_sha256": coords_digest(coords),
     }
 
 

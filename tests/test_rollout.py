@@ -11,6 +11,7 @@ import xarray as xr
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from slift_plugin import MLP, MeanRegression, Stepper, StochasticLifting, rollout
+from slift_plugin.labels import hash_seed
 from slift_plugin.rollout import SEED_BLOCK
 
 # the module (the package attribute `rollout` is the function)
@@ -130,6 +131,24 @@ def test_noise_is_bit_identical_for_any_chunk_size(chunk_size):
     assert np.array_equal(got.values, ref.values)
 
 
+def test_every_seed_block_draws_its_own_stream():
+    """Block b's noise is the stream of a generator seeded with hash_seed(seed, b)."""
+    seed, n_blocks = 3, 3
+    stepper = Echo()
+    ens = rollout(stepper, torch.zeros(2), n_steps=2, n_samples=n_blocks * SEED_BLOCK, seed=seed)
+    noises = torch.stack(stepper.noises, 1)  # one chunk: (sample, step, 2)
+    for b in range(n_blocks):
+        g = torch.Generator().manual_seed(hash_seed(seed, b))
+        rows = slice(b * SEED_BLOCK, (b + 1) * SEED_BLOCK)
+        for k in range(2):  # step k is the block's (k + 1)-th draw
+            expected = torch.randn((SEED_BLOCK, 2), generator=g)
+            assert torch.equal(noises[rows, k], expected), (b, k)
+    # so the same x0 gives other samples in another block (Echo from 0: x_1 = noise)
+    first = ens.isel(time=1).values
+    assert not np.allclose(first[:SEED_BLOCK], first[SEED_BLOCK : 2 * SEED_BLOCK])
+    assert np.array_equal(first, noises[:, 0].numpy())
+
+
 def test_history_windows_match_a_concatenating_reference():
     h, n, steps = 3, 5, 6
     x0 = torch.randn(n, h, 2, generator=torch.Generator().manual_seed(0))
@@ -221,6 +240,21 @@ def test_bfloat16_autocast_runs_and_stays_close_to_float32():
     tol = kw["n_steps"] * 4 * 2**-8 * step_size
     err = np.abs(got - ref).max()
     assert 0 < err < tol < ref[:, -1].std(0).min(), (err, tol)
+
+
+@pytest.mark.parametrize("device", ["cpu", "mps", "xpu"])
+def test_only_cuda_stages_chunks_through_pinned_buffers(device):
+    """Without a CUDA event there is no telling when a non_blocking copy is done."""
+    received = []
+
+    class Sink:
+        def write(self, lo, hi, values):
+            received.append((lo, hi, values.clone()))
+
+    drain = rollout_module._HostDrain(Sink(), torch.device(device), (4, 3), torch.float32)
+    assert not drain.staged and not drain._buffers
+    drain.push(0, 4, torch.ones(4, 3))  # a CPU tensor stands in for the device chunk
+    assert len(received) == 1 and received[0][2].eq(1).all()  # written at once
 
 
 def test_staged_drain_hands_chunks_over_one_behind_and_intact():

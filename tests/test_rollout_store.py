@@ -1,4 +1,7 @@
-"""rollout(out="x.zarr"): streamed ensembles equal in-memory ones; resume; bad stores."""
+"""rollout(out="x.zarr"): streamed ensembles equal in-memory ones; resume; bad stores;
+fingerprints of bounded memory."""
+
+import importlib
 
 import numpy as np
 import pytest
@@ -7,8 +10,10 @@ import xarray as xr
 import zarr
 
 from slift_plugin import MLP, Stepper, StochasticLifting, rollout
-from slift_plugin.store import DONE, EnsembleStore
+from slift_plugin.bench.memory import TensorMemoryTracker
+from slift_plugin.store import DIGEST_PIECE_BYTES, DONE, EnsembleStore, tensor_digest
 
+rollout_module = importlib.import_module("slift_plugin.rollout")  # `rollout` is the function
 N, CHUNK, STEPS = 700, 128, 3  # 6 chunks, the last one short
 
 
@@ -32,10 +37,10 @@ class Field(Stepper):
         return window + self.weight * (window.roll(1, -1) - window) + 0.1 * noise
 
 
-def generate(path=None, stepper=None, **overrides):
+def generate(path=None, stepper=None, x0=None, **overrides):
     kw = dict(n_steps=STEPS, n_samples=N, mu=[0.5], param_names=["a"], seed=4, chunk_size=CHUNK)
     kw.update(overrides)
-    return rollout(stepper or make_stepper(), torch.zeros(2), out=path, **kw)
+    return rollout(stepper or make_stepper(), torch.zeros(2) if x0 is None else x0, out=path, **kw)
 
 
 def test_streamed_ensemble_equals_the_in_memory_one_bit_for_bit(tmp_path):
@@ -74,7 +79,17 @@ def interrupt_after(stepper, n_calls):
     return stepper.backbone.register_forward_pre_hook(hook), calls
 
 
-def test_interrupted_generation_resumes_without_duplicates_or_gaps(tmp_path):
+class StagedDrain(rollout_module._HostDrain):
+    """The CUDA hand-over (a chunk reaches the sink one chunk late), here on the CPU."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "staged": True})
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_interrupted_generation_resumes_without_duplicates_or_gaps(tmp_path, monkeypatch, staged):
+    if staged:  # chunk 1 is still in flight when chunk 2 dies: it is written all the same
+        monkeypatch.setattr(rollout_module, "_HostDrain", StagedDrain)
     path = tmp_path / "ens.zarr"
     stepper = make_stepper()
     handle, calls = interrupt_after(stepper, 2 * STEPS + 1)  # dies in chunk 2's 2nd step
@@ -121,6 +136,11 @@ def test_a_chunk_cut_short_while_writing_is_not_marked_done(tmp_path, monkeypatc
         (dict(chunk_size=CHUNK * 2), "chunk_size"),
         (dict(n_steps=STEPS + 1), "n_steps"),
         (dict(mu=[0.6]), "mu_sha256"),
+        (dict(x0=torch.tensor([0.0, 1e-6])), "x0_sha256"),
+        (dict(x0=torch.zeros(N, 2).index_fill_(0, torch.tensor([N - 1]), 1.0)), "x0_sha256"),
+        (dict(autocast_dtype=torch.bfloat16), "autocast_dtype"),
+        (dict(param_names=["b"]), "param_names"),
+        (dict(param_names=None), "param_names"),
     ],
 )
 def test_a_store_of_another_generation_is_refused(tmp_path, change, key):
@@ -128,6 +148,29 @@ def test_a_store_of_another_generation_is_refused(tmp_path, change, key):
     generate(path)
     with pytest.raises(ValueError, match=f"cannot be resumed by this one.*{key}: store has"):
         generate(path, **change)
+
+
+def test_other_coords_are_refused(tmp_path):
+    path, x0 = tmp_path / "f.zarr", torch.zeros(1, 8)
+    kw = dict(n_steps=2, n_samples=40, seed=1, chunk_size=16, out=path)
+    rollout(Field(), x0, coords={"x": np.arange(8.0)}, **kw)
+    rollout(Field(), x0, coords={"x": np.arange(8.0)}, **kw)  # the same: resumed
+    with pytest.raises(ValueError, match="coords_sha256: store has"):
+        rollout(Field(), x0, coords={"x": np.arange(8.0) / 8}, **kw)
+    with pytest.raises(ValueError, match="coords_sha256: store has"):
+        rollout(Field(), x0, coords={"y": np.arange(8.0)}, **kw)  # another grid name
+
+
+def test_the_x0_digest_hashes_an_expanded_window_piece_by_piece():
+    row = torch.arange(1000.0)
+    shared = row.expand(4 * DIGEST_PIECE_BYTES // row.nbytes, -1)  # 64 MiB if materialised
+    with TensorMemoryTracker() as tracker:
+        digest = tensor_digest(shared)
+    # one piece copied at a time (plus the shared row, viewed by the pieces)
+    assert tracker.peak <= DIGEST_PIECE_BYTES + row.nbytes < shared.numel() * 4
+    assert digest == tensor_digest(shared.clone())  # the bytes of the materialised tensor
+    assert digest != tensor_digest(shared.clone().index_fill_(0, torch.tensor([7]), 0.0))
+    assert tensor_digest(torch.tensor(1.0)) != tensor_digest(torch.tensor(2.0))  # 0-d
 
 
 def test_another_stepper_or_other_weights_are_refused(tmp_path):
