@@ -22,6 +22,9 @@ import xarray as xr
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .distributed import shard_bounds
+from .labels import hash_seed
+
 LEADING_DIMS = ("sample", "time", "channel")
 
 
@@ -303,10 +306,12 @@ class WithFixedLabels(Dataset):
 
     For a neuraloperator user: wrap the dataset that feeds ``Trainer`` (items
     ``{"x": ..., "y": ...}``); each item gains ``"label"`` = ``labels([i])[0]`` and
-    ``"index"`` = ``i``. The label of item ``i`` is the same in every epoch.
+    ``"index"`` = ``i``. The label of item ``i`` is the same in every epoch. With
+    ``labels=None`` items gain only ``"index"``: what :class:`slift_plugin.FlowMatching`
+    and :class:`slift_plugin.EnergyScoreLifting` key their fresh training noise by.
     """
 
-    def __init__(self, dataset: Dataset, labels: Callable[[Tensor], Tensor]) -> None:
+    def __init__(self, dataset: Dataset, labels: Callable[[Tensor], Tensor] | None = None) -> None:
         if len(dataset) == 0:
             raise ValueError("cannot attach labels to an empty dataset")
         self.dataset = dataset
@@ -321,7 +326,8 @@ class WithFixedLabels(Dataset):
         if not {"x", "y"} <= item.keys():
             raise KeyError(f"items must be dicts with 'x' and 'y', got keys {sorted(item)}")
         i = i % len(self)
-        item["label"] = self.labels(torch.tensor([i]))[0]
+        if self.labels is not None:
+            item["label"] = self.labels(torch.tensor([i]))[0]
         item["index"] = torch.tensor(i)
         return item
 
@@ -580,6 +586,22 @@ class SnapshotDataset:
             if mu is not None:
                 batch["mu"] = mu
             yield batch
+
+    def shard_batch(self, batch: dict[str, Tensor], rank: int, world_size: int) -> dict:
+        """This rank's share of a batch of :meth:`iter_batches`, for data-parallel training.
+
+        Every rank draws the same global batch (same generator) and keeps samples
+        ``[rank*B/W, (rank+1)*B/W)`` at every time. The DICE loss is a sum over times of
+        per-sample means, so the mean of the ranks' losses is the global-batch loss.
+        Hutchinson probes get a per-rank seed: with the shared seed every rank would reuse
+        the same probe vectors for different samples.
+        """
+        lo, hi = shard_bounds(batch["x"].shape[1], rank, world_size, 1)
+        shard = dict(batch, x=batch["x"][:, lo:hi])
+        if "probe_seed" in batch:
+            seed = hash_seed(int(batch["probe_seed"]), rank)
+            shard["probe_seed"] = torch.tensor(seed, dtype=batch["probe_seed"].dtype)
+        return shard
 
     def statistics(self) -> dict[str, Tensor]:
         """Per-channel state mean/std, time offset/scale and parameter mean/std."""

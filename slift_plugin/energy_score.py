@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .flow_matching import FreshNoiseTraining, check_finite_batch
+from ._fresh_noise import FreshNoiseTraining
 from .lifting import StochasticLifting
 
 
@@ -68,9 +68,11 @@ class EnergyScoreLifting(FreshNoiseTraining, StochasticLifting):
     seed:
         Seeds the training labels (with the step counter buffer ``training_step``).
 
-    Training batches are ``{"x", "y", "mu"?}`` dicts from
-    :class:`slift_plugin.TransitionDataset`; a ``"label"`` entry (a fixed label) is
-    ignored, since this method draws fresh labels at every step.
+    Training batches are ``{"x", "y", "index", "mu"?}`` dicts from
+    :class:`slift_plugin.TransitionDataset` (or :class:`slift_plugin.WithFixedLabels`):
+    the labels of example ``i`` are a function of ``(seed, training step, index i)``, so
+    data-parallel training draws the labels of one process. A ``"label"`` entry (a fixed
+    label) is ignored, since this method draws fresh labels at every step.
     """
 
     def __init__(
@@ -103,19 +105,15 @@ class EnergyScoreLifting(FreshNoiseTraining, StochasticLifting):
 
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Fair energy score of ``n_members`` samples per transition, mean over the batch."""
-        check_finite_batch(batch)
         x, mu, m = batch["x"], batch.get("mu"), self.n_members
         self.check_window(x)
         target = self.standardized_target(x, batch["y"]).flatten(1)
         label_shape = self.noise_shape(tuple(x.shape[2:]))
-        g = self.training_generator(x.device)
-        labels = torch.randn(
-            (x.shape[0] * m, *label_shape), generator=g, device=x.device, dtype=x.dtype
-        )
+        (labels,) = self.training_noise(batch, (m, *label_shape))
         # rows b*m .. b*m + m - 1 are the members of example b
         out = self.standardized_output(
             x.repeat_interleave(m, dim=0),
-            labels,
+            labels.flatten(0, 1),
             None if mu is None else mu.repeat_interleave(m, dim=0),
         )
         if out.shape[1:] != batch["y"].shape[1:]:  # reshape would hide a wrong output size

@@ -20,46 +20,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .data import _check_finite
-from .labels import hash_seed
+from ._fresh_noise import FreshNoiseTraining
 from .lifting import TransitionStepper
-
-
-class FreshNoiseTraining:
-    """Mixin for steppers whose loss draws fresh noise at every training step.
-
-    The noise of a training step comes from a generator seeded with ``(seed,
-    training_step)``, where ``training_step`` is a buffer: it travels with ``state_dict``
-    and checkpoints, so a resumed :func:`slift_plugin.fit` draws exactly the noise an
-    uninterrupted run would, and no draw touches the global RNG. Call
-    :meth:`_init_fresh_noise` after ``nn.Module.__init__``.
-    """
-
-    seed: int
-    training_step: Tensor
-
-    def _init_fresh_noise(self, seed: int) -> None:
-        self.seed = int(seed)
-        self.register_buffer("training_step", torch.zeros((), dtype=torch.long))
-
-    def training_generator(self, device: torch.device) -> torch.Generator:
-        """The generator of the current step; in training mode the counter then advances.
-
-        In eval mode the counter stays, so an evaluation loss is repeatable and does not
-        shift the noise of later training steps.
-        """
-        seed = hash_seed(self.seed, int(self.training_step))
-        g = torch.Generator(device=device).manual_seed(seed)
-        if self.training:
-            self.training_step += 1
-        return g
-
-
-def check_finite_batch(batch: Mapping[str, Tensor]) -> None:
-    """Raise a ValueError naming the entry of ``batch`` (x, y, mu) that holds NaN/Inf."""
-    for key in ("x", "y", "mu"):
-        if batch.get(key) is not None:
-            _check_finite(batch[key], f"batch[{key!r}]")
 
 
 class FlowMatching(FreshNoiseTraining, TransitionStepper):
@@ -86,9 +48,15 @@ class FlowMatching(FreshNoiseTraining, TransitionStepper):
         Seeds the training noise ``z_0`` and flow times ``s`` (with the step counter).
 
     ``noise_shape(grid)`` is ``(C, *grid)``: the step's noise is the starting point
-    ``z_0`` of the flow. Training batches are ``{"x", "y", "mu"?}`` dicts from
-    :class:`slift_plugin.TransitionDataset`; a ``"label"`` entry is ignored, so one
-    dataset can serve Stochastic Lifting and this baseline.
+    ``z_0`` of the flow. :meth:`step` updates ``z`` in place in buffers allocated once per
+    call, so it does not differentiate: call it under ``torch.no_grad()`` or
+    ``torch.inference_mode()``, as :func:`slift_plugin.rollout` does.
+
+    Training batches are ``{"x", "y", "index", "mu"?}`` dicts from
+    :class:`slift_plugin.TransitionDataset` (or :class:`slift_plugin.WithFixedLabels`):
+    ``z_0`` and ``s`` of example ``i`` are a function of ``(seed, training step, index
+    i)``, so data-parallel training draws the noise of one process. A ``"label"`` entry
+    is ignored, so one dataset can serve Stochastic Lifting and this baseline.
     """
 
     def __init__(
@@ -158,17 +126,28 @@ class FlowMatching(FreshNoiseTraining, TransitionStepper):
     def noise_shape(self, grid_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (self.n_channels, *tuple(grid_shape))
 
-    def _velocity(self, inputs: Tensor, z: Tensor, s: Tensor, cond: Tensor | None) -> Tensor:
-        """``v`` at flow point ``z`` ``(B, C, *grid)`` and flow times ``s`` ``(B,)``."""
-        s = s.reshape(-1, 1).to(z.dtype)
-        cond = s if cond is None else torch.cat([cond, s], dim=1)
-        v = self.velocity(torch.cat([inputs, z], dim=1), None, cond)
-        if v.shape != z.shape:
+    def _velocity(self, inputs_z: Tensor, cond_s: Tensor) -> Tensor:
+        """``v`` at ``[window | z]`` ``(B, (h + 1) C, *grid)`` and ``[mu | s]``."""
+        v = self.velocity(inputs_z, None, cond_s)
+        expected = (inputs_z.shape[0], self.n_channels, *inputs_z.shape[2:])
+        if v.shape != expected:
             raise ValueError(
                 f"velocity network returned shape {tuple(v.shape)}, expected that of the flow "
-                f"point z, {tuple(z.shape)}"
+                f"point z, {expected}"
             )
         return v
+
+    def _flow_inputs(self, inputs: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The velocity's inputs ``[window | z]`` and conditioning ``[mu | s]``, with
+        ``z`` and ``s`` left to fill (views ``[:, -C:]`` and ``[:, -1]``)."""
+        b, c = inputs.shape[0], self.n_channels
+        inputs_z = inputs.new_empty((b, inputs.shape[1] + c, *inputs.shape[2:]))
+        inputs_z[:, :-c] = inputs
+        n_params = 0 if cond is None else cond.shape[1]
+        cond_s = inputs.new_empty((b, n_params + 1))
+        if cond is not None:
+            cond_s[:, :-1] = cond
+        return inputs_z, cond_s
 
     def step(
         self,
@@ -184,21 +163,26 @@ class FlowMatching(FreshNoiseTraining, TransitionStepper):
         if noise is None or tuple(noise.shape) != expected:
             got = None if noise is None else tuple(noise.shape)
             raise ValueError(f"noise (the flow's z_0) must have shape {expected}, got {got}")
-        z, h = noise, 1.0 / self._n_euler
+        # Allocated once per call: each Euler step writes z and s into these in place.
+        inputs_z, cond_s = self._flow_inputs(inputs, cond)
+        z, h = inputs_z[:, -self.n_channels :], 1.0 / self._n_euler
+        z.copy_(noise)
         for i in range(self._n_euler):  # explicit Euler: v at the left end s_i = i h
-            s = torch.full((window.shape[0],), i * h, device=z.device, dtype=z.dtype)
-            z = z + h * self._velocity(inputs, z, s, cond)
+            cond_s[:, -1] = i * h
+            z.add_(self._velocity(inputs_z, cond_s).mul_(h))
         return self.next_state(window, z)
 
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Mean squared error of the velocity against ``z_1 - z_0`` (mean over all entries)."""
-        check_finite_batch(batch)
         x = batch["x"]
         inputs, cond = self.standardized_inputs(x, batch.get("mu"))
         z1 = self.standardized_target(x, batch["y"])
-        g = self.training_generator(x.device)
-        z0 = torch.randn(z1.shape, generator=g, device=z1.device, dtype=z1.dtype)
-        s = torch.rand(z1.shape[0], generator=g, device=z1.device, dtype=z1.dtype)
+        # per example: z_0 and one more normal, mapped to s ~ U(0, 1) by its CDF
+        z0, n = self.training_noise(batch, tuple(z1.shape[1:]), (1,))
+        s = torch.special.ndtr(n)
+        inputs_z, cond_s = self._flow_inputs(inputs, cond)
+        cond_s[:, -1:] = s
         s_b = s.reshape(-1, *([1] * (z1.ndim - 1)))
-        v = self._velocity(inputs, (1 - s_b) * z0 + s_b * z1, s, cond)
+        inputs_z[:, -self.n_channels :] = (1 - s_b) * z0 + s_b * z1
+        v = self._velocity(inputs_z, cond_s)
         return torch.mean((v - (z1 - z0)) ** 2)

@@ -38,7 +38,6 @@ from .checkpoint import (
     save_checkpoint,
     tensor_state,
 )
-from .data import SnapshotDataset
 from .distributed import barrier, is_main_process, shard_bounds, world
 from .labels import hash_seed
 from .stepper import Stepper
@@ -77,36 +76,13 @@ def _check_shardable(dataset: object, batch_size: int, world_size: int) -> None:
             f"batch_size is the global batch, split evenly over the {world_size} processes; "
             f"it must be a multiple of {world_size}, got {batch_size}"
         )
-    drawn = hasattr(dataset, "iter_batches")
-    if drawn and not hasattr(dataset, "shard_batch") and not isinstance(dataset, SnapshotDataset):
+    if hasattr(dataset, "iter_batches") and not hasattr(dataset, "shard_batch"):
         raise TypeError(
             f"{type(dataset).__name__} draws its own batches (iter_batches) and fit() does not "
             f"know their layout, so it cannot split them over {world_size} processes; give it "
-            "shard_batch(batch, rank, world_size) or get_batch(indices), or train in one process"
+            "shard_batch(batch, rank, world_size) (as SnapshotDataset has), or train in one "
+            "process"
         )
-
-
-def _shard_snapshot_batch(batch: dict[str, Tensor], rank: int, world_size: int) -> dict:
-    """This rank's share of a :class:`SnapshotDataset` batch.
-
-    ``x`` is ``(n_times, B, *state)``: every rank draws the same global batch (same
-    generator) and keeps samples ``[rank*B/W, (rank+1)*B/W)`` at every time. The DICE
-    loss is a sum over times of per-sample means, so the mean of the ranks' losses is the
-    global-batch loss. Hutchinson probes get a per-rank seed: with the shared seed every
-    rank would reuse the same probe vectors for different samples.
-    """
-    lo, hi = shard_bounds(batch["x"].shape[1], rank, world_size, 1)
-    shard = dict(batch, x=batch["x"][:, lo:hi])
-    if "probe_seed" in batch:
-        seed = hash_seed(int(batch["probe_seed"]), rank)
-        shard["probe_seed"] = torch.tensor(seed, dtype=batch["probe_seed"].dtype)
-    return shard
-
-
-def _shard_drawn_batch(dataset: object, batch: dict, rank: int, world_size: int) -> dict:
-    if hasattr(dataset, "shard_batch"):
-        return dataset.shard_batch(batch, rank, world_size)
-    return _shard_snapshot_batch(batch, rank, world_size)
 
 
 def _index_shards(
@@ -137,7 +113,7 @@ def _batches(
             if world_size == 1:
                 yield batch, 1.0
             else:
-                yield _shard_drawn_batch(dataset, batch, rank, world_size), 1.0 / world_size
+                yield dataset.shard_batch(batch, rank, world_size), 1.0 / world_size
         return
     perm = torch.randperm(len(dataset), generator=generator)
     shards = list(_index_shards(perm, batch_size, rank, world_size))
@@ -232,7 +208,8 @@ def fit(
         Any :class:`Stepper`. ``stepper.prepare(dataset)`` runs first (normalisation).
     dataset:
         A map-style dataset of dict items; datasets with ``get_batch(indices)`` are
-        batched without a DataLoader, datasets with ``iter_batches`` draw their own.
+        batched without a DataLoader, datasets with ``iter_batches`` draw their own
+        (and, to train data-parallel, split them with ``shard_batch(batch, rank, W)``).
     epochs, batch_size, lr, weight_decay, min_lr_ratio, grad_clip:
         AdamW with cosine decay from ``lr`` to ``min_lr_ratio * lr`` over all steps.
         ``batch_size`` is the global batch; under a process group of ``W`` ranks it must

@@ -13,10 +13,19 @@ import scoringrules as sr
 import torch
 from scipy import stats
 from torch import Tensor, nn
+from torchrun_worker import interrupt_fit
 
-from slift_plugin import MLP, TransitionDataset, fit, rollout
+from slift_plugin import (
+    MLP,
+    IndexedGaussianLabels,
+    TransitionDataset,
+    WithFixedLabels,
+    fit,
+    rollout,
+)
 from slift_plugin.energy_score import EnergyScoreLifting, energy_score
 from slift_plugin.flow_matching import FlowMatching
+from slift_plugin.labels import hash_seed
 from slift_plugin.systems import ornstein_uhlenbeck, ou_transition_moments
 
 N_SAMPLE = 20_000
@@ -57,9 +66,9 @@ def test_energy_score_rejects_bad_shapes():
 def test_energy_score_loss_scores_the_members_it_draws():
     """The loss equals scoringrules' score of the members rebuilt from the same draw.
 
-    Members of example b use the backbone on x_b with labels b*m .. b*m + m - 1; norms run
-    over the whole standardised state (C=2 channels here). In eval mode the step counter
-    stays, so the generator can be re-derived.
+    Member j of example b uses the backbone on x_b with label j of the (m, label_dim)
+    normals that (seed, step 0, stream 0) gives index b; norms run over the whole
+    standardised state (C=2 channels here). In eval mode the step counter stays at 0.
     """
     torch.manual_seed(0)
     es = EnergyScoreLifting(MLP(2, 2, label_dim=3, hidden=16), (2,), n_members=3, seed=4)
@@ -68,15 +77,16 @@ def test_energy_score_loss_scores_the_members_it_draws():
     )
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(5, 2, generator=g), torch.randn(5, 2, generator=g)
+    index = torch.tensor([7, 0, 3, 12, 5])
     es.eval()
     with torch.no_grad():
-        loss = es.loss({"x": x, "y": y, "index": torch.arange(5)})
-    labels = torch.randn((15, 3), generator=es.training_generator(torch.device("cpu")))
+        loss = es.loss({"x": x, "y": y, "index": index})
+    labels = IndexedGaussianLabels((3, 3), hash_seed(4, 0, 0))(index)
     with torch.no_grad():
         members = torch.stack(
             [
                 torch.stack(
-                    [es.standardized_output(x[b : b + 1], labels[[3 * b + j]])[0] for j in range(3)]
+                    [es.standardized_output(x[b : b + 1], labels[b, [j]])[0] for j in range(3)]
                 )
                 for b in range(5)
             ]
@@ -91,7 +101,7 @@ def test_energy_score_loss_scores_the_members_it_draws():
     for p in es.backbone.parameters():
         nn.init.zeros_(p)
     expected = np.linalg.norm(target, axis=1).mean()
-    assert es.loss({"x": x, "y": y}).item() == pytest.approx(expected, rel=1e-6)
+    assert es.loss({"x": x, "y": y, "index": index}).item() == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +114,11 @@ def test_energy_score_loss_scores_the_members_it_draws():
 )
 def test_fresh_noise_every_training_step_and_repeatable_eval(stepper):
     stepper.set_normalization({"state_mean": [0.0], "state_std": [1.0], "delta_std": [1.0]})
-    batch = {"x": torch.linspace(-1, 1, 8)[:, None], "y": torch.zeros(8, 1)}
+    batch = {
+        "x": torch.linspace(-1, 1, 8)[:, None],
+        "y": torch.zeros(8, 1),
+        "index": torch.arange(8),
+    }
     stepper.train()
     with torch.no_grad():
         first, second = stepper.loss(batch).item(), stepper.loss(batch).item()
@@ -172,6 +186,50 @@ def test_euler_sampler_against_closed_form_gaussian_flow():
         fm.n_euler = 2000
         torch.testing.assert_close(fm.step(x, z0), x + 0.3 * (m + s * z0), atol=1e-3, rtol=0)
     assert fm.evals_per_step == 2000
+
+
+def euler_reference(fm: FlowMatching, window: Tensor, z0: Tensor, mu: Tensor | None) -> Tensor:
+    """The Euler loop written out plainly: new inputs ``[window | z]`` and ``[mu | s]``
+    at every step."""
+    inputs, cond = fm.standardized_inputs(window, mu)
+    z, h = z0, 1.0 / fm.n_euler
+    for i in range(fm.n_euler):
+        s = torch.full((len(z), 1), i * h)
+        c = s if cond is None else torch.cat([cond, s], 1)
+        z = z + h * fm.velocity(torch.cat([inputs, z], 1), None, c)
+    return fm.next_state(window, z)
+
+
+def test_euler_steps_reuse_one_input_buffer_and_match_the_plain_loop_bit_for_bit():
+    """step() fills ``[window | z]`` and ``[mu | s]`` in place instead of allocating them
+    at every Euler step; the result is bit-identical to the plain loop."""
+    torch.manual_seed(0)
+    fm = FlowMatching(MLP(6, 3, label_dim=0, n_cond=2, hidden=16), (3,), n_params=1, n_euler=7)
+    fm.set_normalization(
+        {
+            "state_mean": torch.randn(3),
+            "state_std": torch.rand(3) + 0.5,
+            "delta_std": torch.rand(3) + 0.1,
+            "param_mean": torch.zeros(1),
+            "param_std": torch.full((1,), 2.0),
+        }
+    )
+    g = torch.Generator().manual_seed(1)
+    x, z0, mu = (torch.randn(5, n, generator=g) for n in (3, 3, 1))
+    seen = []
+    forward = fm.velocity.forward
+
+    def spy(inputs, label, cond):
+        seen.append((inputs.data_ptr(), cond.data_ptr(), cond[0, -1].item()))
+        return forward(inputs, label, cond)
+
+    fm.velocity.forward = spy
+    with torch.inference_mode():
+        out = fm.step(x, z0.clone(), mu=mu)
+        fm.velocity.forward = forward
+        assert torch.equal(out, euler_reference(fm, x, z0, mu))
+    assert len(seen) == 7 and len({(a, b) for a, b, _ in seen}) == 1, seen
+    assert [s for *_, s in seen] == pytest.approx([i / 7 for i in range(7)])
 
 
 # -- both methods learn the Ornstein-Uhlenbeck transition --------------------------------
@@ -307,21 +365,7 @@ def test_same_seed_same_losses_and_exact_resume(make, tmp_path):
     assert fit(make(seed=1), ds, **kw).losses != res_full.losses  # the seed matters
 
     # interrupted during epoch 5; the epoch-4 checkpoint must carry the step counter
-    part = make()
-    original, calls = part.loss, {"n": 0}
-
-    class Stop(Exception):
-        pass
-
-    def loss_then_stop(batch):
-        calls["n"] += 1
-        if calls["n"] > 4 * per_epoch + 1:
-            raise Stop
-        return original(batch)
-
-    part.loss = loss_then_stop
-    with pytest.raises(Stop):
-        fit(part, ds, checkpoint_dir=tmp_path / "b", **kw)
+    interrupt_fit(make(), ds, 4 * per_epoch + 1, checkpoint_dir=tmp_path / "b", **kw)
     resumed = make()
     res = fit(resumed, ds, checkpoint_dir=tmp_path / "b", **kw)
     assert res.resumed_from_epoch == 4
@@ -329,6 +373,53 @@ def test_same_seed_same_losses_and_exact_resume(make, tmp_path):
     assert int(resumed.training_step) == steps
     for p, q in zip(full.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize("make", [make_fm, make_es])
+def test_training_noise_follows_the_example_index_not_its_place_in_the_batch(make):
+    """The loss of a batch is the size-weighted mean of the losses of any split of it, in
+    any order: what makes a data-parallel step draw the noise of one process. (Noise
+    drawn per position would give rank 1's first example rank 0's first noise.)"""
+    stepper = make()
+    stepper.set_normalization(
+        {"state_mean": torch.zeros(2), "state_std": torch.ones(2), "delta_std": torch.ones(2)}
+    )
+    batch = noisy_data().get_batch(torch.arange(10, 22))
+    stepper.eval()  # the step counter stays: every call draws step 0's noise
+    with torch.no_grad():
+        whole = stepper.loss(batch)
+        order = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+        halves = [{k: v[order[i : i + 6]] for k, v in batch.items()} for i in (0, 6)]
+        split = sum(stepper.loss(half) for half in halves) / 2
+    torch.testing.assert_close(split, whole, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="no 'index' entry.*TransitionDataset.*WithFixedLabels"):
+        stepper.loss({"x": batch["x"], "y": batch["y"]})
+    with pytest.raises(ValueError, match=r"one integer per example, shape \(12,\)"):
+        stepper.loss({**batch, "index": batch["index"][:3]})
+
+
+def test_non_finite_data_is_refused_before_training():
+    """The losses do not scan batches for NaN/Inf (a host sync per step): the datasets do,
+    at construction (TransitionDataset) or in prepare()'s statistics (WithFixedLabels)."""
+    states = torch.zeros(4, 3, 2)
+    with pytest.raises(ValueError, match="mu contains 1 NaN"):
+        TransitionDataset(states, mu=torch.tensor([[0.0], [math.nan], [0.0], [0.0]]))
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {"x": torch.zeros(2), "y": torch.full((2,), math.inf if i == 2 else 0.0)}
+
+    def unreachable(batch):
+        raise AssertionError("a non-finite batch reached the loss")
+
+    for make in (make_fm, make_es):
+        stepper = make()
+        stepper.loss = unreachable
+        with pytest.raises(ValueError, match="y contains 2 NaN/Inf"):
+            fit(stepper, WithFixedLabels(Items()), epochs=1, progress=False)
 
 
 # -- neural-operator backbones -----------------------------------------------------------
@@ -360,7 +451,8 @@ def test_field_states_with_lifted_fno():
         }
     )
     assert fm.noise_shape(grid) == (c, *grid)
-    assert fm.loss({"x": window, "y": y, "mu": mu}).ndim == 0
+    index = torch.arange(b)
+    assert fm.loss({"x": window, "y": y, "mu": mu, "index": index}).ndim == 0
     assert fm.step(window, torch.randn(b, c, *grid), mu=mu).shape == (b, c, *grid)
 
     backbone = lifted_operator(
@@ -377,7 +469,7 @@ def test_field_states_with_lifted_fno():
         {"state_mean": torch.zeros(c), "state_std": torch.ones(c), "delta_std": torch.ones(c)}
     )
     assert es.noise_shape(grid) == (4, *grid)
-    assert es.loss({"x": window[:, :c], "y": y}).ndim == 0
+    assert es.loss({"x": window[:, :c], "y": y, "index": index}).ndim == 0
 
 
 # -- bad input ----------------------------------------------------------------------------
@@ -411,10 +503,8 @@ def test_bad_settings_and_batches_give_clear_errors():
         EnergyScoreLifting(MLP(1, 1, label_dim=0), (1,))
 
     es = EnergyScoreLifting(MLP(1, 1, label_dim=4), (1,))
-    ok = {"x": torch.zeros(4, 1), "y": torch.zeros(4, 1)}
+    ok = {"x": torch.zeros(4, 1), "y": torch.zeros(4, 1), "index": torch.arange(4)}
     for stepper in (fm, es):
-        with pytest.raises(ValueError, match=r"batch\['y'\] contains 1 NaN"):
-            stepper.loss({**ok, "y": torch.tensor([[0.0], [math.nan], [0.0], [0.0]])})
         with pytest.raises(ValueError, match="window must have shape"):
             stepper.loss({**ok, "x": torch.zeros(4, 2)})
         with pytest.raises(ValueError, match="y must have the shape of one state"):

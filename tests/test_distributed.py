@@ -21,8 +21,8 @@ import pytest
 import torch
 import torchrun_worker as worker
 
-from slift_plugin import TransitionDataset, fit, rollout
-from slift_plugin.train import _check_shardable, _index_shards, _shard_snapshot_batch
+from slift_plugin import SnapshotDataset, TransitionDataset, fit, rollout
+from slift_plugin.train import _check_shardable, _index_shards
 
 WORKER = Path(__file__).with_name("torchrun_worker.py")
 N_PROC = 2
@@ -75,6 +75,9 @@ PROBLEMS = {
     "sl": (worker.sl_problem, {}),  # get_batch, uneven last batch (8 + 7)
     "generic": (worker.generic_problem, {}),  # DataLoader, last batch of 1 for 2 ranks
     "dice": (worker.dice_problem, {"batch_size": 16, "epochs": 2}),  # iter_batches
+    # fresh noise per step, keyed by the example index: the ranks draw one process's noise
+    "cfm": (worker.cfm_problem, {}),  # get_batch, uneven last batch
+    "es": (worker.es_problem, {}),  # DataLoader, last batch of 1
 }
 
 
@@ -124,8 +127,9 @@ def test_index_shards_cover_every_batch_once_with_shares_summing_to_one():
 
 
 def test_snapshot_batches_split_samples_and_give_each_rank_its_own_probes():
+    data = SnapshotDataset([(torch.arange(3.0), [torch.zeros(4, 2)] * 3, None)])
     batch = {"x": torch.randn(3, 8, 2), "t": torch.arange(3.0), "probe_seed": torch.tensor(7)}
-    shards = [_shard_snapshot_batch(batch, r, 2) for r in range(2)]
+    shards = [data.shard_batch(batch, r, 2) for r in range(2)]
     assert torch.equal(torch.cat([s["x"] for s in shards], 1), batch["x"])
     assert all(torch.equal(s["t"], batch["t"]) for s in shards)  # same times on every rank
     # Hutchinson probes: a shared seed would give every rank the same probe vectors.
@@ -145,6 +149,7 @@ def test_what_cannot_be_split_is_refused_before_training():
 
     with pytest.raises(TypeError, match="Drawn draws its own batches"):
         _check_shardable(Drawn(), 32, 2)
+    _check_shardable(SnapshotDataset([(torch.arange(2.0), [torch.zeros(4, 2)] * 2, None)]), 32, 2)
 
 
 def test_ranks_refuse_together_what_they_cannot_train(ranks):

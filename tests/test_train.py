@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torchrun_worker import interrupt_fit
 
 from slift_plugin import (
     MLP,
@@ -51,24 +52,8 @@ def test_resume_matches_uninterrupted_training(tmp_path):
     full = make()
     res_full = fit(full, ds, checkpoint_dir=tmp_path / "a", **kw)
 
-    # interrupted after epoch 4: emulate by training a fresh model to epoch 4's checkpoint
-    part = make()
-
-    class Stop(Exception):
-        pass
-
-    calls = {"n": 0}
-    original = part.loss
-
-    def loss_then_stop(batch):
-        calls["n"] += 1
-        if calls["n"] > 4 * math.ceil(len(ds) / 16):  # 4 epochs worth of batches
-            raise Stop
-        return original(batch)
-
-    part.loss = loss_then_stop
-    with pytest.raises(Stop):
-        fit(part, ds, checkpoint_dir=tmp_path / "b", **kw)
+    # interrupted after epoch 4 (its checkpoint), at the first step of epoch 5
+    interrupt_fit(make(), ds, 4 * math.ceil(len(ds) / 16), checkpoint_dir=tmp_path / "b", **kw)
     resumed = make()
     res = fit(resumed, ds, checkpoint_dir=tmp_path / "b", **kw)
     assert res.resumed_from_epoch == 4

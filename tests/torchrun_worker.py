@@ -37,6 +37,8 @@ from slift_plugin import (
 from slift_plugin import train as train_module
 from slift_plugin.checkpoint import tensor_state
 from slift_plugin.distributed import barrier, init_from_env, is_main_process, world
+from slift_plugin.energy_score import EnergyScoreLifting
+from slift_plugin.flow_matching import FlowMatching
 from slift_plugin.systems import ornstein_uhlenbeck
 
 FIT = dict(epochs=3, batch_size=32, lr=3e-3, weight_decay=0.0, seed=5, progress=False)
@@ -65,6 +67,20 @@ def generic_problem() -> tuple[StochasticLifting, WithFixedLabels]:
     sl = sl_stepper()
     data = WithFixedLabels(TransitionDataset.from_xarray(ou_ensemble(33, 1)), sl.fixed_labels(0))
     return sl, data
+
+
+def cfm_problem() -> tuple[FlowMatching, TransitionDataset]:
+    """sl_problem's transitions (uneven last batch): z_0 and s are drawn per example index."""
+    torch.manual_seed(0)
+    fm = FlowMatching(MLP(2, 1, label_dim=0, n_cond=1, hidden=32, depth=2), (1,), dt=0.1)
+    return fm, TransitionDataset.from_xarray(ou_ensemble(37, 3))
+
+
+def es_problem() -> tuple[EnergyScoreLifting, WithFixedLabels]:
+    """DataLoader path, last batch of one example: the index comes from WithFixedLabels."""
+    torch.manual_seed(0)
+    es = EnergyScoreLifting(MLP(1, 1, label_dim=4, hidden=32, depth=2), (1,), n_members=3)
+    return es, WithFixedLabels(TransitionDataset.from_xarray(ou_ensemble(33, 1)))
 
 
 def dice_problem() -> tuple[DICE, SnapshotDataset]:
@@ -105,24 +121,26 @@ def run_fit(problem: Callable, **kw) -> tuple[torch.nn.Module, dict]:
 
 
 class Stop(Exception):
-    pass
+    """Raised out of fit() by :func:`interrupt_fit`, as a crash would."""
 
 
-def interrupted_fit(ckpt: Path) -> None:
-    """Train towards RESUME's end but die (on every rank at the same step) in epoch 4."""
-    stepper, data = sl_problem()
+def interrupt_fit(stepper: torch.nn.Module, data, after_steps: int, **fit_kw) -> None:
+    """Run ``fit(stepper, data, **fit_kw)`` but crash at loss call ``after_steps + 1``.
+
+    Under torchrun every rank crashes at the same step. Also used by the single-process
+    resume tests of tests/test_train.py and tests/test_baselines.py.
+    """
     loss, calls = stepper.loss, [0]
-    steps = math.ceil(len(data) / RESUME["batch_size"])
 
     def loss_then_stop(batch):
         calls[0] += 1
-        if calls[0] > STOP_AFTER_EPOCHS * steps:
+        if calls[0] > after_steps:
             raise Stop
         return loss(batch)
 
     stepper.loss = loss_then_stop
     try:
-        fit(stepper, data, checkpoint_dir=ckpt, **RESUME)
+        fit(stepper, data, **fit_kw)
     except Stop:
         return
     raise AssertionError("the interrupted run was not interrupted")
@@ -141,7 +159,10 @@ def resume_scenario(out_dir: Path) -> dict:
     try:
         full, data = sl_problem()
         uninterrupted = summary(full, fit(full, data, checkpoint_dir=out_dir / "a", **RESUME))
-        interrupted_fit(out_dir / "b")
+        # dies (on every rank at the same step) in epoch 4, after the epoch-2 checkpoint
+        stopped, data = sl_problem()
+        steps = STOP_AFTER_EPOCHS * math.ceil(len(data) / RESUME["batch_size"])
+        interrupt_fit(stopped, data, steps, checkpoint_dir=out_dir / "b", **RESUME)
         if is_main_process():  # epoch-2 checkpoint, for a 1-process resume in the test
             shutil.copytree(out_dir / "b", out_dir / "b_epoch2")
         barrier()
@@ -202,6 +223,8 @@ def main(out_dir: Path) -> None:
         "sl": lambda: run_fit(sl_problem)[1],
         "generic": lambda: run_fit(generic_problem)[1],
         "dice": lambda: run_fit(dice_problem, batch_size=16, epochs=2)[1],
+        "cfm": lambda: run_fit(cfm_problem)[1],
+        "es": lambda: run_fit(es_problem)[1],
         "resume": lambda: resume_scenario(out_dir),
         "refusals": refusals,
         "rollout": lambda: rollout_scenario(results["sl"]["params"]),
