@@ -51,19 +51,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from .bench import BenchConfig, run_bench, write_outputs
-    from .bench.report import aggregate, markdown_report, runs_frame
 
     config = BenchConfig(
         problems=args.problems,
         methods=args.methods,
-        seeds=list(range(args.seeds)) if args.seeds is not None else (0, 1, 2),
+        seeds=list(range(args.seeds)),
         quick=args.quick,
         device=args.device,
         threads=args.threads,
     )
-    result = run_bench(config, progress=True)
-    paths = write_outputs(result, args.out)
-    print(markdown_report(result, aggregate(runs_frame(result))))
+    paths = write_outputs(run_bench(config, progress=True), args.out)
+    print(paths["markdown"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
@@ -109,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. solver sl sl-noise_field sl-l8 mse cfm5 cfm20 es dice "
         "(default: each problem's set)",
     )
-    bench.add_argument("--seeds", type=int, default=None, help="number of training seeds (3)")
+    bench.add_argument("--seeds", type=int, default=3, help="number of training seeds")
     bench.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     bench.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
     bench.add_argument("--out", default="bench_output", help="output folder")

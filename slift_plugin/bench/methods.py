@@ -162,12 +162,14 @@ def _backbone(problem: ProblemData, quick: bool, *, label_dim: int, **kwargs) ->
     if problem.kind == "field":
         return _field_backbone(problem, quick, label_dim=label_dim, **kwargs)
     d = problem.state_shape[0]
-    history = kwargs.pop("history", 1)
+    extra = set(kwargs) - {"history", "n_cond"}
+    if extra:
+        raise ValueError(f"vector backbones take history and n_cond, not {sorted(extra)}")
     return MLP(
-        history * d,
+        kwargs.get("history", 1) * d,
         d,
         label_dim=label_dim,
-        n_cond=kwargs.pop("n_cond", 0),
+        n_cond=kwargs.get("n_cond", 0),
         hidden=budget(problem, quick).hidden,
     )
 
@@ -177,9 +179,12 @@ def _state_shape(problem: ProblemData) -> tuple[int | None, ...]:
     return (problem.state_shape[0], None) if problem.kind == "field" else problem.state_shape
 
 
-def build_stepper(spec: MethodSpec, problem: ProblemData, quick: bool) -> Stepper:
-    """A fresh, untrained stepper for ``spec`` on ``problem`` (weights from the global RNG:
-    the runner seeds it inside ``torch.random.fork_rng``)."""
+def build_stepper(spec: MethodSpec, problem: ProblemData, quick: bool, seed: int) -> Stepper:
+    """A fresh, untrained stepper for ``spec`` on ``problem``.
+
+    Its weights come from the global RNG (the runner seeds it inside
+    ``torch.random.fork_rng``); the training noise of CFM and ES from ``seed``.
+    """
     shape, dt = _state_shape(problem), problem.dt
     injection = {"injection": spec.injection} if problem.kind == "field" else {}
     if spec.family == "sl":
@@ -189,10 +194,10 @@ def build_stepper(spec: MethodSpec, problem: ProblemData, quick: bool) -> Steppe
         return MeanRegression(_backbone(problem, quick, label_dim=0), shape, dt=dt)
     if spec.family == "es":
         net = _backbone(problem, quick, label_dim=DEFAULT_LABEL_DIM, **injection)
-        return EnergyScoreLifting(net, shape, n_members=ES_MEMBERS, dt=dt)
+        return EnergyScoreLifting(net, shape, n_members=ES_MEMBERS, dt=dt, seed=seed)
     if spec.family == "cfm":
         net = _backbone(problem, quick, label_dim=0, history=2, n_cond=1)
-        return FlowMatching(net, shape, n_euler=spec.n_euler, dt=dt)
+        return FlowMatching(net, shape, n_euler=spec.n_euler, dt=dt, seed=seed)
     if spec.family == "dice":
         return _dice(problem, quick)
     raise ValueError(f"{spec.name} is not a learned method")
@@ -232,10 +237,6 @@ def training_data(
         grid = problem.state_shape[1:]
         labels = stepper.fixed_labels(seed, grid)
     return TransitionDataset.from_xarray(problem.train, labels=labels)
-
-
-def evals_per_step(stepper: Stepper) -> int:
-    return int(getattr(stepper, "evals_per_step", 1))
 
 
 def set_sampling(stepper: Stepper, spec: MethodSpec) -> None:

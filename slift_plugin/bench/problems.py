@@ -26,6 +26,7 @@ import xarray as xr
 
 from ..systems import allen_cahn, double_well, field_energy, lorenz63, vlasov_two_stream
 from ..systems.sdes import LORENZ63_X0
+from ..systems.vlasov import DEFAULT_LENGTH
 
 
 @dataclass
@@ -34,10 +35,10 @@ class ProblemData:
 
     ``x0`` is the start state (shared by all samples, ``state_shape``) or per-sample
     states; ``mu`` the physics parameters of the test ensemble (or None). ``solve(n,
-    seed)`` integrates the reference system for ``n`` trajectories over the test horizon
-    and returns the ensemble; ``solver_evals_per_step`` counts its drift evaluations per
-    output step. ``quantity_error(generated, reference)`` is the problem-specific score
-    (smaller is better), described by ``quantity``.
+    seed, device)`` integrates the reference system for ``n`` trajectories over the test
+    horizon on ``device`` and returns the ensemble; ``solver_evals_per_step`` counts its
+    drift evaluations per output step. ``quantity_error(generated, reference)`` is the
+    problem-specific score (smaller is better), described by ``quantity``.
     """
 
     name: str
@@ -48,7 +49,7 @@ class ProblemData:
     n_steps: int
     dt: float
     n_generate: int
-    solve: Callable[[int, int], xr.DataArray]
+    solve: Callable[..., xr.DataArray]
     solver_evals_per_step: int
     quantity: str
     quantity_error: Callable[[xr.DataArray, xr.DataArray], float]
@@ -130,55 +131,80 @@ def field_energy_error(length: float, n_grid: int) -> Callable[[xr.DataArray, xr
 
 
 # -- the problems -------------------------------------------------------------------------
-def _double_well(quick: bool, seed: int) -> ProblemData:
-    n_steps, dt, sigma, dt_internal = 16, 0.25, 0.5, 1e-2
+def _sde_problem(
+    name: str,
+    generate: Callable[..., xr.DataArray],
+    x0: np.ndarray,
+    *,
+    n_steps: int,
+    dt: float,
+    dt_internal: float,
+    noise: dict[str, float],
+    quick: bool,
+    seed: int,
+    quantity: str,
+    quantity_error: Callable[[xr.DataArray, xr.DataArray], float],
+) -> ProblemData:
+    """A torchsde reference system started from one state ``x0``."""
     sizes = (128, 512, 256) if quick else (512, 4096, 2048)  # train, reference, generated
 
-    def solve(n: int, s: int) -> xr.DataArray:
-        return double_well(
-            n_samples=n, n_steps=n_steps, dt=dt, sigma=sigma, dt_internal=dt_internal, seed=s
+    def solve(n: int, s: int, device: str = "cpu") -> xr.DataArray:
+        return generate(
+            n_samples=n,
+            n_steps=n_steps,
+            dt=dt,
+            dt_internal=dt_internal,
+            seed=s,
+            device=device,
+            **noise,
         )
 
     return ProblemData(
-        name="double_well",
+        name=name,
         kind="vector",
         train=solve(sizes[0], seed),
         reference=solve(sizes[1], seed + 1),
-        x0=np.zeros(1, dtype=np.float32),
+        x0=x0,
         n_steps=n_steps,
         dt=dt,
         n_generate=sizes[2],
         solve=solve,
         solver_evals_per_step=round(dt / dt_internal),
+        quantity=quantity,
+        quantity_error=quantity_error,
+        sigma=next(iter(noise.values())),
+    )
+
+
+def _double_well(quick: bool, seed: int) -> ProblemData:
+    return _sde_problem(
+        "double_well",
+        double_well,
+        np.zeros(1, dtype=np.float32),
+        n_steps=16,
+        dt=0.25,
+        dt_internal=1e-2,
+        noise={"sigma": 0.5},
+        quick=quick,
+        seed=seed,
         quantity="max |error| of right-well occupancy P(x > 0.5)",
         quantity_error=well_occupancy_error,
-        sigma=sigma,
     )
 
 
 def _lorenz63(quick: bool, seed: int) -> ProblemData:
-    n_steps, dt, noise, dt_internal = (20, 0.05, 1.0, 1e-3) if quick else (40, 0.05, 1.0, 1e-3)
-    sizes = (128, 512, 256) if quick else (512, 4096, 2048)
-
-    def solve(n: int, s: int) -> xr.DataArray:
-        return lorenz63(
-            n_samples=n, n_steps=n_steps, dt=dt, noise=noise, dt_internal=dt_internal, seed=s
-        )
-
-    return ProblemData(
-        name="lorenz63",
-        kind="vector",
-        train=solve(sizes[0], seed),
-        reference=solve(sizes[1], seed + 1),
-        x0=np.asarray(LORENZ63_X0, dtype=np.float32),
-        n_steps=n_steps,
-        dt=dt,
-        n_generate=sizes[2],
-        solve=solve,
-        solver_evals_per_step=round(dt / dt_internal),
+    return _sde_problem(
+        "lorenz63",
+        lorenz63,
+        np.asarray(LORENZ63_X0, dtype=np.float32),
+        n_steps=20 if quick else 40,
+        dt=0.05,
+        dt_internal=1e-3,
+        noise={"noise": 1.0},
+        quick=quick,
+        seed=seed,
         quantity="max |error| of the autocorrelation of x(t), lags up to half the run",
         quantity_error=autocorrelation_error,
-        sigma=noise,
     )
 
 
@@ -186,9 +212,15 @@ def _allen_cahn(quick: bool, seed: int) -> ProblemData:
     n_steps, dt, n_grid, dt_internal = (8, 0.4, 64, 1e-2) if quick else (20, 0.4, 128, 1e-2)
     sizes = (16, 128, 64) if quick else (128, 512, 256)
 
-    def solve(n: int, s: int) -> xr.DataArray:
+    def solve(n: int, s: int, device: str = "cpu") -> xr.DataArray:
         return allen_cahn(
-            n_samples=n, n_steps=n_steps, dt=dt, n_grid=n_grid, dt_internal=dt_internal, seed=s
+            n_samples=n,
+            n_steps=n_steps,
+            dt=dt,
+            n_grid=n_grid,
+            dt_internal=dt_internal,
+            seed=s,
+            device=device,
         )
 
     reference = solve(sizes[1], seed + 1)
@@ -218,16 +250,21 @@ def _vlasov(quick: bool, seed: int) -> ProblemData:
     n_particles = 2000 if quick else 6000
     train_v0 = (0.9, 1.1) if quick else VLASOV_TRAIN_V0
 
-    def run(n: int, v0: float, s: int) -> xr.DataArray:
+    def run(n: int, v0: float, s: int, device: str = "cpu") -> xr.DataArray:
         return vlasov_two_stream(
-            n_particles=n, n_steps=n_steps, dt=dt, v0=v0, dt_internal=dt_internal, seed=s
+            n_particles=n,
+            n_steps=n_steps,
+            dt=dt,
+            v0=v0,
+            dt_internal=dt_internal,
+            seed=s,
+            device=device,
         )["state"]
 
     train = xr.concat([run(n_particles, v0, seed + i) for i, v0 in enumerate(train_v0)], "sample")
     reference = run(2 * n_particles, VLASOV_TEST_V0, seed + 100)
     start = run(n_particles, VLASOV_TEST_V0, seed + 101).isel(time=0).values
-    length = float(vlasov_two_stream(n_particles=2, n_steps=1).attrs["length"])
-    n_grid = 64
+    length, n_grid = DEFAULT_LENGTH, 64  # the box and field grid of vlasov_two_stream
 
     def wrap_positions(ens: xr.DataArray) -> xr.DataArray:
         ens = ens.copy(data=np.array(ens.values))
@@ -243,7 +280,7 @@ def _vlasov(quick: bool, seed: int) -> ProblemData:
         n_steps=n_steps,
         dt=dt,
         n_generate=n_particles,
-        solve=lambda n, s: run(n, VLASOV_TEST_V0, s),
+        solve=lambda n, s, device="cpu": run(n, VLASOV_TEST_V0, s, device),
         solver_evals_per_step=round(dt / dt_internal),
         quantity="relative L2 error of the electric-energy curve W_E(t)",
         quantity_error=field_energy_error(length, n_grid),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import platform
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -130,7 +131,7 @@ def _run_problem(problem, specs, config, result, bar) -> None:
                 bar.update()
                 continue
             if spec.family == "solver":
-                row, ens = _run_solver(problem, seed)
+                row, ens = _run_solver(problem, seed, config.device)
             else:
                 key = (spec.training_key, seed)
                 if key not in trained:
@@ -143,8 +144,10 @@ def _run_problem(problem, specs, config, result, bar) -> None:
 
 def _train(spec: M.MethodSpec, problem: ProblemData, seed: int, config: BenchConfig):
     with torch.random.fork_rng(devices=[]):  # seeded weights, global RNG left as it was
-        torch.manual_seed(hash_seed(seed, sum(map(ord, spec.training_key))))
-        stepper = M.build_stepper(spec, problem, config.quick)
+        # only the CPU generator: torch.manual_seed would also reseed every CUDA generator
+        key = zlib.crc32(spec.training_key.encode())
+        torch.default_generator.manual_seed(hash_seed(seed, key))
+        stepper = M.build_stepper(spec, problem, config.quick, seed)
     data = M.training_data(spec, stepper, problem, seed)
     b = M.budget(problem, config.quick)
     fit_result = fit(
@@ -161,58 +164,70 @@ def _train(spec: M.MethodSpec, problem: ProblemData, seed: int, config: BenchCon
     return stepper, fit_result
 
 
+def _measure(generate, warm_up, device: str, n: int, n_steps: int) -> tuple[xr.DataArray, dict]:
+    """Warm up, then time ``generate()``; peak memory from the same run on CUDA (the
+    allocator keeps it for free), from a second, tracked run on CPU."""
+    warm_up()  # first-call costs (lazy init, allocator growth) stay out of the timing
+    if torch.device(device).type == "cuda":
+        (ens, seconds), peak = peak_memory(lambda: timed(generate), device)
+    else:
+        ens, seconds = timed(generate)
+        _, peak = peak_memory(generate, device)
+    return ens, {
+        "sample_seconds": seconds,
+        "sample_ms_per_1k": 1000 * relative_cost(seconds, n, n_steps),
+        "peak_memory_mb": peak / 2**20,
+    }
+
+
 def _sample(spec, stepper, fit_result, problem: ProblemData, seed: int, config: BenchConfig):
     M.set_sampling(stepper, spec)
-    n, steps = problem.n_generate, problem.n_steps
     kwargs = dict(
         mu=problem.mu,
         seed=hash_seed(seed, 7),
-        chunk_size=n,
+        chunk_size=problem.n_generate,
         device=config.device,
         coords=problem.coords,
         param_names=problem.param_names,
     )
-    n_samples = _n_samples(problem)
-    # warm-up (one step of the whole ensemble): first-call costs stay out of the timing
-    rollout(stepper, problem.x0, 1, n_samples, **kwargs)
-    ens, seconds = timed(lambda: rollout(stepper, problem.x0, steps, n_samples, **kwargs))
-    _, peak = peak_memory(
-        lambda: rollout(stepper, problem.x0, steps, n_samples, **kwargs), config.device
+    # Particle problems start from one population (per-sample states): no n_samples.
+    n_samples = None if problem.x0.ndim > len(problem.state_shape) else problem.n_generate
+    ens, cost = _measure(
+        lambda: rollout(stepper, problem.x0, problem.n_steps, n_samples, **kwargs),
+        lambda: rollout(stepper, problem.x0, 1, n_samples, **kwargs),
+        config.device,
+        problem.n_generate,
+        problem.n_steps,
     )
     row = {
         "method": spec.name,
         "family": spec.family,
-        "evals_per_step": M.evals_per_step(stepper),
-        "sample_seconds": seconds,
-        "sample_ms_per_1k": 1000 * relative_cost(seconds, n, steps),
+        "evals_per_step": stepper.evals_per_step,
+        **cost,
         "train_seconds": fit_result.wall_time,
         "train_loss": fit_result.final_loss,
-        "peak_memory_mb": peak / 2**20,
         "n_parameters": sum(p.numel() for p in stepper.parameters()),
     }
     return row, ens
 
 
-def _n_samples(problem: ProblemData) -> int | None:
-    # Particle problems start from one population (per-sample states): no n_samples.
-    return None if problem.x0.ndim > len(problem.state_shape) else problem.n_generate
-
-
-def _run_solver(problem: ProblemData, seed: int):
+def _run_solver(problem: ProblemData, seed: int, device: str):
     n = problem.n_generate
     s = hash_seed(DATA_SEED, seed, 11)
-    problem.solve(min(n, 64), s)  # warm-up
-    ens, seconds = timed(lambda: problem.solve(n, s))
-    _, peak = peak_memory(lambda: problem.solve(n, s))
+    ens, cost = _measure(
+        lambda: problem.solve(n, s, device),
+        lambda: problem.solve(min(n, 64), s, device),
+        device,
+        n,
+        problem.n_steps,
+    )
     row = {
         "method": "solver",
         "family": "solver",
         "evals_per_step": problem.solver_evals_per_step,
-        "sample_seconds": seconds,
-        "sample_ms_per_1k": 1000 * relative_cost(seconds, n, problem.n_steps),
+        **cost,
         "train_seconds": 0.0,
         "train_loss": np.nan,
-        "peak_memory_mb": peak / 2**20,
         "n_parameters": 0,
     }
     return row, ens
@@ -221,7 +236,15 @@ def _run_solver(problem: ProblemData, seed: int):
 def _score(row: dict, ens: xr.DataArray, problem: ProblemData, seed: int, result) -> None:
     if problem.postprocess is not None:
         ens = problem.postprocess(ens)
-    ens = ens.assign_coords(time=problem.reference["time"].values[: ens.sizes["time"]])
+    ref_times = problem.reference["time"].values
+    if ens.sizes["time"] != ref_times.size or not np.allclose(ens["time"].values, ref_times):
+        raise ValueError(
+            f"{problem.name}/{row['method']}: generated times {ens['time'].values[:4]}... do not "
+            f"match the reference times {ref_times[:4]}... ({ens.sizes['time']} against "
+            f"{ref_times.size}); check dt and n_steps"
+        )
+    # float32 round-off in t0 + k*dt must not make evaluate() miss a time
+    ens = ens.assign_coords(time=ref_times)
     scores = evaluate(ens, problem.reference, seed=seed)
     row = {"problem": problem.name, "seed": seed, **row}
     row["quantity_error"] = problem.quantity_error(ens, problem.reference)
