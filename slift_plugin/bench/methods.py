@@ -60,7 +60,7 @@ BUDGETS: dict[tuple[str, bool], Budget] = {
     ("double_well", True): Budget(epochs=15, batch_size=128, lr=3e-3, hidden=64),
     ("lorenz63", False): Budget(epochs=40, batch_size=256, lr=2e-3, hidden=256),
     ("lorenz63", True): Budget(epochs=10, batch_size=128, lr=3e-3, hidden=64),
-    ("allen_cahn", False): Budget(epochs=40, batch_size=64, lr=2e-3, hidden=32),
+    ("allen_cahn", False): Budget(epochs=30, batch_size=64, lr=2e-3, hidden=32),
     ("allen_cahn", True): Budget(epochs=2, batch_size=32, lr=2e-3, hidden=8),
     ("vlasov", False): Budget(epochs=15, batch_size=256, lr=3e-4, hidden=128),
     ("vlasov", True): Budget(epochs=3, batch_size=256, lr=3e-4, hidden=64),
