@@ -85,7 +85,15 @@ def test_cfm_variants_share_one_training():
     assert parse_method("cfm5").training_key == parse_method("cfm20").training_key
 
 
-@pytest.mark.parametrize("name", ["gan", "sl-l0", "cfm0", "sl-foo", "sl-l"])
+def test_bf16_variants_share_the_float32_training():
+    spec = parse_method("sl-noise_field-l8-bf16")
+    assert spec.bf16 and (spec.injection, spec.label_dim) == ("noise_field", 8)
+    assert spec.training_key == "sl-noise_field-l8"
+    assert parse_method("cfm5-bf16").training_key == "cfm"
+    assert not parse_method("sl").bf16
+
+
+@pytest.mark.parametrize("name", ["gan", "sl-l0", "cfm0", "sl-foo", "sl-l", "dice-bf16"])
 def test_bad_method_names_are_refused(name):
     with pytest.raises(ValueError, match="method|label|Euler"):
         parse_method(name)

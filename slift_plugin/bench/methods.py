@@ -15,7 +15,10 @@ A method name is parsed into a :class:`MethodSpec`:
 ``es``
     the SL backbone with fresh noise at every training step and the energy score;
 ``dice``
-    DICE on unpaired populations (diffusion variant with the system's known sigma).
+    DICE on unpaired populations (diffusion variant with the system's known sigma);
+``<method>-bf16``
+    a transition method (SL, MSE, CFM, ES) sampled under bfloat16 autocast, with the
+    float32 run's trained model: how much bf16 moves the accuracy.
 
 Every learned method of a problem gets the same budget: the same epochs, batch size and
 learning rate (:data:`BUDGETS`).
@@ -94,8 +97,8 @@ APPLIES: dict[str, tuple[str, ...]] = {
 }
 
 _NAME = re.compile(
-    r"^(?:(?P<solver>solver)|(?P<mse>mse)|(?P<es>es)|(?P<dice>dice)|cfm(?P<k>\d+)"
-    r"|sl(?:-(?P<inj>channels|noise_field|embedding))?(?:-l(?P<label>\d+))?)$"
+    r"^(?:(?P<solver>solver)|(?P<dice>dice)|(?:(?P<mse>mse)|(?P<es>es)|cfm(?P<k>\d+)"
+    r"|sl(?:-(?P<inj>channels|noise_field|embedding))?(?:-l(?P<label>\d+))?)(?P<bf16>-bf16)?)$"
 )
 
 
@@ -108,11 +111,15 @@ class MethodSpec:
     label_dim: int = DEFAULT_LABEL_DIM
     injection: str = DEFAULT_INJECTION
     n_euler: int = 0
+    bf16: bool = False  # sample under torch.autocast(bfloat16)
 
     @property
     def training_key(self) -> str:
-        """Methods with the same key share one trained model (CFM sampled with several K)."""
-        return "cfm" if self.family == "cfm" else self.name
+        """Methods with the same key share one trained model: CFM sampled with several K,
+        and a ``-bf16`` variant with its float32 sampler."""
+        if self.family == "cfm":
+            return "cfm"
+        return self.name.removesuffix("-bf16")
 
 
 def parse_method(name: str) -> MethodSpec:
@@ -120,19 +127,22 @@ def parse_method(name: str) -> MethodSpec:
     if m is None:
         raise ValueError(
             f"unknown method {name!r}; expected solver, sl, sl-<injection>, sl-l<L>, "
-            f"sl-<injection>-l<L>, mse, cfm<K>, es or dice (injection in {INJECTIONS})"
+            f"sl-<injection>-l<L>, mse, cfm<K>, es or dice (injection in {INJECTIONS}), the "
+            "transition methods optionally with a -bf16 suffix"
         )
+    bf16 = m["bf16"] is not None
     if m["k"] is not None:
         if int(m["k"]) < 1:
             raise ValueError(f"{name}: CFM needs at least one Euler step")
-        return MethodSpec(name, "cfm", n_euler=int(m["k"]))
+        return MethodSpec(name, "cfm", n_euler=int(m["k"]), bf16=bf16)
     for family in ("solver", "mse", "es", "dice"):
         if m[family]:
-            return MethodSpec(name, family)
+            return MethodSpec(name, family, bf16=bf16)
     label = int(m["label"]) if m["label"] else DEFAULT_LABEL_DIM
     if label < 1:
         raise ValueError(f"{name}: the label size must be >= 1")
-    return MethodSpec(name, "sl", label_dim=label, injection=m["inj"] or DEFAULT_INJECTION)
+    injection = m["inj"] or DEFAULT_INJECTION
+    return MethodSpec(name, "sl", label_dim=label, injection=injection, bf16=bf16)
 
 
 def applies(spec: MethodSpec, problem: ProblemData) -> bool:

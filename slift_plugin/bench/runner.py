@@ -189,6 +189,7 @@ def _sample(spec, stepper, fit_result, problem: ProblemData, seed: int, config: 
         device=config.device,
         coords=problem.coords,
         param_names=problem.param_names,
+        autocast_dtype=torch.bfloat16 if spec.bf16 else None,
     )
     # Particle problems start from one population (per-sample states): no n_samples.
     n_samples = None if problem.x0.ndim > len(problem.state_shape) else problem.n_generate
