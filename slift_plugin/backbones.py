@@ -36,7 +36,7 @@ class MLP(nn.Module):
         in_features: int,
         out_features: int,
         *,
-        label_dim: int = 16,
+        label_dim: int = 32,
         n_cond: int = 0,
         hidden: int = 128,
         depth: int = 3,
