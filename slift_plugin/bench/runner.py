@@ -119,8 +119,8 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> BenchResult:
 
 
 def _run_problem(problem, specs, config, result, bar) -> None:
-    trained: dict[tuple[str, int], tuple] = {}
     for seed in config.seeds:
+        trained: dict[str, tuple] = {}  # one seed's models at a time
         for spec in specs:
             bar.set_postfix_str(f"{problem.name}/{spec.name}/seed {seed}")
             if not M.applies(spec, problem):
@@ -133,10 +133,9 @@ def _run_problem(problem, specs, config, result, bar) -> None:
             if spec.family == "solver":
                 row, ens = _run_solver(problem, seed, config.device)
             else:
-                key = (spec.training_key, seed)
-                if key not in trained:
-                    trained[key] = _train(spec, problem, seed, config)
-                stepper, fit_result = trained[key]
+                if spec.training_key not in trained:
+                    trained[spec.training_key] = _train(spec, problem, seed, config)
+                stepper, fit_result = trained[spec.training_key]
                 row, ens = _sample(spec, stepper, fit_result, problem, seed, config)
             _score(row, ens, problem, seed, result)
             bar.update()
