@@ -453,7 +453,16 @@ def test_field_states_with_lifted_fno():
     assert fm.noise_shape(grid) == (c, *grid)
     index = torch.arange(b)
     assert fm.loss({"x": window, "y": y, "mu": mu, "index": index}).ndim == 0
-    assert fm.step(window, torch.randn(b, c, *grid), mu=mu).shape == (b, c, *grid)
+    z0 = torch.randn(b, c, *grid, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = fm.step(window, z0, mu=mu)
+        # independent Euler integration on the raw FNO (identity normalisation): the input
+        # is [window, z] on channels, the conditioning [mu, s], the result x_k + z_1
+        z = z0.clone()
+        for i in range(3):
+            cond = torch.cat([mu, torch.full((b, 1), i / 3)], dim=1)
+            z = z + velocity(torch.cat([window, z], dim=1), None, cond) / 3
+    torch.testing.assert_close(got, window[:, c:] + z, rtol=1e-5, atol=1e-6)
 
     backbone = lifted_operator(
         "fno",
@@ -469,7 +478,11 @@ def test_field_states_with_lifted_fno():
         {"state_mean": torch.zeros(c), "state_std": torch.ones(c), "delta_std": torch.ones(c)}
     )
     assert es.noise_shape(grid) == (4, *grid)
-    assert es.loss({"x": window[:, :c], "y": y, "index": index}).ndim == 0
+    es.eval()  # the training-step counter stays put: the noise depends on the index alone
+    first = es.loss({"x": window[:, :c], "y": y, "index": index})
+    again = es.loss({"x": window[:, :c], "y": y, "index": index})
+    other = es.loss({"x": window[:, :c], "y": y, "index": index + 100})
+    assert torch.isfinite(first) and first == again and first != other
 
 
 # -- bad input ----------------------------------------------------------------------------
