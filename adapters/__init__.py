@@ -3,3 +3,6 @@
 The only modules of the project that import neuraloperator (:mod:`.neuralop`) or
 torchsde (:mod:`.torchsde`). Import them explicitly; importing this package imports neither.
 """
+
+# No names of its own: the adapters are imported explicitly, as submodules.
+__all__: list[str] = []

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import CheckpointError, load_stepper, tensor_state
 from ..data import atomic_write
-from ..lifting import StochasticLifting
+from ..methods import StochasticLifting
 
 __all__ = [
     "INJECTIONS",
@@ -71,6 +71,28 @@ class _HostsOperator(nn.Module):
     """Handles the two neuraloperator traps for a module that wraps an operator."""
 
     def state_dict(self, *args: Any, destination=None, prefix: str = "", keep_vars: bool = False):
+        """``nn.Module.state_dict`` without the bare ``_metadata`` entry of the operator.
+
+        The wrapped neuraloperator ``BaseModel`` writes its constructor arguments under a
+        ``_metadata`` key, which the parent module neither expects on load nor can save
+        safely; it is dropped unless ``destination`` already held one.
+
+        Parameters
+        ----------
+        *args : Any
+            Positional arguments of ``nn.Module.state_dict`` (deprecated by torch).
+        destination : dict or None
+            The dict to fill, as for ``nn.Module.state_dict``; a new one when None.
+        prefix : str
+            Prefix of every key.
+        keep_vars : bool
+            Keep the tensors attached to autograd instead of detaching them.
+
+        Returns
+        -------
+        dict
+            The state dict, tensors by key.
+        """
         had_metadata = destination is not None and "_metadata" in destination
         state = super().state_dict(
             *args, destination=destination, prefix=prefix, keep_vars=keep_vars
@@ -101,19 +123,29 @@ class LiftedOperator(_HostsOperator):
 
     Parameters
     ----------
-    operator:
+    operator : torch.nn.Module
         An FNO/TFNO/UNO whose ``in_channels`` equals ``window_channels`` plus the label
         channels (``channels``/``noise_field``) plus ``n_cond``.
-    window_channels:
+    window_channels : int
         ``history * C`` state channels of the input window.
-    label_dim:
+    label_dim : int
         Label size ``L`` (0: a deterministic regression backbone).
-    injection:
+    injection : str
         One of :data:`INJECTIONS`.
-    n_cond:
+    n_cond : int
         Number of conditioning values (constant channels).
-    embedding_hidden:
+    embedding_hidden : int
         Hidden width of the label embedding MLP (``injection="embedding"``).
+
+    Raises
+    ------
+    ValueError
+        If ``injection`` is not one of :data:`INJECTIONS`, ``label_dim`` or ``n_cond``
+        is negative, or ``operator.in_channels`` (when it has one) is not the width
+        above.
+    TypeError
+        If ``injection="embedding"`` (with ``label_dim > 0``) and the operator's
+        ``fno_blocks`` are neither FNO/TFNO blocks nor UNO's list of blocks.
     """
 
     def __init__(
@@ -190,6 +222,19 @@ class LiftedOperator(_HostsOperator):
 
     # -- the backbone ----------------------------------------------------------------------
     def label_shape(self, grid_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """Per-sample label shape on a grid.
+
+        Parameters
+        ----------
+        grid_shape : tuple of int
+            The grid of the states.
+
+        Returns
+        -------
+        tuple of int or None
+            ``(L, *grid_shape)`` for ``injection="noise_field"``, else ``(L,)``; None when
+            ``label_dim == 0``.
+        """
         if not self.label_dim:
             return None
         if self.injection == "noise_field":
@@ -197,6 +242,25 @@ class LiftedOperator(_HostsOperator):
         return (self.label_dim,)
 
     def forward(self, x: Tensor, label: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
+        """Apply the operator to the window with the label and conditioning injected.
+
+        Parameters
+        ----------
+        x : Tensor
+            The standardised window ``(B, window_channels, *grid)``.
+        label : Tensor or None
+            The label ``(B, *label_shape(grid))``: ``(B, L)`` for ``"channels"`` and
+            ``"embedding"``, ``(B, L, *grid)`` for ``"noise_field"``; None when
+            ``label_dim == 0``.
+        cond : Tensor or None
+            Conditioning values ``(B, n_cond)``, as constant channels; None when
+            ``n_cond == 0``.
+
+        Returns
+        -------
+        Tensor
+            The operator's output ``(B, out_channels, *grid)``.
+        """
         grid = x.shape[2:]
 
         def constant(v: Tensor) -> Tensor:
@@ -235,6 +299,38 @@ def lifted_operator(
     ``hidden_channels``, ``n_layers``; for UNO ``uno_out_channels``, ``uno_n_modes``,
     ``uno_scalings``, ...). ``in_channels`` is computed; ``out_channels`` defaults to
     ``state_channels``.
+
+    Parameters
+    ----------
+    operator : str
+        ``"fno"``, ``"tfno"`` or ``"uno"`` (any case).
+    state_channels : int
+        Channels ``C`` of one state.
+    history : int
+        Number of past states in the input window (``window_channels = history * C``).
+    label_dim : int
+        Label size ``L`` (0: a deterministic regression backbone).
+    injection : str
+        One of :data:`INJECTIONS`.
+    n_cond : int
+        Number of conditioning values (constant channels).
+    out_channels : int or None
+        Output channels; ``state_channels`` when None.
+    embedding_hidden : int
+        Hidden width of the label embedding MLP (``injection="embedding"``).
+    **operator_kwargs : Any
+        Further constructor arguments of the operator (not ``in_channels``).
+
+    Returns
+    -------
+    LiftedOperator
+        The operator wrapped as a lifted backbone.
+
+    Raises
+    ------
+    ValueError
+        If ``operator`` is unknown, ``operator_kwargs`` holds ``in_channels``, or
+        :class:`LiftedOperator` rejects ``injection``, ``label_dim`` or ``n_cond``.
     """
     key = operator.lower()
     if key not in OPERATORS:
@@ -299,6 +395,36 @@ def lift(
     Weights are not copied: the input layer changes shape, and the stochastic model is
     trained from scratch on labelled transitions. The result is an :class:`SLFNO`, so
     ``neuralop.Trainer`` can train and checkpoint it.
+
+    Parameters
+    ----------
+    model : neuralop.models.base_model.BaseModel
+        An FNO, TFNO or UNO with ``in_channels == out_channels``.
+    label_dim : int
+        Label size ``L``.
+    injection : str
+        One of :data:`INJECTIONS`.
+    n_params : int
+        Number of physics parameters ``mu``.
+    history : int
+        Number of past states stacked on the channel axis as input (1 = Markov).
+    residual : bool
+        Predict the standardised increment (default) instead of the standardised state.
+    dt : float
+        Physical length of one step (``nan`` when unknown).
+
+    Returns
+    -------
+    SLFNO
+        A new, untrained stepper with ``model``'s architecture.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an FNO, TFNO or UNO.
+    ValueError
+        If ``model.in_channels != model.out_channels``, or :class:`SLFNO` rejects the
+        arguments.
     """
     if not isinstance(model, tuple(OPERATORS.values())):
         raise TypeError(f"lift() takes an FNO, TFNO or UNO, got {type(model).__name__}")
@@ -340,25 +466,41 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
     Trainer's ``model(**batch)`` and ``LpLoss(out, y)`` work on dict batches
     ``{"x", "y", "label"}``.
 
-    Parameters
-    ----------
-    in_channels:
-        Channels ``C`` of one state (neuraloperator's ``data_channels``).
-    n_modes, hidden_channels, n_layers:
-        As for FNO (for ``operator="uno"``, ``hidden_channels``/``n_layers`` are defaults
-        for ``operator_kwargs``, which must hold ``uno_n_modes`` etc.).
-    label_dim, label_injection:
-        Label size and injection (see module docstring).
-    n_params, history, residual, dt:
-        As for :class:`slift_plugin.StochasticLifting`.
-    operator:
-        ``"fno"``, ``"tfno"`` or ``"uno"``.
-    operator_kwargs:
-        Further constructor arguments of the operator.
-
     Checkpoints (``save_checkpoint``/``from_checkpoint``, also used by ``Trainer``) are
     written atomically and read with ``weights_only=True``: only tensors and plain
     constructor arguments are stored.
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels ``C`` of one state (neuraloperator's ``data_channels``).
+    n_modes : tuple of int
+        Fourier modes per grid axis, as for FNO; its length is the grid dimension
+        (ignored for ``operator="uno"``, which takes ``uno_n_modes``).
+    hidden_channels, n_layers : int
+        As for FNO (for ``operator="uno"``, defaults for ``operator_kwargs``, which
+        must hold ``uno_n_modes`` etc.).
+    label_dim : int
+        Label size ``L``.
+    label_injection : str
+        One of :data:`INJECTIONS` (see the module docstring).
+    n_params, history : int
+        As for :class:`slift_plugin.StochasticLifting`.
+    residual : bool
+        As for :class:`slift_plugin.StochasticLifting`.
+    dt : float
+        As for :class:`slift_plugin.StochasticLifting`.
+    operator : str
+        ``"fno"``, ``"tfno"`` or ``"uno"`` (any case).
+    operator_kwargs : dict or None
+        Further constructor arguments of the operator.
+
+    Raises
+    ------
+    ValueError
+        If ``operator`` is unknown, ``operator="uno"`` comes without
+        ``operator_kwargs["uno_n_modes"]``, or :func:`lifted_operator` or
+        :class:`slift_plugin.StochasticLifting` rejects the arguments.
     """
 
     def __init__(
@@ -413,7 +555,18 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
         )
 
     def save_checkpoint(self, save_folder: str | os.PathLike, save_name: str) -> None:
-        """neuraloperator's checkpoint layout, written atomically and safe to load."""
+        """neuraloperator's checkpoint layout, written atomically and safe to load.
+
+        Writes ``{save_name}_state_dict.pt`` (the tensors of the state dict) and
+        ``{save_name}_metadata.pkl`` (the constructor arguments) into ``save_folder``.
+
+        Parameters
+        ----------
+        save_folder : str or os.PathLike
+            The folder, created when missing.
+        save_name : str
+            The stem of both file names.
+        """
         folder = Path(save_folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = tensor_state(self)
@@ -422,11 +575,50 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
         atomic_write(folder / f"{save_name}_metadata.pkl", lambda p: torch.save(meta, p))
 
     def load_checkpoint(self, save_folder, save_name, map_location=None) -> None:
+        """Load the weights written by :meth:`save_checkpoint` into this model in place.
+
+        Parameters
+        ----------
+        save_folder : str or os.PathLike
+            The folder of the checkpoint.
+        save_name : str
+            The stem of its file names; ``{save_name}_state_dict.pt`` is read.
+        map_location : str or torch.device or None
+            Where to load the tensors before copying them in (the CPU when None).
+
+        Raises
+        ------
+        slift_plugin.CheckpointError
+            If the file is missing or unreadable, or does not match this model (which is
+            then left untouched).
+        """
         path = Path(save_folder) / f"{save_name}_state_dict.pt"
         load_stepper(path, self, map_location=map_location or "cpu")
 
     @classmethod
     def from_checkpoint(cls, save_folder, save_name, map_location=None) -> SLFNO:
+        """Build a model from the constructor arguments and weights of a checkpoint.
+
+        Parameters
+        ----------
+        save_folder : str or os.PathLike
+            The folder written by :meth:`save_checkpoint`.
+        save_name : str
+            The stem of the file names.
+        map_location : str or torch.device or None
+            Where to load the tensors (the CPU when None).
+
+        Returns
+        -------
+        SLFNO
+            The model, with the stored weights and normalisation.
+
+        Raises
+        ------
+        slift_plugin.CheckpointError
+            If the metadata file is missing, corrupt or holds non-data objects, or the
+            weights cannot be loaded into the rebuilt model.
+        """
         path = Path(save_folder) / f"{save_name}_metadata.pkl"
         if not path.is_file():
             raise CheckpointError(f"no SLFNO metadata file at {path}")
@@ -450,6 +642,22 @@ class OperatorPotential(_HostsOperator):
     domain; :class:`slift_plugin.DICE` scales its gradient by the inverse cell volume, so
     the velocity is the functional derivative and does not depend on the resolution.
     Time and parameters enter as constant input channels.
+
+    Parameters
+    ----------
+    operator : torch.nn.Module
+        An FNO/TFNO/UNO with ``in_channels == state_channels + 1 + n_params`` and one
+        output channel.
+    state_channels : int
+        Channels ``C`` of one state.
+    n_params : int
+        Number of physics parameters (the potential's ``n_cond``).
+
+    Raises
+    ------
+    ValueError
+        If ``operator.in_channels`` or ``operator.out_channels`` (when it has them) is
+        not as above.
     """
 
     def __init__(self, operator: nn.Module, *, state_channels: int, n_params: int = 0) -> None:
@@ -467,6 +675,23 @@ class OperatorPotential(_HostsOperator):
         self.n_cond = n_params
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The potential ``s`` of each sample: the grid mean of the operator's output.
+
+        Parameters
+        ----------
+        x : Tensor
+            Standardised states ``(B, C, *grid)``.
+        t : Tensor
+            Standardised times ``(B,)``.
+        cond : Tensor or None
+            Standardised physics parameters ``(B, n_params)``; None when
+            ``n_params == 0``.
+
+        Returns
+        -------
+        Tensor
+            The potential ``(B,)``.
+        """
         grid = x.shape[2:]
 
         def constant(v: Tensor) -> Tensor:
@@ -482,7 +707,30 @@ class OperatorPotential(_HostsOperator):
 def operator_potential(
     operator: str = "fno", *, state_channels: int, n_params: int = 0, **operator_kwargs: Any
 ) -> OperatorPotential:
-    """Build an FNO/TFNO/UNO potential with ``state + 1 + n_params`` inputs, one output."""
+    """Build an FNO/TFNO/UNO potential with ``state + 1 + n_params`` inputs, one output.
+
+    Parameters
+    ----------
+    operator : str
+        ``"fno"``, ``"tfno"`` or ``"uno"`` (any case).
+    state_channels : int
+        Channels ``C`` of one state.
+    n_params : int
+        Number of physics parameters (the potential's ``n_cond``).
+    **operator_kwargs : Any
+        Further constructor arguments of the operator (``n_modes``,
+        ``hidden_channels``, ...; not ``in_channels`` or ``out_channels``).
+
+    Returns
+    -------
+    OperatorPotential
+        The potential, for :class:`slift_plugin.DICE`.
+
+    Raises
+    ------
+    ValueError
+        If ``operator`` is not one of :data:`OPERATORS`.
+    """
     key = operator.lower()
     if key not in OPERATORS:
         raise ValueError(f"operator must be one of {sorted(OPERATORS)}, got {operator!r}")

@@ -12,6 +12,7 @@ is ``(n_times, batch, d)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torchsde
@@ -57,24 +58,35 @@ def integrate_sde(
     fixed-step solves than no hint). The same ``(seed, batch, brownian size, dtype, device,
     ts, dt)`` therefore gives the same path.
 
-    Args:
-        sde: a module in torchsde's interface: attributes ``noise_type`` and ``sde_type``,
-            methods ``f(t, y)`` and ``g(t, y)``. For ``noise_type="general"`` (or
-            ``"additive"``) it must also define ``brownian_size`` (an int).
-        y0: initial state, shape ``(batch, d)``, floating point and finite.
-        ts: output times, shape ``(n_times,)`` with ``n_times >= 2``, strictly increasing.
-        dt: solver step, ``0 < dt <= min(diff(ts))`` (up to a relative rounding tolerance).
-        seed: non-negative integer entropy of the Brownian motion.
-        method: a fixed-step torchsde method name (default ``"euler"``).
+    Parameters
+    ----------
+    sde : torch.nn.Module
+        A module in torchsde's interface: attributes ``noise_type`` and ``sde_type``,
+        methods ``f(t, y)`` and ``g(t, y)``. For ``noise_type="general"`` (or
+        ``"additive"``) it must also define ``brownian_size`` (an int).
+    y0 : torch.Tensor
+        Initial state ``(batch, d)``, floating point and finite.
+    ts : torch.Tensor
+        Output times ``(n_times,)`` with ``n_times >= 2``, strictly increasing.
+    dt : float
+        Solver step, ``0 < dt <= min(diff(ts))`` (up to a relative rounding tolerance).
+    seed : int
+        Non-negative integer entropy of the Brownian motion.
+    method : str
+        A fixed-step torchsde method name (default ``"euler"``).
 
-    Returns:
-        The solution at ``ts``, shape ``(n_times, batch, d)``, dtype and device of ``y0``.
+    Returns
+    -------
+    torch.Tensor
+        The solution at ``ts``, ``(n_times, batch, d)``, dtype and device of ``y0``.
         torchsde steps by accumulating ``t + dt`` (here in float64) and linearly
         interpolates to each output time, so with ``min(diff(ts)) / dt`` an integer the
         outputs are the solver states up to rounding (~1e-15 in time).
 
-    Raises:
-        ValueError: if any argument does not have the shape or value described above.
+    Raises
+    ------
+    ValueError
+        If any argument does not have the shape or value described above.
     """
     if not isinstance(y0, torch.Tensor) or y0.ndim != 2:
         got = tuple(y0.shape) if isinstance(y0, torch.Tensor) else type(y0).__name__
@@ -168,7 +180,40 @@ def sdeint(
     of ``generator``. Solver options of torchsde (``method``, ``dt``, ``bm``, ...) are
     accepted and ignored, so that switching a script is a one-line import change.
 
-    Returns ``(len(ts), batch, state_size)`` in the dtype and device of ``y0``.
+    Parameters
+    ----------
+    stepper : Stepper
+        A trained slift stepper with a finite step ``stepper.dt``.
+    y0 : torch.Tensor
+        Initial states ``(batch, state_size)``, ``state_size = C * prod(grid)``.
+    ts : torch.Tensor
+        Output times ``(n_times,)``, ``n_times >= 2``: ``ts[0] + k * stepper.dt`` for
+        increasing integers ``k``.
+    mu : torch.Tensor or None
+        Physics parameters ``(n_params,)`` or ``(batch, n_params)``.
+    seed : int or None
+        Seed of the rollout's noise.
+    generator : torch.Generator or None
+        Used for one draw of the seed when ``seed`` is None (a generator seeded with 0
+        when both are None).
+    grid_shape : tuple of int or None
+        The grid of field states; needed for resolution-agnostic steppers.
+    chunk_size : int
+        Samples generated together (see :func:`slift_plugin.rollout`).
+    **unused : object
+        torchsde solver options (``method``, ``dt``, ``bm``, ...), ignored.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n_times, batch, state_size)`` in the dtype and device of ``y0``.
+
+    Raises
+    ------
+    ValueError
+        If ``y0`` is not ``(batch, state_size)`` for the stepper's state, ``ts`` is not on
+        the stepper's step, the stepper has no valid ``dt``, or a resolution-agnostic
+        stepper gets no ``grid_shape``.
     """
     if not isinstance(y0, torch.Tensor) or y0.ndim != 2:
         got = tuple(y0.shape) if isinstance(y0, torch.Tensor) else type(y0).__name__
@@ -207,6 +252,20 @@ class GridBrownian(torchsde.BaseBrownian):
     sqrt(h) * increments[j]``. Queries must fall on the grid (fixed-step solvers with
     ``dt = h``). This is how :class:`SDEStepper` takes its randomness from the explicit
     noise of the :class:`slift_plugin.Stepper` contract.
+
+    Parameters
+    ----------
+    t0 : float
+        Start of the grid.
+    h : float
+        Grid spacing.
+    increments : torch.Tensor
+        Standard normal draws ``(n_steps, batch, m)``.
+
+    Raises
+    ------
+    ValueError
+        When queried off the grid, or for a Levy area (``return_U`` / ``return_A``).
     """
 
     def __init__(self, t0: float, h: float, increments: torch.Tensor) -> None:
@@ -234,18 +293,22 @@ class GridBrownian(torchsde.BaseBrownian):
 
     @property
     def dtype(self):
+        """dtype of the path."""
         return self._w.dtype
 
     @property
     def device(self):
+        """Device of the path."""
         return self._w.device
 
     @property
     def shape(self):
+        """Shape of one value of the path, ``(batch, m)``."""
         return self._w.shape[1:]
 
     @property
     def levy_area_approximation(self):
+        """``"none"``: the path has no Levy area."""
         return "none"
 
 
@@ -264,6 +327,37 @@ class SDEStepper(Stepper):
 
     States are vectors ``(batch, d)`` as in torchsde. Methods: ``"euler"`` (Ito, any noise
     type) and ``"milstein"`` (diagonal or scalar noise).
+
+    Parameters
+    ----------
+    sde : torch.nn.Module
+        An Ito SDE in torchsde's interface (``noise_type``, ``sde_type``, ``f``, ``g``;
+        ``brownian_size`` for general or additive noise).
+    state_size : int
+        ``d``, the size of a state.
+    dt : float
+        Output step, > 0.
+    dt_internal : float
+        Solver step, > 0; ``dt / dt_internal`` must be an integer.
+    method : str
+        ``"euler"`` or ``"milstein"``.
+
+    Attributes
+    ----------
+    sde : torch.nn.Module
+        The SDE.
+    brownian_size : int
+        Brownian dimensions per sample.
+    n_internal : int
+        Solver steps per output step.
+    dt_internal : float
+        The solver step, ``dt / n_internal``.
+
+    Raises
+    ------
+    ValueError
+        If the SDE is not Ito or has no valid noise type / ``brownian_size``, ``method``
+        is unknown or does not support the noise type, or the steps are not as described.
     """
 
     def __init__(
@@ -312,6 +406,24 @@ class SDEStepper(Stepper):
         ys = torchsde.sdeint(self.sde, window, ts, bm=bm, method=self.method, dt=self.dt_internal)
         return ys[-1]
 
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Refused: this stepper integrates a given SDE, there is nothing to fit here.
+
+        Parameters
+        ----------
+        batch : Mapping[str, torch.Tensor]
+            Ignored.
+
+        Raises
+        ------
+        TypeError
+            Always; train a neural SDE's networks with torchsde's own tools, then wrap it.
+        """
+        raise TypeError(
+            f"{type(self).__name__} integrates a given torchsde SDE and has no training loss; "
+            "train a neural SDE with torchsde (e.g. sdeint_adjoint), then wrap it"
+        )
+
 
 class DICESDE(torch.nn.Module):
     """A trained DICE model as a torchsde SDE: drift ``grad_x s(x, t, mu)``, diffusion sigma.
@@ -321,6 +433,20 @@ class DICESDE(torch.nn.Module):
     noise on the unit domain, cell volume ``h``), matching :meth:`DICE.step`. The drift
     keeps its graph when gradients are enabled, so ``torchsde.sdeint_adjoint`` and
     backpropagation through ``torchsde.sdeint`` both reach the potential's parameters.
+
+    Parameters
+    ----------
+    dice : DICE
+        A trained :class:`slift_plugin.DICE`.
+    mu : torch.Tensor or None
+        Physics parameters ``(n_params,)``, shared by the whole batch.
+    grid_shape : tuple of int or None
+        The grid of field states; needed for resolution-agnostic models.
+
+    Raises
+    ------
+    ValueError
+        If the model is resolution-agnostic and no ``grid_shape`` is given.
     """
 
     noise_type = "diagonal"
@@ -343,14 +469,57 @@ class DICESDE(torch.nn.Module):
         return None if self.mu is None else self.mu.expand(batch, -1)
 
     def f(self, t, y):
+        """Drift: the DICE velocity ``grad_x s(x, t, mu)``.
+
+        Parameters
+        ----------
+        t : torch.Tensor
+            Time.
+        y : torch.Tensor
+            Flattened states ``(batch, C * prod(grid))``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(batch, C * prod(grid))``, with a graph to the potential's parameters when
+            gradients are enabled.
+        """
         x = y.reshape(y.shape[0], *self.state_shape)
         v, _ = self.dice.velocity(x, t, self._mu(y.shape[0]), create_graph=torch.is_grad_enabled())
         return v.reshape(y.shape[0], -1)
 
     def g(self, t, y):
+        """Diagonal diffusion, ``sigma`` (``sigma / sqrt(h)`` per cell for fields).
+
+        Parameters
+        ----------
+        t : torch.Tensor
+            Time (unused).
+        y : torch.Tensor
+            Flattened states ``(batch, C * prod(grid))``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(batch, C * prod(grid))``, constant.
+        """
         return torch.full_like(y, self.diffusion)
 
 
 def dice_sde(dice, mu: torch.Tensor | None = None, grid_shape=None) -> DICESDE:
-    """``DICESDE(dice, mu, grid_shape)``: see :class:`DICESDE`."""
+    """``DICESDE(dice, mu, grid_shape)``: see :class:`DICESDE`.
+
+    Parameters
+    ----------
+    dice : DICE
+        A trained :class:`slift_plugin.DICE`.
+    mu : torch.Tensor or None
+        Physics parameters ``(n_params,)``, shared by the whole batch.
+    grid_shape : tuple of int or None
+        The grid of field states; needed for resolution-agnostic models.
+
+    Returns
+    -------
+    DICESDE
+    """
     return DICESDE(dice, mu, grid_shape)

@@ -2,8 +2,9 @@
 
 Public surface::
 
-    Stepper                     the contract every method fulfils
+    Stepper                     the abstract contract every method fulfils
     NormalizedStepper           a Stepper with standardisation statistics in buffers
+    TransitionStepper           the base of the transition methods (SL, MSE, CFM, ES)
     StochasticLifting           regression with fixed random labels, fresh labels at sampling
     MeanRegression              the deterministic (collapse-to-the-mean) baseline
     FlowMatching                conditional flow matching, K Euler steps per output step
@@ -16,11 +17,13 @@ Public surface::
     IndexedGaussianLabels       labels as a pure function of (seed, index)
     fit, rollout, evaluate      train any stepper, generate ensembles, score them
 
-Neural-operator backbones and torchsde glue live in ``slift_plugin.adapters``; the
-benchmark suite in ``slift_plugin.bench``; torchrun helpers in ``slift_plugin.distributed``.
+The methods live in ``slift_plugin.methods`` (one module per family), the interfaces a
+backbone or dataset must offer in ``slift_plugin.protocols``. Neural-operator backbones and
+torchsde glue live in ``slift_plugin.adapters``; the benchmark suite in
+``slift_plugin.bench``; torchrun helpers in ``slift_plugin.distributed``.
 """
 
-from .backbones import MLP
+from .backbones import MLP, PotentialMLP
 from .checkpoint import CheckpointError, load_stepper, save_stepper
 from .data import (
     SnapshotDataset,
@@ -30,14 +33,20 @@ from .data import (
     save_netcdf,
     tensor_to_ensemble,
 )
-from .dice import DICE, PotentialMLP, trapezoid_weights
-from .energy_score import EnergyScoreLifting
-from .flow_matching import FlowMatching
 from .labels import IndexedGaussianLabels
-from .lifting import MeanRegression, StochasticLifting
+from .methods import (
+    DICE,
+    EnergyScoreLifting,
+    FlowMatching,
+    MeanRegression,
+    NormalizedStepper,
+    StochasticLifting,
+    TransitionStepper,
+    trapezoid_weights,
+)
 from .metrics import energy_distance, evaluate
 from .rollout import rollout
-from .stepper import NormalizedStepper, Stepper
+from .stepper import Stepper
 from .train import FitResult, fit
 
 __version__ = "0.1.0"
@@ -58,6 +67,7 @@ __all__ = [
     "Stepper",
     "StochasticLifting",
     "TransitionDataset",
+    "TransitionStepper",
     "WithFixedLabels",
     "energy_distance",
     "evaluate",

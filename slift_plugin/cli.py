@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+__all__ = ["SYSTEMS", "build_parser", "main"]
+
 SYSTEMS = ("ornstein_uhlenbeck", "double_well", "lorenz63", "allen_cahn")
 
 
@@ -67,6 +69,14 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``slift`` argument parser, one sub-command per task.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        A parser whose parsed namespace carries the chosen sub-command in ``command`` and
+        its handler in ``run``.
+    """
     parser = argparse.ArgumentParser(prog="slift", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -116,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``slift`` command.
+
+    Parameters
+    ----------
+    argv : sequence of str or None
+        Command-line arguments without the program name; None reads ``sys.argv``.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 2 when the command failed on bad input (the error
+        is printed to stderr instead of a traceback).
+    """
     from .checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)

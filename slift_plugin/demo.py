@@ -22,16 +22,47 @@ from tqdm.auto import tqdm
 
 from .checkpoint import save_stepper
 from .data import TransitionDataset, atomic_write, save_netcdf
-from .lifting import MeanRegression, StochasticLifting
+from .methods import MeanRegression, StochasticLifting
 from .metrics import evaluate
 from .rollout import rollout
 from .systems import allen_cahn
 from .train import fit
 
+__all__ = ["HORIZON_FRACTIONS", "DemoConfig", "run_demo", "summary_table"]
+
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of the demo. The defaults finish in under 10 minutes on a 2-core CPU."""
+    """Sizes of the demo. The defaults finish in under 10 minutes on a 2-core CPU.
+
+    Attributes
+    ----------
+    n_train : int
+        Training trajectories (``n_steps`` transitions each).
+    n_generate : int
+        Generated trajectories per model; the reference ensemble has twice as many.
+    n_steps : int
+        Output steps per trajectory.
+    dt : float
+        Output step of the Allen-Cahn data.
+    n_grid : int
+        Grid cells.
+    label_dim : int
+        Label channels of the SL-FNO.
+    injection : str
+        How the label enters the FNO (see
+        :func:`slift_plugin.adapters.neuralop.lifted_operator`).
+    hidden_channels, n_modes, n_layers : int
+        FNO width, Fourier modes and layers (the same for SL and MSE).
+    epochs, batch_size : int
+        Training budget of each model.
+    lr : float
+        Peak learning rate.
+    seed : int
+        Seeds the data, the weight initialisation, the training and the rollouts.
+    threads : int
+        CPU threads torch uses during the demo.
+    """
 
     n_train: int = 128  # training trajectories (20 transitions each)
     n_generate: int = 256  # generated trajectories per model
@@ -51,7 +82,13 @@ class DemoConfig:
 
     @classmethod
     def quick(cls) -> DemoConfig:
-        """A CI-sized run (well under a minute): same pipeline, tiny sizes."""
+        """A CI-sized run (well under a minute): same pipeline, tiny sizes.
+
+        Returns
+        -------
+        DemoConfig
+            The tiny configuration.
+        """
         return cls(
             n_train=16,
             n_generate=32,
@@ -85,7 +122,22 @@ HORIZON_FRACTIONS = (0.25, 0.5, 1.0)
 
 
 def summary_table(metrics: dict[str, xr.Dataset], losses: dict[str, float]) -> pd.DataFrame:
-    """ED ratio and mean/std errors at a few horizons, with the final training loss."""
+    """ED ratio and mean/std errors at a few horizons, with the final training loss.
+
+    Parameters
+    ----------
+    metrics : dict of str to xarray.Dataset
+        :func:`slift_plugin.evaluate` results per model name, over the same times.
+    losses : dict of str to float
+        Final training loss per model name.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per model and horizon (the steps at :data:`HORIZON_FRACTIONS` of the
+        rollout): ``model``, ``step``, ``time``, ``ed_ratio``, ``mean_rel_error``,
+        ``std_rel_error``, ``train_loss``.
+    """
     rows = []
     first = next(iter(metrics.values()))
     n = first.sizes["time"] - 1
@@ -108,7 +160,20 @@ def summary_table(metrics: dict[str, xr.Dataset], losses: dict[str, float]) -> p
 
 
 def run_demo(out: str | os.PathLike = "demo_output", cfg: DemoConfig | None = None) -> pd.DataFrame:
-    """Run the whole demo; returns the summary table (also written to ``out``)."""
+    """Run the whole demo (see the module docstring).
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        Output folder for ensembles, metrics, checkpoints and the figure; created.
+    cfg : DemoConfig or None
+        Sizes; None uses the defaults.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The summary table of :func:`summary_table` (also written to ``out``).
+    """
     cfg = cfg or DemoConfig()
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -205,6 +270,3 @@ def _run_demo(out: Path, cfg: DemoConfig) -> pd.DataFrame:
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"total {time.perf_counter() - started:.0f} s")
     return table
-
-
-__all__ = ["DemoConfig", "run_demo", "summary_table"]

@@ -31,17 +31,31 @@ __all__ = [
 
 
 def world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the current process group, ``(0, 1)`` without one."""
+    """This process's place in the default process group.
+
+    Returns
+    -------
+    tuple of int
+        ``(rank, world_size)``; ``(0, 1)`` without a process group.
+    """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def is_main_process() -> bool:
+    """Whether this process is rank 0 (always True without a process group).
+
+    Returns
+    -------
+    bool
+        True on rank 0.
+    """
     return world()[0] == 0
 
 
 def barrier() -> None:
+    """Wait for every rank (``dist.barrier``); a no-op in a single process."""
     if world()[1] > 1:
         dist.barrier()
 
@@ -49,9 +63,19 @@ def barrier() -> None:
 def init_from_env(backend: str | None = None) -> bool:
     """Initialise the default process group from torchrun's environment variables.
 
-    Returns ``True`` when a group was initialised (or already existed), ``False`` when the
-    process was not started by torchrun (no ``WORLD_SIZE``/``RANK`` in the environment).
-    ``backend`` defaults to ``nccl`` when CUDA is available, else ``gloo``.
+    With the NCCL backend, the current CUDA device is set to ``LOCAL_RANK`` first.
+
+    Parameters
+    ----------
+    backend : str or None
+        The ``torch.distributed`` backend; None picks ``nccl`` when CUDA is available,
+        else ``gloo``.
+
+    Returns
+    -------
+    bool
+        True when a group was initialised (or already existed), False when the process
+        was not started by torchrun (no ``WORLD_SIZE``/``RANK`` in the environment).
     """
     if dist.is_initialized():
         return True
@@ -70,6 +94,27 @@ def shard_bounds(n: int, rank: int, world_size: int, block: int) -> tuple[int, i
 
     Blocks are dealt out as evenly as possible (the first ranks take one block more); a
     rank may get an empty range when there are fewer blocks than ranks.
+
+    Parameters
+    ----------
+    n : int
+        Samples in all (>= 0); the last block may be partial.
+    rank : int
+        The rank, ``0 <= rank < world_size``.
+    world_size : int
+        Number of ranks (>= 1).
+    block : int
+        Samples per block (>= 1).
+
+    Returns
+    -------
+    tuple of int
+        ``(lo, hi)`` with ``0 <= lo <= hi <= n``.
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range.
     """
     if n < 0 or block < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(
@@ -86,14 +131,26 @@ def shard_bounds(n: int, rank: int, world_size: int, block: int) -> tuple[int, i
 def all_gather_rows(local: Tensor, n: int, block: int) -> Tensor:
     """Concatenate every rank's :func:`shard_bounds` rows into the full ``(n, ...)`` tensor.
 
-    ``local`` is this rank's slice ``[lo, hi)``. Returns the full tensor on every rank (on
-    ``local``'s device). In a single process it returns ``local`` unchanged.
-
     With the NCCL backend the gather goes through the GPU, whatever ``local``'s device:
     every rank's shard is padded to the longest one and gathered into device memory, so
     the whole ensemble (``world_size`` times the longest shard) must fit in each GPU's
     memory before it is copied back. For ensembles larger than that, stream to a zarr
     store instead (``rollout(..., out="ens.zarr")``), which gathers nothing.
+
+    Parameters
+    ----------
+    local : Tensor
+        This rank's rows ``[lo, hi)`` of :func:`shard_bounds`, ``(hi - lo, ...)``.
+    n : int
+        Rows in all.
+    block : int
+        The block size the rows were sharded with.
+
+    Returns
+    -------
+    Tensor
+        The full ``(n, ...)`` tensor on every rank, on ``local``'s device; ``local``
+        itself in a single process.
     """
     rank, size = world()
     if size == 1:

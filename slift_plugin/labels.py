@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+__all__ = ["IndexedGaussianLabels", "hash_seed"]
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -30,7 +32,18 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
 
 
 def hash_seed(*keys: int) -> int:
-    """Mix integers into one 63-bit seed (for ``torch.Generator.manual_seed``)."""
+    """Mix integers into one 63-bit seed (for ``torch.Generator.manual_seed``).
+
+    Parameters
+    ----------
+    *keys : int
+        The integers to mix, in order (taken modulo ``2**64``).
+
+    Returns
+    -------
+    int
+        A seed in ``[0, 2**63)``, a pure function of ``keys``.
+    """
     z = np.uint64(0)
     with np.errstate(over="ignore"):
         for k in keys:
@@ -41,15 +54,29 @@ def hash_seed(*keys: int) -> int:
 class IndexedGaussianLabels:
     """Standard normal labels of shape ``shape`` indexed by an integer.
 
+    Calling the object with indices ``(n,)`` returns a float32 tensor ``(n, *shape)``.
+
     Parameters
     ----------
-    shape:
+    shape : sequence of int
         Per-label shape, e.g. ``(16,)`` for a vector label or ``(4, 128)`` for a white-noise
         label field on a 128-point grid.
-    seed:
+    seed : int
         Labels are a pure function of ``(seed, index)``.
 
-    Calling the object with indices ``(n,)`` returns a float32 tensor ``(n, *shape)``.
+    Attributes
+    ----------
+    shape : tuple of int
+        Per-label shape.
+    seed : int
+        The seed.
+    size : int
+        Numbers per label, ``prod(shape)``.
+
+    Raises
+    ------
+    ValueError
+        If ``shape`` is empty or has a size below one.
     """
 
     def __init__(self, shape: Sequence[int], seed: int = 0) -> None:
@@ -65,6 +92,23 @@ class IndexedGaussianLabels:
         return f"IndexedGaussianLabels(shape={self.shape}, seed={self.seed})"
 
     def __call__(self, index: Tensor | np.ndarray | Sequence[int]) -> Tensor:
+        """The labels of transitions ``index``.
+
+        Parameters
+        ----------
+        index : Tensor or numpy.ndarray or sequence of int
+            Non-negative indices ``(n,)``, in any order, repeats allowed.
+
+        Returns
+        -------
+        Tensor
+            float32 standard normals ``(n, *shape)`` on the CPU.
+
+        Raises
+        ------
+        ValueError
+            If ``index`` is not 1-D or holds a negative index.
+        """
         idx = np.asarray(index.cpu() if isinstance(index, Tensor) else index, dtype=np.int64)
         if idx.ndim != 1:
             raise ValueError(f"label indices must be 1-D, got shape {idx.shape}")

@@ -17,12 +17,15 @@ Runtime dependencies: torch, numpy, xarray only.
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import xarray as xr
 
 __all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_N_PROJECTIONS",
     "energy_distance",
     "sliced_wasserstein2",
     "random_projections",
@@ -116,15 +119,30 @@ def energy_distance(
     law its expectation is ``E|X-X'| / n`` per sample (a positive *bias*; see :func:`evaluate`,
     which reports it as a noise floor).
 
-    Args:
-        x: samples, shape (n, ...) or (n,); everything after the first dim is flattened into
-            the state, and the norm is the Euclidean norm of the flattened state.
-        y: samples, shape (m, ...), same state size as ``x``; n and m may differ.
-        block_size: the pairwise distances are formed in blocks of ``block_size`` x
-            ``block_size`` (float64), so memory is O(block_size**2 + (n + m) D).
+    Parameters
+    ----------
+    x : torch.Tensor
+        Samples ``(n, ...)`` or ``(n,)``; everything after the first dim is flattened into
+        the state, and the norm is the Euclidean norm of the flattened state.
+    y : torch.Tensor
+        Samples ``(m, ...)``, same state size as ``x`` and on the same device; n and m may
+        differ.
+    block_size : int
+        The pairwise distances are formed in blocks of ``block_size`` x ``block_size``
+        (float64), so memory is O(block_size**2 + (n + m) D).
 
-    Returns:
-        A float64 scalar tensor on the device of the inputs.
+    Returns
+    -------
+    torch.Tensor
+        A float64 scalar on the device of the inputs.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` or ``y`` is not a real tensor.
+    ValueError
+        If ``block_size < 1``, a sample is empty or holds NaN/Inf, or the state sizes or
+        devices of ``x`` and ``y`` differ.
     """
     if int(block_size) < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size}")
@@ -147,10 +165,31 @@ def random_projections(
     seed: int = 0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Directions drawn uniformly on the unit sphere of R^dim, shape (dim, n_projections).
+    """Directions drawn uniformly on the unit sphere of R^dim.
 
     Drawn on the CPU in float64 (from ``generator`` if given, else from a fresh generator seeded
     with ``seed``), so the same seed gives the same directions on every device.
+
+    Parameters
+    ----------
+    dim : int
+        Dimension ``D`` of the space (>= 1).
+    n_projections : int
+        Number of directions (>= 1).
+    seed : int
+        Seed of a fresh CPU generator, used when ``generator`` is None.
+    generator : torch.Generator or None
+        Explicit CPU generator to draw from.
+
+    Returns
+    -------
+    torch.Tensor
+        float64 unit columns ``(dim, n_projections)`` on the CPU.
+
+    Raises
+    ------
+    ValueError
+        If ``dim`` or ``n_projections`` is below one.
     """
     if int(dim) < 1 or int(n_projections) < 1:
         raise ValueError(
@@ -204,18 +243,35 @@ def sliced_wasserstein2(
     Each 1-D W2^2 is computed exactly between the uniform empirical measures by quantile
     matching, so n and m may differ.
 
-    Args:
-        x: samples, shape (n, ...) or (n,); flattened per sample like :func:`energy_distance`.
-        y: samples, shape (m, ...), same state size.
-        n_projections: number of random directions (ignored if ``projections`` is given).
-        seed: seed of the directions, used when neither ``generator`` nor ``projections`` is.
-        generator: explicit CPU ``torch.Generator`` for the directions.
-        projections: explicit directions, shape (D, n_projections); used as given (not
-            normalised).
-        squared: return the mean of the squared 1-D distances instead of its square root.
+    Parameters
+    ----------
+    x : torch.Tensor
+        Samples ``(n, ...)`` or ``(n,)``; flattened per sample like :func:`energy_distance`.
+    y : torch.Tensor
+        Samples ``(m, ...)``, same state size.
+    n_projections : int
+        Number of random directions (ignored if ``projections`` is given).
+    seed : int
+        Seed of the directions, used when neither ``generator`` nor ``projections`` is.
+    generator : torch.Generator or None
+        Explicit CPU generator for the directions.
+    projections : torch.Tensor or None
+        Explicit directions ``(D, n_projections)``; used as given (not normalised).
+    squared : bool
+        Return the mean of the squared 1-D distances instead of its square root.
 
-    Returns:
-        A float64 scalar tensor on the device of the inputs.
+    Returns
+    -------
+    torch.Tensor
+        A float64 scalar on the device of the inputs.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` or ``y`` is not a real tensor.
+    ValueError
+        If a sample is empty or holds NaN/Inf, the state sizes or devices of ``x`` and
+        ``y`` differ, or ``projections`` is not ``(D, n_projections)``.
     """
     xs, ys = _check_pair(x, y)
     dim = xs.shape[1]
@@ -240,8 +296,25 @@ def sliced_wasserstein2(
 def moments(ens: xr.DataArray, *, ddof: int = 1) -> xr.Dataset:
     """Mean and standard deviation of an ensemble over ``"sample"``.
 
-    Returns a Dataset with variables ``mean`` and ``std`` (dims of ``ens`` without
-    ``"sample"``); ``std`` uses ``ddof`` (default 1, the unbiased variance).
+    Parameters
+    ----------
+    ens : xarray.DataArray
+        An ensemble with a ``"sample"`` dim, e.g. ``(sample, time, channel, *grid)``.
+    ddof : int
+        Delta degrees of freedom of ``std`` (default 1, the unbiased variance).
+
+    Returns
+    -------
+    xarray.Dataset
+        Variables ``mean`` and ``std`` over the dims of ``ens`` without ``"sample"``;
+        attrs ``ddof`` and ``n_samples``.
+
+    Raises
+    ------
+    TypeError
+        If ``ens`` is not a DataArray.
+    ValueError
+        If ``ens`` has no ``"sample"`` dim or at most ``ddof`` samples.
     """
     if not isinstance(ens, xr.DataArray):
         raise TypeError(f"ens must be an xarray.DataArray, got {type(ens).__name__}")
@@ -375,6 +448,298 @@ _DESCRIPTIONS = {
 }
 
 
+class _Subsamples(NamedTuple):
+    """The seeded draws of :func:`evaluate`, shared by every output time.
+
+    Attributes
+    ----------
+    n : int
+        Size of every compared sample.
+    gen_idx : numpy.ndarray
+        ``(n,)`` sorted indices of the generated samples used by the distances.
+    ref_a : numpy.ndarray
+        ``(n,)`` indices of reference subsample A.
+    ref_b : numpy.ndarray
+        ``(n,)`` indices of reference subsample B, disjoint from A.
+    theta : torch.Tensor
+        ``(D, n_projections)`` float64 directions of the sliced distances.
+    """
+
+    n: int
+    gen_idx: np.ndarray
+    ref_a: np.ndarray
+    ref_b: np.ndarray
+    theta: torch.Tensor
+
+
+def _check_comparable(gen: xr.DataArray, ref: xr.DataArray) -> tuple[xr.DataArray, list[Hashable]]:
+    """Check that two ensembles describe the same state space with enough samples.
+
+    Parameters
+    ----------
+    gen : xarray.DataArray
+        Generated ensemble, dims ``("sample", "time", *state_dims)`` in any order.
+    ref : xarray.DataArray
+        Reference ensemble, the same dims and state sizes; its number of times may differ.
+
+    Returns
+    -------
+    ref : xarray.DataArray
+        ``ref`` transposed to the dim order of ``gen``.
+    state_dims : list of Hashable
+        The dims of ``gen`` other than ``"sample"`` and ``"time"``, in order.
+
+    Raises
+    ------
+    ValueError
+        Different non-sample dims or state sizes, different state coordinates, fewer than 2
+        generated or 4 reference samples.
+    """
+    gen_dims = [d for d in gen.dims if d != "sample"]
+    ref_dims = [d for d in ref.dims if d != "sample"]
+    gen_shape = {d: gen.sizes[d] for d in gen_dims if d != "time"}
+    ref_shape = {d: ref.sizes[d] for d in ref_dims if d != "time"}
+    if set(gen_dims) != set(ref_dims) or gen_shape != ref_shape:
+        raise ValueError(
+            "generated and reference must have the same non-sample dims and sizes (except "
+            f"time): generated has {gen_shape} (dims {tuple(gen.dims)}), reference has "
+            f"{ref_shape} (dims {tuple(ref.dims)})"
+        )
+    state_dims = [d for d in gen_dims if d != "time"]
+    _check_coords(gen, ref, state_dims)
+    ref = ref.transpose(*gen.dims)
+
+    n_gen, n_ref = gen.sizes["sample"], ref.sizes["sample"]
+    if n_gen < 2:
+        raise ValueError(f"generated needs at least 2 samples, got {n_gen}")
+    if n_ref < 4:
+        raise ValueError(
+            f"reference needs at least 4 samples (two disjoint subsamples of at least 2 for the "
+            f"noise floor), got {n_ref}"
+        )
+    return ref, state_dims
+
+
+def _align_times(gen: xr.DataArray, ref: xr.DataArray, time_rtol: float) -> xr.DataArray:
+    """Select the reference times that match the generated ones.
+
+    Parameters
+    ----------
+    gen : xarray.DataArray
+        Generated ensemble with ``n_t`` times.
+    ref : xarray.DataArray
+        Reference ensemble, dims in the order of ``gen``.
+    time_rtol : float
+        Tolerance of the time match, relative to the largest ``|t|`` (at least 1).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``ref`` restricted to ``n_t`` times, in the order of the generated times. Without a
+        time coord on either side, times are matched by position.
+
+    Raises
+    ------
+    ValueError
+        Only one side has a time coord and the numbers of times differ, no time in common,
+        or a generated time missing from the reference.
+    """
+    t_gen, t_ref = _time_values(gen), _time_values(ref)
+    if "time" in gen.coords and "time" in ref.coords:
+        idx = _match_times(t_gen, t_ref, time_rtol)
+    elif gen.sizes["time"] == ref.sizes["time"]:
+        idx = np.arange(gen.sizes["time"])  # no time coord on one side: compare positions
+    else:
+        raise ValueError(
+            "generated and reference must both carry a 'time' coord, or have the same number of "
+            f"times: generated has {gen.sizes['time']}, reference has {ref.sizes['time']}"
+        )
+    if (idx < 0).all():
+        raise ValueError(
+            "generated and reference have no time in common: generated times "
+            f"{t_gen.tolist()[:10]}, reference times {t_ref.tolist()[:10]}"
+        )
+    if (idx < 0).any():
+        missing = t_gen[idx < 0]
+        raise ValueError(
+            f"{missing.size} generated time(s) not found in reference: {missing.tolist()[:10]}; "
+            "select the common times first, e.g. generated.sel(time=...)"
+        )
+    return ref.isel(time=idx)
+
+
+def _draw_subsamples(
+    n_gen: int, n_ref: int, dim: int, n_projections: int, seed: int
+) -> _Subsamples:
+    """Draw the subsamples and the projection directions of :func:`evaluate`.
+
+    Parameters
+    ----------
+    n_gen, n_ref : int
+        Generated and reference sample counts (``n_gen >= 2``, ``n_ref >= 4``).
+    dim : int
+        State size ``D`` (product of the state dims).
+    n_projections : int
+        Number of directions of the sliced distances.
+    seed : int
+        Seed of the one CPU generator all draws come from.
+
+    Returns
+    -------
+    _Subsamples
+        ``n = min(n_gen, n_ref // 2)``; the generated indices are all samples when
+        ``n_gen == n``, else a sorted random subset.
+
+    Raises
+    ------
+    ValueError
+        ``n_projections`` is not positive.
+    """
+    n = min(n_gen, n_ref // 2)
+    # One generator, drawn in a fixed order (reference permutation, generated subset,
+    # directions), so that a seed reproduces every draw.
+    g = torch.Generator(device="cpu").manual_seed(int(seed))
+    perm_ref = torch.randperm(n_ref, generator=g)
+    ref_a, ref_b = perm_ref[:n].numpy(), perm_ref[n : 2 * n].numpy()
+    gen_idx = (
+        np.arange(n_gen) if n_gen == n else np.sort(torch.randperm(n_gen, generator=g)[:n].numpy())
+    )
+    theta = random_projections(dim, n_projections, generator=g)
+    return _Subsamples(n, gen_idx, ref_a, ref_b, theta)
+
+
+def _distances_per_time(
+    gen: xr.DataArray,
+    ref: xr.DataArray,
+    sub: _Subsamples,
+    block_size: int,
+    device: str | torch.device | None,
+) -> dict[str, np.ndarray]:
+    """Energy and sliced W2 distances, and their noise floors, at every output time.
+
+    Parameters
+    ----------
+    gen : xarray.DataArray
+        Generated ensemble ``(n_gen, n_t, *state)``.
+    ref : xarray.DataArray
+        Reference ensemble ``(n_ref, n_t, *state)``, times aligned with ``gen``.
+    sub : _Subsamples
+        The sample indices and projection directions.
+    block_size : int
+        Block size of :func:`energy_distance`.
+    device : str or torch.device or None
+        Where to compute (CPU when None).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``"energy_distance"``, ``"noise_floor"``, ``"sliced_w2"`` and
+        ``"sliced_w2_noise_floor"``, each ``(n_t,)`` float64.
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    n_gen, n_ref = gen.sizes["sample"], ref.sizes["sample"]
+    gen_idx = torch.as_tensor(sub.gen_idx, device=dev)
+    ref_a = torch.as_tensor(sub.ref_a, device=dev)
+    ref_b = torch.as_tensor(sub.ref_b, device=dev)
+    n_t = gen.sizes["time"]
+    ed, nf, sw, sw_nf = (np.empty(n_t) for _ in range(4))
+    for k in range(n_t):
+        xg = torch.as_tensor(np.asarray(gen.isel(time=k).values), device=dev)
+        xr_ = torch.as_tensor(np.asarray(ref.isel(time=k).values), device=dev)
+        xg = xg.reshape(n_gen, -1).to(torch.float64)[gen_idx]
+        xr_ = xr_.reshape(n_ref, -1).to(torch.float64)
+        a, b = xr_[ref_a], xr_[ref_b]
+        ed[k] = float(energy_distance(xg, a, block_size=block_size))
+        nf[k] = float(energy_distance(b, a, block_size=block_size))
+        sw[k] = float(sliced_wasserstein2(xg, a, projections=sub.theta))
+        sw_nf[k] = float(sliced_wasserstein2(b, a, projections=sub.theta))
+    return {
+        "energy_distance": ed,
+        "noise_floor": nf,
+        "sliced_w2": sw,
+        "sliced_w2_noise_floor": sw_nf,
+    }
+
+
+def _moment_errors(
+    gen: xr.DataArray, ref: xr.DataArray, state_dims: list[Hashable]
+) -> dict[str, np.ndarray]:
+    """Relative errors of the ensemble mean and standard deviation at every output time.
+
+    Parameters
+    ----------
+    gen : xarray.DataArray
+        Generated ensemble ``(n_gen, n_t, *state)``, all samples.
+    ref : xarray.DataArray
+        Reference ensemble ``(n_ref, n_t, *state)``, times aligned with ``gen``.
+    state_dims : list of Hashable
+        The dims the norms run over.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``"mean_rel_error"``, ``"std_rel_error"`` (NaN where the reference has no spread)
+        and ``"ref_std_norm"``, each ``(n_t,)``.
+    """
+    mom_gen, mom_ref = moments(gen), moments(ref)
+    diff_mean = np.sqrt(((mom_gen["mean"] - mom_ref["mean"].values) ** 2).sum(state_dims))
+    diff_std = np.sqrt(((mom_gen["std"] - mom_ref["std"].values) ** 2).sum(state_dims))
+    ref_norm = np.sqrt((mom_ref["std"] ** 2).sum(state_dims)).values
+    with np.errstate(divide="ignore", invalid="ignore"):
+        safe = np.where(ref_norm > 0, ref_norm, 1.0)
+        mean_rel = np.where(ref_norm > 0, np.asarray(diff_mean.values) / safe, np.nan)
+        std_rel = np.where(ref_norm > 0, np.asarray(diff_std.values) / safe, np.nan)
+    return {"mean_rel_error": mean_rel, "std_rel_error": std_rel, "ref_std_norm": ref_norm}
+
+
+def _ed_ratio(ed: np.ndarray, nf: np.ndarray) -> np.ndarray:
+    """``ed / nf`` elementwise, NaN where the noise floor ``nf`` is not positive."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(nf > 0, ed / np.where(nf > 0, nf, 1.0), np.nan)
+
+
+def _metrics_dataset(
+    gen: xr.DataArray, values: dict[str, np.ndarray], attrs: dict[str, object]
+) -> xr.Dataset:
+    """Wrap the per-time metrics as the Dataset that :func:`evaluate` returns.
+
+    Parameters
+    ----------
+    gen : xarray.DataArray
+        Generated ensemble; its ``time`` coord (if any) becomes the Dataset's.
+    values : dict of str to numpy.ndarray
+        ``(n_t,)`` values, keyed by the variable names of ``_DESCRIPTIONS``; the order of
+        the keys is the order of the variables.
+    attrs : dict of str to object
+        Dataset attrs (sample sizes, seed, ...); a ``description`` is added.
+
+    Returns
+    -------
+    xarray.Dataset
+        float64 variables over ``"time"``, each with ``long_name`` and ``description`` attrs.
+    """
+    time_coord = {"time": gen["time"].values} if "time" in gen.coords else {}
+    return xr.Dataset(
+        {
+            name: xr.DataArray(
+                np.asarray(v, dtype=np.float64),
+                dims=("time",),
+                coords=time_coord,
+                attrs={"long_name": _DESCRIPTIONS[name][0], "description": _DESCRIPTIONS[name][1]},
+            )
+            for name, v in values.items()
+        },
+        attrs={
+            **attrs,
+            "description": (
+                "generated vs reference per output time; distances use n generated samples and "
+                "two disjoint seeded reference subsamples A, B of size n (noise floor = A vs B); "
+                "moment errors use the full ensembles"
+            ),
+        },
+    )
+
+
 def evaluate(
     generated: xr.DataArray,
     reference: xr.DataArray,
@@ -400,140 +765,67 @@ def evaluate(
     generator that matches the reference law and grows when it does not. The moment errors use
     the full ensembles.
 
-    Returns:
-        Dataset over "time" (coords of ``generated``) with variables ``energy_distance``,
-        ``noise_floor``, ``ed_ratio``, ``mean_rel_error``, ``std_rel_error``,
-        ``ref_std_norm``, ``sliced_w2`` and ``sliced_w2_noise_floor``; each carries
-        ``long_name`` and ``description`` attrs. Dataset attrs record n, the sample counts, the
-        seed and the number of projections.
+    Parameters
+    ----------
+    generated : xarray.DataArray
+        ``(n_generated, n_t, channel, *grid)``, real values; ``n_generated >= 2``.
+    reference : xarray.DataArray
+        ``(n_reference, n_t_ref, channel, *grid)``, real values; ``n_reference >= 4``.
+    seed : int
+        Seed of the subsamples and of the projection directions.
+    n_projections : int
+        Number of random directions of the sliced W2 distances.
+    block_size : int
+        Block size of the pairwise distances, see :func:`energy_distance`.
+    device : str or torch.device, optional
+        Where the distances are computed (default CPU).
+    time_rtol : float
+        Relative tolerance of the time match.
 
-    Raises:
-        TypeError: inputs are not real-valued DataArrays.
-        ValueError: missing "sample"/"time" dims, different non-sample dims, sizes or
-            coordinates, no common times or generated times missing from reference, NaN/Inf in
-            either ensemble, fewer than 2 generated or 4 reference samples.
+    Returns
+    -------
+    xarray.Dataset
+        Over "time" (coords of ``generated``), ``(n_t,)`` float64 variables
+        ``energy_distance``, ``noise_floor``, ``ed_ratio``, ``mean_rel_error``,
+        ``std_rel_error``, ``ref_std_norm``, ``sliced_w2`` and ``sliced_w2_noise_floor``;
+        each carries ``long_name`` and ``description`` attrs. Dataset attrs record n, the
+        sample counts, the seed and the number of projections.
+
+    Raises
+    ------
+    TypeError
+        Inputs are not real-valued DataArrays.
+    ValueError
+        Missing "sample"/"time" dims, different non-sample dims, sizes or coordinates, no
+        common times or generated times missing from reference, NaN/Inf in either ensemble,
+        fewer than 2 generated or 4 reference samples.
     """
     gen = _check_ensemble(generated, "generated")
     ref = _check_ensemble(reference, "reference")
-
-    gen_dims = [d for d in gen.dims if d != "sample"]
-    ref_dims = [d for d in ref.dims if d != "sample"]
-    gen_shape = {d: gen.sizes[d] for d in gen_dims if d != "time"}
-    ref_shape = {d: ref.sizes[d] for d in ref_dims if d != "time"}
-    if set(gen_dims) != set(ref_dims) or gen_shape != ref_shape:
-        raise ValueError(
-            "generated and reference must have the same non-sample dims and sizes (except "
-            f"time): generated has {gen_shape} (dims {tuple(gen.dims)}), reference has "
-            f"{ref_shape} (dims {tuple(ref.dims)})"
-        )
-    state_dims = [d for d in gen_dims if d != "time"]
-    _check_coords(gen, ref, state_dims)
-    ref = ref.transpose(*gen.dims)
-
-    n_gen, n_ref = gen.sizes["sample"], ref.sizes["sample"]
-    if n_gen < 2:
-        raise ValueError(f"generated needs at least 2 samples, got {n_gen}")
-    if n_ref < 4:
-        raise ValueError(
-            f"reference needs at least 4 samples (two disjoint subsamples of at least 2 for the "
-            f"noise floor), got {n_ref}"
-        )
-
-    t_gen, t_ref = _time_values(gen), _time_values(ref)
-    if "time" in gen.coords and "time" in ref.coords:
-        idx = _match_times(t_gen, t_ref, time_rtol)
-    elif gen.sizes["time"] == ref.sizes["time"]:
-        idx = np.arange(gen.sizes["time"])  # no time coord on one side: compare positions
-    else:
-        raise ValueError(
-            "generated and reference must both carry a 'time' coord, or have the same number of "
-            f"times: generated has {gen.sizes['time']}, reference has {ref.sizes['time']}"
-        )
-    if (idx < 0).all():
-        raise ValueError(
-            "generated and reference have no time in common: generated times "
-            f"{t_gen.tolist()[:10]}, reference times {t_ref.tolist()[:10]}"
-        )
-    if (idx < 0).any():
-        missing = t_gen[idx < 0]
-        raise ValueError(
-            f"{missing.size} generated time(s) not found in reference: {missing.tolist()[:10]}; "
-            "select the common times first, e.g. generated.sel(time=...)"
-        )
-    ref = ref.isel(time=idx)
-
+    ref, state_dims = _check_comparable(gen, ref)
+    ref = _align_times(gen, ref, time_rtol)
     _non_finite_report(gen, "generated")
     _non_finite_report(ref, "reference")
 
-    n = min(n_gen, n_ref // 2)
-    g = torch.Generator(device="cpu").manual_seed(int(seed))
-    perm_ref = torch.randperm(n_ref, generator=g)
-    ref_a, ref_b = perm_ref[:n].numpy(), perm_ref[n : 2 * n].numpy()
-    gen_idx = (
-        np.arange(n_gen) if n_gen == n else np.sort(torch.randperm(n_gen, generator=g)[:n].numpy())
-    )
+    n_gen, n_ref = gen.sizes["sample"], ref.sizes["sample"]
     dim = int(np.prod([gen.sizes[d] for d in state_dims], dtype=np.int64))
-    theta = random_projections(dim, n_projections, generator=g)
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-
-    mom_gen, mom_ref = moments(gen), moments(ref)
-    diff_mean = np.sqrt(((mom_gen["mean"] - mom_ref["mean"].values) ** 2).sum(state_dims))
-    diff_std = np.sqrt(((mom_gen["std"] - mom_ref["std"].values) ** 2).sum(state_dims))
-    ref_norm = np.sqrt((mom_ref["std"] ** 2).sum(state_dims)).values
-
-    n_t = gen.sizes["time"]
-    ed, nf, sw, sw_nf = (np.empty(n_t) for _ in range(4))
-    for k in range(n_t):
-        xg = torch.as_tensor(np.asarray(gen.isel(time=k).values), device=dev)
-        xr_ = torch.as_tensor(np.asarray(ref.isel(time=k).values), device=dev)
-        xg = xg.reshape(n_gen, -1).to(torch.float64)[torch.as_tensor(gen_idx, device=dev)]
-        xr_ = xr_.reshape(n_ref, -1).to(torch.float64)
-        a = xr_[torch.as_tensor(ref_a, device=dev)]
-        b = xr_[torch.as_tensor(ref_b, device=dev)]
-        ed[k] = float(energy_distance(xg, a, block_size=block_size))
-        nf[k] = float(energy_distance(b, a, block_size=block_size))
-        sw[k] = float(sliced_wasserstein2(xg, a, projections=theta))
-        sw_nf[k] = float(sliced_wasserstein2(b, a, projections=theta))
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(nf > 0, ed / np.where(nf > 0, nf, 1.0), np.nan)
-        safe = np.where(ref_norm > 0, ref_norm, 1.0)
-        mean_rel = np.where(ref_norm > 0, np.asarray(diff_mean.values) / safe, np.nan)
-        std_rel = np.where(ref_norm > 0, np.asarray(diff_std.values) / safe, np.nan)
-
-    time_coord = {"time": gen["time"].values} if "time" in gen.coords else {}
+    sub = _draw_subsamples(n_gen, n_ref, dim, n_projections, seed)
+    dist = _distances_per_time(gen, ref, sub, block_size, device)
+    errors = _moment_errors(gen, ref, state_dims)
     values = {
-        "energy_distance": ed,
-        "noise_floor": nf,
-        "ed_ratio": ratio,
-        "mean_rel_error": mean_rel,
-        "std_rel_error": std_rel,
-        "ref_std_norm": ref_norm,
-        "sliced_w2": sw,
-        "sliced_w2_noise_floor": sw_nf,
+        "energy_distance": dist["energy_distance"],
+        "noise_floor": dist["noise_floor"],
+        "ed_ratio": _ed_ratio(dist["energy_distance"], dist["noise_floor"]),
+        **errors,
+        "sliced_w2": dist["sliced_w2"],
+        "sliced_w2_noise_floor": dist["sliced_w2_noise_floor"],
     }
-    out = xr.Dataset(
-        {
-            name: xr.DataArray(
-                np.asarray(v, dtype=np.float64),
-                dims=("time",),
-                coords=time_coord,
-                attrs={"long_name": _DESCRIPTIONS[name][0], "description": _DESCRIPTIONS[name][1]},
-            )
-            for name, v in values.items()
-        },
-        attrs={
-            "n": n,
-            "n_generated": n_gen,
-            "n_reference": n_ref,
-            "seed": int(seed),
-            "n_projections": int(theta.shape[1]),
-            "std_ddof": 1,
-            "description": (
-                "generated vs reference per output time; distances use n generated samples and "
-                "two disjoint seeded reference subsamples A, B of size n (noise floor = A vs B); "
-                "moment errors use the full ensembles"
-            ),
-        },
-    )
-    return out
+    attrs = {
+        "n": sub.n,
+        "n_generated": n_gen,
+        "n_reference": n_ref,
+        "seed": int(seed),
+        "n_projections": int(sub.theta.shape[1]),
+        "std_ddof": 1,
+    }
+    return _metrics_dataset(gen, values, attrs)

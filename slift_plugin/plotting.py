@@ -15,6 +15,8 @@ import xarray as xr  # noqa: E402
 
 from .data import atomic_write  # noqa: E402
 
+__all__ = ["field_ensemble_figure"]
+
 
 def field_ensemble_figure(
     reference: xr.DataArray,
@@ -27,8 +29,26 @@ def field_ensemble_figure(
 ) -> Path:
     """Space-time samples, mean/std over time and energy distance vs the noise floor.
 
-    ``reference`` and ``models`` are 1-D field ensembles ``(sample, time, channel, x)``;
-    ``metrics`` are :func:`slift_plugin.evaluate` results keyed like ``models``.
+    Parameters
+    ----------
+    reference : xarray.DataArray
+        The reference 1-D field ensemble ``(sample, time, channel, x)``.
+    models : Mapping[str, xarray.DataArray]
+        Generated ensembles of the same layout, by model name.
+    metrics : Mapping[str, xarray.Dataset]
+        :func:`slift_plugin.evaluate` results keyed like ``models`` (with
+        ``energy_distance`` and ``noise_floor`` per time).
+    path : str or os.PathLike
+        The PNG file to write (atomically).
+    n_trajectories : int
+        Space-time samples shown per ensemble.
+    title : str
+        Figure title; empty for none.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
     """
     names = ["reference", *models]
     ensembles = {"reference": reference, **models}

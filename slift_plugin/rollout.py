@@ -30,6 +30,8 @@ from .distributed import all_gather_rows, barrier, shard_bounds, world
 from .labels import hash_seed
 from .stepper import Stepper
 
+__all__ = ["AUTOCAST_DTYPES", "SEED_BLOCK", "rollout"]
+
 SEED_BLOCK = 256
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
@@ -196,8 +198,26 @@ class _GraphedStep(_EagerStep):
 
 
 def _check_fast_paths(
-    stepper: Stepper, device: torch.device, cuda_graph: bool, autocast_dtype
+    stepper: Stepper, device: torch.device, cuda_graph: bool, autocast_dtype: torch.dtype | None
 ) -> None:
+    """Refuse a CUDA graph or an autocast dtype that this rollout cannot use.
+
+    Parameters
+    ----------
+    stepper : Stepper
+        Its ``cuda_graph_safe`` says whether its step may be captured.
+    device : torch.device
+        The run device; a CUDA graph needs CUDA.
+    cuda_graph : bool
+        Whether the rollout asks for a CUDA graph.
+    autocast_dtype : torch.dtype or None
+        One of :data:`AUTOCAST_DTYPES`, or None.
+
+    Raises
+    ------
+    ValueError
+        On the first setting that cannot work.
+    """
     if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
         raise ValueError(
             f"autocast_dtype must be one of {AUTOCAST_DTYPES} or None, got {autocast_dtype!r}"
@@ -208,10 +228,8 @@ def _check_fast_paths(
         raise ValueError(f"cuda_graph=True needs a CUDA device; this rollout runs on {device}")
     if not stepper.cuda_graph_safe:
         raise ValueError(
-            f"cuda_graph=True needs a stepper whose step is pure tensor work that ignores t "
-            f"(Stepper.cuda_graph_safe, True for StochasticLifting, MeanRegression, "
-            f"FlowMatching and EnergyScoreLifting); "
-            f"{type(stepper).__name__} is not marked safe"
+            "cuda_graph=True needs a stepper whose step is pure tensor work that ignores t; "
+            f"{type(stepper).__name__} declares cuda_graph_safe = False"
         )
 
 
@@ -354,6 +372,195 @@ def _run_chunk(job: _Job, buf: Tensor, noise: _BlockNoise | None, mu: Tensor | N
 
 
 # -- public API -------------------------------------------------------------------------------
+def _check_arguments(
+    n_steps: int, n_samples: int | None, chunk_size: int, out: str | os.PathLike | None
+) -> None:
+    """Refuse, before any work, counts below one and an unusable ``out`` path.
+
+    Parameters
+    ----------
+    n_steps, chunk_size : int
+        Must be >= 1.
+    n_samples : int or None
+        Must be >= 1 when given.
+    out : str or os.PathLike or None
+        A zarr store path (see :func:`slift_plugin.store.check_store_path`), or None.
+
+    Raises
+    ------
+    ValueError
+        On the first argument that cannot work.
+    """
+    if int(n_steps) < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if n_samples is not None and int(n_samples) < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if out is not None:  # zarr is only needed (and imported) for out-of-core rollouts
+        from .store import check_store_path
+
+        check_store_path(out)
+
+
+def _inputs(
+    stepper: Stepper,
+    x0: Tensor | np.ndarray | xr.DataArray,
+    mu: Tensor | np.ndarray | None,
+    n_samples: int | None,
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor | None]:
+    """``x0`` and ``mu`` as one window and one parameter vector per sample.
+
+    Parameters
+    ----------
+    stepper : Stepper
+        Checks the window and ``mu`` against its shapes.
+    x0 : Tensor or numpy.ndarray or xarray.DataArray
+        See :func:`rollout`.
+    mu : Tensor or numpy.ndarray or None
+        ``(n_params,)`` (shared) or ``(n_samples, n_params)``.
+    n_samples : int or None
+        Defaults to the number of samples in ``x0``.
+    dtype : torch.dtype
+        The stepper's dtype.
+
+    Returns
+    -------
+    windows : Tensor
+        ``(n_samples, history*C, *grid)``, possibly an expanded view.
+    mu : Tensor or None
+        ``(n_samples, n_params)``, possibly an expanded view.
+    """
+    windows = _initial_windows(stepper, _as_tensor(x0, "x0").to(dtype), n_samples)
+    n = windows.shape[0]
+    if mu is not None:
+        mu = _as_tensor(mu, "mu").to(dtype)
+        if mu.ndim == 1:
+            mu = mu.expand(n, -1)
+    stepper.check_mu(mu, n)
+    return windows, mu
+
+
+@dataclass
+class _Labels:
+    """How generated values become the returned DataArray: coords and attrs."""
+
+    times: np.ndarray  # the n_steps + 1 time coordinates
+    mu: Tensor | None  # (n, n_params)
+    coords: Mapping[str, object] | None
+    param_names: list[str] | None
+    attrs: dict[str, object]
+
+    def ensemble(self, values: Tensor | np.ndarray) -> xr.DataArray:
+        """``values`` ``(n, n_steps + 1, C, *grid)`` as a labelled ensemble."""
+        return tensor_to_ensemble(
+            values,
+            self.times,
+            coords=self.coords,
+            mu=None if self.mu is None else self.mu.cpu(),
+            param_names=self.param_names,
+            attrs=self.attrs,
+        )
+
+
+def _in_memory(
+    job: _Job, labels: _Labels, step: _EagerStep, shard: tuple[int, int], progress: bool
+) -> xr.DataArray:
+    """Generate this rank's samples ``shard`` in host memory; gather the whole ensemble.
+
+    Parameters
+    ----------
+    job : _Job
+        The rollout.
+    labels : _Labels
+        Coords and attrs of the result.
+    step : _EagerStep
+        One step, eager or graphed.
+    shard : tuple of int
+        ``(lo, hi)``: this rank's samples, whole chunks.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    xarray.DataArray
+        All ``n`` samples, on every rank.
+    """
+    lo, hi = shard
+    n, chunk_size = job.windows.shape[0], job.chunk_size
+    sink = _MemorySink((hi - lo, job.n_steps + 1, *job.state_shape), job.dtype, lo)
+    chunks = [(a, min(a + chunk_size, hi)) for a in range(lo, hi, chunk_size)]
+    _execute(job, chunks, sink, step, progress)
+    return labels.ensemble(all_gather_rows(sink.values, n, chunk_size))
+
+
+def _to_store(
+    job: _Job,
+    labels: _Labels,
+    step: _EagerStep,
+    shard: tuple[int, int],
+    out: str | os.PathLike,
+    *,
+    t0: float,
+    dt: float,
+    autocast_dtype: torch.dtype | None,
+    progress: bool,
+) -> xr.DataArray:
+    """Generate the chunks of ``shard`` not yet done into the zarr store ``out``.
+
+    Parameters
+    ----------
+    job : _Job
+        The rollout.
+    labels : _Labels
+        Coords and attrs of the result.
+    step : _EagerStep
+        One step, eager or graphed.
+    shard : tuple of int
+        ``(lo, hi)``: this rank's samples, whole chunks.
+    out : str or os.PathLike
+        The store; created, or resumed when it holds the same generation.
+    t0, dt : float
+        The time axis, part of what identifies the generation.
+    autocast_dtype : torch.dtype or None
+        Part of what identifies the generation.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    xarray.DataArray
+        The finished store, opened lazily (on every rank).
+    """
+    from .store import EnsembleStore, fingerprint
+
+    n = job.windows.shape[0]
+    # Placeholder values of the right shape and dtype, zero bytes: dims, coords and attrs.
+    nan = torch.full((), math.nan, dtype=job.dtype).numpy()
+    template = labels.ensemble(np.broadcast_to(nan, (n, job.n_steps + 1, *job.state_shape)))
+    # What identifies the generation: only the same one may resume an existing store.
+    settings = {
+        "seed": int(job.seed),
+        "n_samples": n,
+        "chunk_size": job.chunk_size,
+        "n_steps": job.n_steps,
+        "state_shape": list(job.state_shape),
+        "dtype": str(job.dtype),
+        "t0": float(t0),
+        "dt": dt,
+        "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype),
+        "param_names": None if labels.param_names is None else [str(p) for p in labels.param_names],
+    }
+    fp = fingerprint(
+        job.stepper, windows=job.windows, mu=job.mu, coords=template.coords, **settings
+    )
+    store = EnsembleStore.open_or_create(out, template, job.chunk_size, fp)
+    _execute(job, store.pending(*shard), store, step, progress)
+    barrier()  # every rank's chunks are written before anyone opens the result
+    return store.result()
+
+
 def rollout(
     stepper: Stepper,
     x0: Tensor | np.ndarray | xr.DataArray,
@@ -377,124 +584,112 @@ def rollout(
 
     Parameters
     ----------
-    stepper:
+    stepper : Stepper
         Any trained :class:`Stepper`; one ``stepper.step`` call per output step.
-    x0:
+    x0 : Tensor or numpy.ndarray or xarray.DataArray
         One state ``state_shape`` (shared), per-sample states ``(n_samples, *state)``,
         or windows ``(n_samples, history, *state)``.
-    mu:
+    n_steps : int
+        Steps per trajectory (>= 1).
+    n_samples : int or None
+        Trajectories; defaults to the number of samples in ``x0``.
+    mu : Tensor or numpy.ndarray or None
         Physics parameters ``(n_params,)`` (shared) or ``(n_samples, n_params)``.
-    seed:
+    seed : int
         All noise derives from ``(seed, sample block)``: same seed, same ensemble,
         whatever ``chunk_size`` and however many processes.
-    chunk_size:
+    chunk_size : int
         Samples generated together; bounds device and host memory. Multiples of
         :data:`SEED_BLOCK` (256) draw noise without any copy.
-    device:
+    device : str or torch.device or None
         Where to run (defaults to the stepper's device). Each chunk stays on the device
         for all steps and is copied to host memory once.
-    t0, dt:
-        Time coordinate ``t0 + k*dt``; ``dt`` defaults to ``stepper.dt``.
-    coords:
+    t0 : float
+        Time of the last state of ``x0``.
+    dt : float or None
+        Time coordinate ``t0 + k*dt``; defaults to ``stepper.dt`` (steps count as 1
+        when that is nan).
+    coords : Mapping or None
         Extra coords for the result (``channel`` and grid coords of a reference).
-    out:
+    param_names : list of str or None
+        Names of the parameters, in sorted order (the order of ``mu``): coords
+        ``mu_<name>``; defaults to ``p0, p1, ...``.
+    progress : bool
+        Show a progress bar.
+    out : str or os.PathLike or None
         A path ending in ``.zarr``: stream finished chunks to this zarr store instead of
         holding the ensemble in memory, and return it opened lazily. An existing store
         of the same generation (seed, sizes, dtype and ``autocast_dtype``, stepper and
         its weights, x0, mu, coords and ``param_names``) is resumed: chunks marked done
         are kept, the others generated. Any other existing path is refused.
-    cuda_graph:
-        Capture one step as a CUDA graph and replay it (CUDA only; steppers whose step
-        ignores ``t``, e.g. StochasticLifting). Same noise stream as the eager path.
-    autocast_dtype:
+    cuda_graph : bool
+        Capture one step as a CUDA graph and replay it (CUDA only; steppers that declare
+        ``cuda_graph_safe``, whose step ignores ``t``). Same noise stream as the eager
+        path.
+    autocast_dtype : torch.dtype or None
         ``torch.bfloat16`` or ``torch.float16``: run each step under ``torch.autocast``;
         states are stored (and fed back) in the stepper's dtype.
 
+    Returns
+    -------
+    xarray.DataArray
+        ``(sample, time, channel, *grid)`` with ``n_steps + 1`` times, the first being
+        the last state of ``x0``.
+
+    Raises
+    ------
+    ValueError
+        Before generating anything, on a count below one, an ``out`` path that is not a new or
+        resumable ``.zarr`` store, a CUDA graph or autocast dtype this rollout cannot
+        use, non-finite ``x0`` or ``mu``, or ``x0``/``mu`` whose shapes do not fit the
+        stepper.
+
+    Notes
+    -----
     Under ``torch.distributed`` (a process group initialised), every rank generates its
     own whole chunks, ``shard_bounds(n, rank, world, chunk_size)``; in memory the full
     ensemble is gathered onto every rank, with ``out`` every rank writes its chunks and
     opens the finished store. The result equals the single-process one bit for bit.
-
-    Returns
-    -------
-    DataArray ``(sample, time, channel, *grid)`` with ``n_steps + 1`` times, the first
-    being the last state of ``x0``.
     """
-    if int(n_steps) < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if n_samples is not None and int(n_samples) < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    if out is not None:  # zarr is only needed (and imported) for out-of-core rollouts
-        from .store import EnsembleStore, check_store_path, fingerprint
-
-        check_store_path(out)
+    _check_arguments(n_steps, n_samples, chunk_size, out)
     home_device, dtype = stepper.param_device_dtype()
     run_device = torch.device(device) if device is not None else home_device
     _check_fast_paths(stepper, run_device, cuda_graph, autocast_dtype)
-    windows = _initial_windows(stepper, _as_tensor(x0, "x0").to(dtype), n_samples)
+    windows, mu = _inputs(stepper, x0, mu, n_samples, dtype)
     n = windows.shape[0]
-    if mu is not None:
-        mu = _as_tensor(mu, "mu").to(dtype)
-        if mu.ndim == 1:
-            mu = mu.expand(n, -1)
-    stepper.check_mu(mu, n)
     dt = stepper.dt if dt is None else float(dt)
+    # A stepper without a physical step (dt = nan) counts time in steps.
     times = t0 + (dt if math.isfinite(dt) else 1.0) * np.arange(n_steps + 1)
-    chunk_size = min(int(chunk_size), n)
     job = _Job(
         stepper=stepper,
         windows=windows,
         mu=mu,
         times=times.tolist(),
         seed=seed,
-        chunk_size=chunk_size,
+        chunk_size=min(int(chunk_size), n),
         device=run_device,
         dtype=dtype,
         noise_shape=stepper.noise_shape(tuple(windows.shape[2:])),
     )
     attrs = {"stepper": type(stepper).__name__, "seed": seed, "dt": dt, "n_steps": n_steps}
-
-    def as_ensemble(values) -> xr.DataArray:
-        return tensor_to_ensemble(
-            values,
-            times,
-            coords=coords,
-            mu=None if mu is None else mu.cpu(),
-            param_names=param_names,
-            attrs=attrs,
-        )
-
+    labels = _Labels(times, mu, coords, param_names, attrs)
     rank, size = world()
     # Whole chunks per rank: every rank runs exactly the chunks one process would run.
-    lo, hi = shard_bounds(n, rank, size, chunk_size)
+    shard = shard_bounds(n, rank, size, job.chunk_size)
     step = (_GraphedStep if cuda_graph else _EagerStep)(stepper, run_device, autocast_dtype)
     if out is None:
-        sink = _MemorySink((hi - lo, n_steps + 1, *job.state_shape), dtype, lo)
-        chunks = [(a, min(a + chunk_size, hi)) for a in range(lo, hi, chunk_size)]
-        _execute(job, chunks, sink, step, progress)
-        return as_ensemble(all_gather_rows(sink.values, n, chunk_size))
-    # Placeholder values of the right shape and dtype, zero bytes: dims, coords and attrs.
-    nan = torch.full((), math.nan, dtype=dtype).numpy()
-    template = as_ensemble(np.broadcast_to(nan, (n, n_steps + 1, *job.state_shape)))
-    settings = {
-        "seed": int(seed),
-        "n_samples": n,
-        "chunk_size": chunk_size,
-        "n_steps": int(n_steps),
-        "state_shape": list(job.state_shape),
-        "dtype": str(dtype),
-        "t0": float(t0),
-        "dt": dt,
-        "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype),
-        "param_names": None if param_names is None else [str(p) for p in param_names],
-    }
-    fp = fingerprint(stepper, windows=windows, mu=mu, coords=template.coords, **settings)
-    store = EnsembleStore.open_or_create(out, template, chunk_size, fp)
-    _execute(job, store.pending(lo, hi), store, step, progress)
-    barrier()  # every rank's chunks are written before anyone opens the result
-    return store.result()
+        return _in_memory(job, labels, step, shard, progress)
+    return _to_store(
+        job,
+        labels,
+        step,
+        shard,
+        out,
+        t0=t0,
+        dt=dt,
+        autocast_dtype=autocast_dtype,
+        progress=progress,
+    )
 
 
 def _execute(job: _Job, chunks: list[tuple[int, int]], sink, step, progress: bool) -> None:

@@ -22,37 +22,64 @@ so that one :func:`slift_plugin.fit` loop serves every method.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
+__all__ = ["Stepper"]
 
-class Stepper(nn.Module):
-    """Base class of all steppers.
+
+class Stepper(nn.Module, ABC):
+    """Abstract base class of all steppers.
+
+    A subclass implements :meth:`noise_shape`, :meth:`step` and :meth:`loss`; one that
+    leaves any of them out cannot be instantiated. Its capabilities are the class
+    attributes below, which the machinery (:func:`slift_plugin.rollout`,
+    :func:`slift_plugin.fit`, the benchmark) reads instead of asking for the class.
+
+    Parameters
+    ----------
+    state_shape : tuple of int or None
+        Shape of one state without the batch axis: ``(C, *grid)`` or ``(d,)``. A grid
+        entry may be ``None`` for resolution-agnostic backbones (neural operators).
+    history : int
+        Number of past states one step consumes (1 = Markov).
+    n_params : int
+        Number of physics parameters ``mu`` the stepper is conditioned on (0 = none).
+    dt : float
+        Physical length of one step (``nan`` when unknown).
 
     Attributes
     ----------
-    state_shape:
-        Shape of one state without the batch axis: ``(C, *grid)`` or ``(d,)``. A grid
-        entry may be ``None`` for resolution-agnostic backbones (neural operators).
-    history:
-        Number of past states one step consumes (1 = Markov).
-    n_params:
-        Number of physics parameters ``mu`` the stepper is conditioned on (0 = none).
-    dt:
-        Physical length of one step (``nan`` when unknown).
-    evals_per_step:
-        Backbone evaluations per step; the cost unit the benchmarks report.
+    evals_per_step : int
+        Backbone evaluations per step, the cost unit the benchmarks report. A method
+        whose count is a hyperparameter (flow matching's Euler steps) overrides it with
+        a property.
+    state_shape : tuple of int or None
+        As given, the sizes as ints.
+    history, n_params : int
+        As given.
+    dt : float
+        As given.
+    requires_grad_in_step : bool
+        True for steppers that differentiate inside a step (DICE's velocity is a
+        gradient): rollout then runs under ``no_grad`` instead of ``inference_mode``.
+    cuda_graph_safe : bool
+        True for steppers whose step is pure tensor work on its inputs that ignores
+        ``t`` (no host synchronisation, no Python branching on values), so that
+        ``rollout(..., cuda_graph=True)`` may capture it in a CUDA graph.
+
+    Raises
+    ------
+    ValueError
+        If ``state_shape`` is empty, has no channel size or a size below one, or if
+        ``history < 1`` or ``n_params < 0``.
     """
 
     evals_per_step: int = 1
-    #: True for steppers that differentiate inside a step (rollout then uses no_grad
-    #: instead of inference_mode).
     requires_grad_in_step: bool = False
-    #: True for steppers whose step is pure tensor work on its inputs that ignores ``t``
-    #: (no host synchronisation, no Python branching on values): rollout may then capture
-    #: it in a CUDA graph (``rollout(..., cuda_graph=True)``).
     cuda_graph_safe: bool = False
 
     def __init__(
@@ -83,10 +110,23 @@ class Stepper(nn.Module):
         self.dt = float(dt)
 
     # -- the contract ---------------------------------------------------------------------
+    @abstractmethod
     def noise_shape(self, grid_shape: tuple[int, ...]) -> tuple[int, ...] | None:
-        """Per-sample shape of the standard normal noise one step consumes (None: none)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement noise_shape()")
+        """Per-sample shape of the standard normal noise one step consumes.
 
+        Parameters
+        ----------
+        grid_shape : tuple of int
+            The grid of the states rolled out (``()`` for vector states).
+
+        Returns
+        -------
+        tuple of int or None
+            ``noise`` of :meth:`step` has shape ``(B, *noise_shape(grid_shape))``; None
+            when a step consumes no randomness.
+        """
+
+    @abstractmethod
     def step(
         self,
         window: Tensor,
@@ -95,33 +135,96 @@ class Stepper(nn.Module):
         mu: Tensor | None = None,
         t: float | None = None,
     ) -> Tensor:
-        """Advance ``window`` (``(B, history*C, *grid)``) by one output step."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement step()")
+        """Advance a batch by one output step; a deterministic function of its inputs.
 
-    def loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """Training objective of one batch (mean over the batch)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement loss()")
+        Parameters
+        ----------
+        window : Tensor
+            The last ``history`` states stacked on channels, ``(B, history*C, *grid)``.
+        noise : Tensor or None
+            Standard normals ``(B, *noise_shape(grid))``, or None when it is None.
+        mu : Tensor or None
+            Physics parameters ``(B, n_params)``.
+        t : float or None
+            Physical time of ``window``'s last state.
+
+        Returns
+        -------
+        Tensor
+            The next state ``(B, C, *grid)``.
+        """
+
+    @abstractmethod
+    def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Training objective of one batch, a scalar (mean over its examples).
+
+        Parameters
+        ----------
+        batch : Mapping[str, Tensor]
+            The dict batch of the method's dataset (transitions carry ``x``, ``y`` and
+            ``index``; snapshots carry ``x`` and ``t``).
+
+        Returns
+        -------
+        Tensor
+            A scalar with a graph to the trainable parameters.
+        """
 
     def prepare(self, dataset: object) -> None:
         """Called by :func:`slift_plugin.fit` before training (e.g. to fit normalisation).
 
         The base stepper needs nothing from the data.
+
+        Parameters
+        ----------
+        dataset : object
+            The training set handed to :func:`slift_plugin.fit`.
         """
+
+    def examples_in(self, batch: Mapping[str, Tensor]) -> int:
+        """Number of examples that ``loss(batch)`` averages over.
+
+        :func:`slift_plugin.fit` weights each batch's loss by it for the epoch mean. The
+        default reads the leading axis of ``batch["x"]`` (transition batches); steppers
+        whose batches have another layout override it.
+
+        Parameters
+        ----------
+        batch : Mapping[str, Tensor]
+            A batch as :meth:`loss` receives it.
+
+        Returns
+        -------
+        int
+            The number of examples (1 when the batch has no ``x``).
+        """
+        x = batch.get("x")
+        return 1 if x is None else int(x.shape[0])
 
     # -- shared helpers -------------------------------------------------------------------
     @property
     def n_channels(self) -> int:
+        """Channels ``C`` of one state (``d`` for vector states)."""
         return self.state_shape[0]
 
     @property
     def grid_shape(self) -> tuple[int, ...]:
+        """Grid of one state, ``state_shape[1:]`` (``()`` for vector states)."""
         return self.state_shape[1:]
 
     @property
     def window_channels(self) -> int:
+        """Channels of a window, ``history * n_channels``."""
         return self.history * self.n_channels
 
     def param_device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        """Device and dtype of the first parameter (else buffer) of the stepper.
+
+        Returns
+        -------
+        tuple of (torch.device, torch.dtype)
+            The CPU and the default dtype when the stepper holds no tensors.
+        """
         for p in self.parameters():
             return p.device, p.dtype
         for b in self.buffers():
@@ -129,7 +232,22 @@ class Stepper(nn.Module):
         return torch.device("cpu"), torch.get_default_dtype()
 
     def check_window(self, window: Tensor, name: str = "window") -> None:
-        """Raise a ValueError unless ``window`` is ``(B, history*C, *grid)``."""
+        """Raise unless ``window`` is a non-empty ``(B, history*C, *grid)`` tensor.
+
+        Parameters
+        ----------
+        window : Tensor
+            The tensor to check; ``None`` grid sizes of ``state_shape`` match any size.
+        name : str
+            What to call it in the error message.
+
+        Raises
+        ------
+        TypeError
+            If ``window`` is not a tensor.
+        ValueError
+            If its shape does not fit the stepper or its batch is empty.
+        """
         if not isinstance(window, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(window).__name__}")
         expected = (self.window_channels, *self.grid_shape)
@@ -145,8 +263,58 @@ class Stepper(nn.Module):
         if window.shape[0] == 0:
             raise ValueError(f"{name} is an empty batch (shape {tuple(window.shape)})")
 
+    def check_noise(self, window: Tensor, noise: Tensor | None, name: str = "noise") -> None:
+        """Raise a ValueError unless ``noise`` fits :meth:`noise_shape` on ``window``'s grid.
+
+        Parameters
+        ----------
+        window : Tensor
+            The step's window ``(B, history*C, *grid)``.
+        noise : Tensor or None
+            Must be ``(B, *noise_shape(grid))``, or None when ``noise_shape`` is None.
+        name : str
+            What the noise is called in the message (a method's label, a flow's ``z_0``).
+
+        Raises
+        ------
+        ValueError
+            Naming the expected and the given shape; a wrong noise could otherwise
+            broadcast into the state silently.
+        """
+        per_sample = self.noise_shape(tuple(window.shape[2:]))
+        got = None if noise is None else tuple(noise.shape)
+        if per_sample is None:
+            if noise is not None:
+                raise ValueError(
+                    f"{type(self).__name__} takes no {name} (noise_shape is None), got a "
+                    f"{name} of shape {got}"
+                )
+            return
+        expected = (window.shape[0], *per_sample)
+        if got != expected:
+            raise ValueError(f"{name} must have shape {expected}, got {got}")
+
     def check_mu(self, mu: Tensor | None, batch: int) -> Tensor | None:
-        """Validate the physics parameters of a batch; returns them as ``(B, n_params)``."""
+        """Validate the physics parameters of a batch.
+
+        Parameters
+        ----------
+        mu : Tensor or None
+            Physics parameters ``(B, n_params)``; None (or empty) for a stepper without
+            parameters.
+        batch : int
+            The batch size ``B``.
+
+        Returns
+        -------
+        Tensor or None
+            ``mu`` unchanged, or None when the stepper has no parameters.
+
+        Raises
+        ------
+        ValueError
+            If ``mu`` is missing, unexpected, or not of shape ``(B, n_params)``.
+        """
         if self.n_params == 0:
             if mu is not None and mu.numel() > 0:
                 raise ValueError(
@@ -161,68 +329,3 @@ class Stepper(nn.Module):
                 f"mu must have shape ({batch}, {self.n_params}), got {tuple(mu.shape)}"
             )
         return mu
-
-
-class NormalizedStepper(Stepper):
-    """A stepper whose inputs are standardised with statistics stored in buffers.
-
-    Subclasses list the statistics in :meth:`normalization_shapes` (name -> shape; names
-    ending in ``std``/``scale`` must be positive). The buffers travel with ``state_dict``
-    and checkpoints; :func:`slift_plugin.fit` fills them from ``dataset.statistics()``.
-    """
-
-    def __init__(self, state_shape: tuple[int | None, ...], **kwargs) -> None:
-        super().__init__(state_shape, **kwargs)
-        for name, shape in self.normalization_shapes().items():
-            fill = torch.ones if name.endswith(("std", "scale")) else torch.zeros
-            self.register_buffer(name, fill(shape))
-        self.register_buffer("normalized", torch.tensor(False))
-
-    def normalization_shapes(self) -> dict[str, tuple[int, ...]]:
-        raise NotImplementedError(f"{type(self).__name__} lists no normalisation statistics")
-
-    def required_statistics(self) -> list[str]:
-        """Statistics without which the stepper cannot be normalised (default: all)."""
-        return list(self.normalization_shapes())
-
-    def _adjust_normalization(self, checked: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Hook to override validated statistics before they are stored."""
-        return checked
-
-    def set_normalization(self, statistics: Mapping[str, Tensor]) -> None:
-        """Validate every statistic (shape, finite, positive spreads), then store them all."""
-        shapes = self.normalization_shapes()
-        missing = [k for k in self.required_statistics() if k not in statistics]
-        if missing:
-            raise ValueError(
-                f"{type(self).__name__} needs normalisation statistics {missing}; got "
-                f"{sorted(statistics)}"
-                + (" (the dataset must carry mu)" if any("param" in k for k in missing) else "")
-            )
-        checked = {}
-        for name, shape in shapes.items():
-            if name not in statistics:
-                continue
-            value = torch.as_tensor(statistics[name], dtype=torch.float32)
-            if tuple(value.shape) != tuple(shape) or not torch.isfinite(value).all():
-                raise ValueError(
-                    f"{name} must be a finite tensor of shape {tuple(shape)}, got "
-                    f"{tuple(value.shape)} {value.tolist()}"
-                )
-            if name.endswith(("std", "scale")) and (value <= 0).any():
-                raise ValueError(f"{name} must be positive, got {value.tolist()}")
-            checked[name] = value.clone()
-        for name, value in self._adjust_normalization(checked).items():
-            getattr(self, name).copy_(value)  # only after every value passed
-        self.normalized.fill_(True)
-
-    def prepare(self, dataset: object) -> None:
-        if bool(self.normalized):
-            return
-        statistics = getattr(dataset, "statistics", None)
-        if statistics is None:
-            raise ValueError(
-                f"{type(self).__name__} is not normalised and the dataset "
-                f"({type(dataset).__name__}) has no statistics(); call set_normalization()"
-            )
-        self.set_normalization(statistics())

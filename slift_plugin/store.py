@@ -39,7 +39,18 @@ from .distributed import barrier, is_main_process
 if int(zarr.__version__.split(".")[0]) < 3:
     raise ImportError(f"rollout(out=...) needs zarr>=3 (zarr format 3), found {zarr.__version__}")
 
-__all__ = ["EnsembleStore", "coords_digest", "fingerprint", "tensor_digest"]
+__all__ = [
+    "DIGEST_PIECE_BYTES",
+    "DONE",
+    "DONE_DIM",
+    "FINGERPRINT_ATTR",
+    "FORMAT",
+    "EnsembleStore",
+    "check_store_path",
+    "coords_digest",
+    "fingerprint",
+    "tensor_digest",
+]
 
 FINGERPRINT_ATTR = "slift_rollout"
 DONE = "chunk_done"
@@ -57,6 +68,16 @@ def tensor_digest(*tensors: Tensor | None) -> str:
     The bytes are those of the tensor made contiguous, hashed a few rows at a time (at
     most :data:`DIGEST_PIECE_BYTES` or one row per piece): an expanded view such as the
     rollout's shared ``x0`` window is never materialised whole.
+
+    Parameters
+    ----------
+    *tensors : Tensor or None
+        Tensors of any shape, dtype and device; None hashes as a marker of its own.
+
+    Returns
+    -------
+    str
+        The first 16 hex digits of the digest.
     """
     h = hashlib.sha256()
     for t in tensors:
@@ -75,7 +96,18 @@ def tensor_digest(*tensors: Tensor | None) -> str:
 
 
 def coords_digest(coords: Mapping[str, xr.DataArray]) -> str:
-    """SHA-256 (hex, 16 characters) of the names, dims and values of ``coords``."""
+    """SHA-256 (hex, 16 characters) of the names, dims and values of ``coords``.
+
+    Parameters
+    ----------
+    coords : Mapping[str, xarray.DataArray]
+        Coordinates by name (e.g. ``DataArray.coords``); hashed in sorted name order.
+
+    Returns
+    -------
+    str
+        The first 16 hex digits of the digest.
+    """
     h = hashlib.sha256()
     for name in sorted(coords):
         values = np.asarray(coords[name].values)
@@ -97,8 +129,24 @@ def fingerprint(
 ) -> dict[str, object]:
     """What must match for a store to be resumed: settings, stepper, inputs, coords.
 
-    ``settings`` are plain JSON values (seed, n_samples, chunk_size, n_steps, ...);
-    ``coords`` are the result's coords (time, grid, ``mu_<name>``).
+    Parameters
+    ----------
+    stepper : torch.nn.Module
+        The stepper; its class name and the digest of its ``state_dict`` are recorded.
+    windows : Tensor
+        The initial windows ``(n_samples, history*C, *grid)``.
+    mu : Tensor or None
+        The physics parameters ``(n_samples, n_params)``.
+    coords : Mapping[str, xarray.DataArray]
+        The result's coords (time, grid, ``mu_<name>``).
+    **settings : object
+        Plain JSON values (seed, n_samples, chunk_size, n_steps, ...), recorded as given.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable fingerprint: the format tag, the stepper's qualified name,
+        ``settings``, and the digests of weights, ``windows``, ``mu`` and ``coords``.
     """
     cls = type(stepper)
     return {
@@ -113,7 +161,23 @@ def fingerprint(
 
 
 def check_store_path(out: str | os.PathLike) -> Path:
-    """``out`` as a Path; it must end in ``.zarr`` and, if it exists, be a directory."""
+    """``out`` as a Path; it must end in ``.zarr`` and, if it exists, be a directory.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        The store path asked for.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out`` as a Path.
+
+    Raises
+    ------
+    ValueError
+        If ``out`` does not end in ``.zarr`` or names an existing file.
+    """
     path = Path(out)
     if path.suffix != ".zarr":
         raise ValueError(f"out must be a path ending in '.zarr', got {str(out)!r}")
@@ -127,6 +191,18 @@ class EnsembleStore:
 
     Use :meth:`open_or_create` (every process calls it; only rank 0 creates), then
     :meth:`pending` / :meth:`write` for this process's chunks, then :meth:`result`.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        An existing store, opened for reading and writing.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The store.
+    chunk_size : int
+        Samples per zarr chunk along ``sample``.
     """
 
     def __init__(self, path: Path) -> None:
@@ -146,9 +222,32 @@ class EnsembleStore:
     ) -> EnsembleStore:
         """Open the store at ``out`` for resuming, or create it from ``template``.
 
-        ``template`` is the ensemble's DataArray with placeholder values (dims, coords,
-        attrs are used, values never read). Collective under torch.distributed: every
-        rank validates an existing store the same way, rank 0 creates a missing one.
+        Collective under torch.distributed: every rank validates an existing store the
+        same way, rank 0 creates a missing one.
+
+        Parameters
+        ----------
+        out : str or os.PathLike
+            The store path, ending in ``.zarr``.
+        template : xarray.DataArray
+            The ensemble ``(sample, time, channel, *grid)`` with placeholder values
+            (dims, coords, attrs are used, values never read).
+        chunk_size : int
+            Samples per zarr chunk (used only when the store is created).
+        fingerprint : Mapping[str, object]
+            What identifies the generation (:func:`fingerprint`); stored on creation,
+            compared with the stored one on resumption.
+
+        Returns
+        -------
+        EnsembleStore
+            The store, open for writing.
+
+        Raises
+        ------
+        ValueError
+            If ``out`` is not a ``.zarr`` path, or exists but is not a rollout store of
+            the same generation.
         """
         path = check_store_path(out)
         existed = path.exists()
@@ -161,13 +260,39 @@ class EnsembleStore:
         return cls(path)
 
     def chunk_bounds(self, index: int) -> tuple[int, int]:
+        """Samples ``[lo, hi)`` of one zarr chunk.
+
+        Parameters
+        ----------
+        index : int
+            Chunk index along ``sample``.
+
+        Returns
+        -------
+        tuple of int
+            ``(lo, hi)``; the last chunk may be shorter.
+        """
         n = self._state.shape[0]
         return index * self.chunk_size, min(n, (index + 1) * self.chunk_size)
 
     def pending(self, lo: int, hi: int) -> list[tuple[int, int]]:
         """Bounds of the chunks in samples ``[lo, hi)`` not yet marked done.
 
-        ``lo`` must be a chunk boundary: a process writes whole zarr chunks only.
+        Parameters
+        ----------
+        lo, hi : int
+            The sample range; ``lo`` must be a chunk boundary (a process writes whole
+            zarr chunks only).
+
+        Returns
+        -------
+        list of tuple of int
+            ``(lo, hi)`` of each chunk still to generate, in order.
+
+        Raises
+        ------
+        ValueError
+            If ``lo`` is not a multiple of the chunk size.
         """
         if lo >= hi:
             return []
@@ -178,18 +303,48 @@ class EnsembleStore:
         return [self.chunk_bounds(i) for i in range(first, stop) if not done[i]]
 
     def write(self, lo: int, hi: int, values: Tensor) -> None:
-        """Write samples ``[lo, hi)`` (one whole chunk, host tensor), then mark it done."""
+        """Write samples ``[lo, hi)`` (one whole chunk), then mark it done.
+
+        Parameters
+        ----------
+        lo, hi : int
+            The bounds of one whole chunk (:meth:`chunk_bounds`).
+        values : Tensor
+            Host tensor ``(hi - lo, n_steps + 1, C, *grid)``.
+
+        Raises
+        ------
+        ValueError
+            If ``[lo, hi)`` is not exactly one chunk.
+        """
         if (lo, hi) != self.chunk_bounds(lo // self.chunk_size):
             raise ValueError(f"[{lo}, {hi}) is not one chunk of size {self.chunk_size}")
         self._state[lo:hi] = values.numpy()
         self._done[lo // self.chunk_size] = True  # only after the data is in place
 
     def missing(self) -> list[int]:
-        """Indices of the chunks not marked done."""
+        """Indices of the chunks not marked done.
+
+        Returns
+        -------
+        list of int
+            Chunk indices along ``sample``, ascending.
+        """
         return [int(i) for i in np.flatnonzero(~self._done[:])]
 
     def result(self) -> xr.DataArray:
-        """The stored ensemble, opened lazily (dask-backed if dask is installed)."""
+        """The stored ensemble, opened lazily (dask-backed if dask is installed).
+
+        Returns
+        -------
+        xarray.DataArray
+            ``(sample, time, channel, *grid)`` with the ensemble's coords.
+
+        Raises
+        ------
+        RuntimeError
+            If some chunk was never written.
+        """
         missing = self.missing()
         if missing:
             raise RuntimeError(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,14 +40,34 @@ from .checkpoint import (
 )
 from .distributed import barrier, is_main_process, shard_bounds, world
 from .labels import hash_seed
+from .protocols import DrawnBatches, IndexedBatches, ShardableBatches
 from .stepper import Stepper
+
+__all__ = ["CHECKPOINT_NAME", "FitResult", "fit"]
 
 CHECKPOINT_NAME = "last.pt"
 
 
 @dataclass
 class FitResult:
-    """What :func:`fit` did: per-epoch mean training loss and timings."""
+    """What :func:`fit` did: per-epoch mean training loss and timings.
+
+    Attributes
+    ----------
+    losses : list of float
+        Mean training loss of every epoch (over all ranks' examples), including the
+        epochs of a resumed checkpoint.
+    epochs : int
+        Epochs of the whole run.
+    resumed_from_epoch : int
+        Epochs already done by the checkpoint the run resumed from (0: a fresh run).
+    wall_time : float
+        Seconds spent training in this call.
+    checkpoint : pathlib.Path or None
+        The checkpoint written, or None without ``checkpoint_dir``.
+    world_size : int
+        Processes that trained together.
+    """
 
     losses: list[float] = field(default_factory=list)
     epochs: int = 0
@@ -58,11 +78,13 @@ class FitResult:
 
     @property
     def final_loss(self) -> float:
+        """Mean loss of the last epoch (nan before any)."""
         return self.losses[-1] if self.losses else math.nan
 
 
 def _steps_per_epoch(dataset: Dataset, batch_size: int) -> int:
-    if hasattr(dataset, "steps_per_epoch"):
+    """Optimiser steps per epoch: what the dataset says, else ``ceil(len / batch_size)``."""
+    if isinstance(dataset, DrawnBatches):
         return dataset.steps_per_epoch(batch_size)
     return math.ceil(len(dataset) / batch_size)
 
@@ -76,12 +98,12 @@ def _check_shardable(dataset: object, batch_size: int, world_size: int) -> None:
             f"batch_size is the global batch, split evenly over the {world_size} processes; "
             f"it must be a multiple of {world_size}, got {batch_size}"
         )
-    if hasattr(dataset, "iter_batches") and not hasattr(dataset, "shard_batch"):
+    if isinstance(dataset, DrawnBatches) and not isinstance(dataset, ShardableBatches):
         raise TypeError(
             f"{type(dataset).__name__} draws its own batches (iter_batches) and fit() does not "
-            f"know their layout, so it cannot split them over {world_size} processes; give it "
-            "shard_batch(batch, rank, world_size) (as SnapshotDataset has), or train in one "
-            "process"
+            f"know their layout, so it cannot split them over {world_size} processes; make it "
+            "a slift_plugin.protocols.ShardableBatches with shard_batch(batch, rank, "
+            "world_size) (as SnapshotDataset is), or train in one process"
         )
 
 
@@ -108,7 +130,7 @@ def _batches(
     dataset: Dataset, batch_size: int, generator: torch.Generator, rank: int, world_size: int
 ) -> Iterator[tuple[dict[str, Tensor], float]]:
     """This rank's part of every global batch of one epoch, with its share (see above)."""
-    if hasattr(dataset, "iter_batches"):  # datasets that draw their own batches (DICE)
+    if isinstance(dataset, DrawnBatches):  # datasets that draw their own batches (DICE)
         for batch in dataset.iter_batches(batch_size, generator):
             if world_size == 1:
                 yield batch, 1.0
@@ -117,7 +139,7 @@ def _batches(
         return
     perm = torch.randperm(len(dataset), generator=generator)
     shards = list(_index_shards(perm, batch_size, rank, world_size))
-    if hasattr(dataset, "get_batch"):
+    if isinstance(dataset, IndexedBatches):
         for idx, share in shards:
             yield dataset.get_batch(idx), share
     else:
@@ -182,6 +204,276 @@ def _check_ranks_agree(facts: dict[str, object], world_size: int) -> None:
         )
 
 
+@dataclass
+class _Run:
+    """What the phases of one :func:`fit` share: the model, its optimiser and the record.
+
+    Attributes
+    ----------
+    stepper : Stepper
+        The stepper being trained (never the DDP wrapper).
+    params : list of torch.nn.Parameter
+        Its trainable parameters, the ones the optimiser and the clipping see.
+    optimizer : torch.optim.Optimizer
+        AdamW over ``params``.
+    scheduler : torch.optim.lr_scheduler.LRScheduler
+        The cosine schedule, stepped once per optimisation step.
+    config : dict
+        Everything that shapes the optimisation; stored in and checked against checkpoints.
+    ckpt_path : pathlib.Path or None
+        ``checkpoint_dir / last.pt``, or None when the run writes no checkpoints.
+    device : torch.device
+        Where the stepper and the batches live.
+    rank, world_size : int
+        This process's place in the process group, ``(0, 1)`` without one.
+    result : FitResult
+        Filled in as the run goes (losses, resumed epoch).
+    """
+
+    stepper: Stepper
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    config: dict[str, object]
+    ckpt_path: Path | None
+    device: torch.device
+    rank: int
+    world_size: int
+    result: FitResult = field(default_factory=FitResult)
+
+
+def _check_arguments(
+    dataset: Dataset, epochs: int, batch_size: int, checkpoint_every: int, world_size: int
+) -> None:
+    """Refuse, before any work, what no training run could do.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The training set; must not be empty.
+    epochs, batch_size, checkpoint_every : int
+        Each must be >= 1.
+    world_size : int
+        Processes in the group; the batches must split over them (:func:`_check_shardable`).
+
+    Raises
+    ------
+    ValueError, TypeError
+        On the first argument that cannot work.
+    """
+    if hasattr(dataset, "iter_batches") and not isinstance(dataset, DrawnBatches):
+        # half a protocol would silently fall back to index batches
+        raise TypeError(
+            f"{type(dataset).__name__} has iter_batches but is not a "
+            "slift_plugin.protocols.DrawnBatches: it also needs __len__ and "
+            "steps_per_epoch(batch_size)"
+        )
+    if len(dataset) == 0:
+        raise ValueError("cannot fit on an empty dataset (len(dataset) == 0)")
+    if epochs < 1 or batch_size < 1 or checkpoint_every < 1:
+        raise ValueError(
+            f"epochs, batch_size and checkpoint_every must be >= 1, got {epochs}, "
+            f"{batch_size}, {checkpoint_every}"
+        )
+    _check_shardable(dataset, batch_size, world_size)
+
+
+def _place(stepper: Stepper, device: str | torch.device | None, world_size: int) -> torch.device:
+    """Move ``stepper`` to ``device`` (if given) and return the device it now lives on.
+
+    Parameters
+    ----------
+    stepper : Stepper
+        Moved in place.
+    device : str or torch.device or None
+        None keeps the stepper where it is, except under NCCL, where each rank must train
+        on its own GPU.
+    world_size : int
+        Processes in the group.
+
+    Returns
+    -------
+    torch.device
+        The device of the stepper's parameters.
+    """
+    if device is None and world_size > 1 and dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())  # set per rank by torchrun
+    if device is not None:
+        stepper.to(device)
+    return stepper.param_device_dtype()[0]
+
+
+def _setup(
+    stepper: Stepper,
+    dataset: Dataset,
+    config: dict[str, object],
+    *,
+    device: str | torch.device | None,
+    checkpoint_dir: str | os.PathLike | None,
+    checkpoint_every: int,
+) -> _Run:
+    """Check the arguments, place and prepare ``stepper``, build its optimiser and schedule.
+
+    Parameters
+    ----------
+    stepper : Stepper
+        Moved to ``device``; ``stepper.prepare(dataset)`` computes its normalisation.
+    dataset : Dataset
+        The training set.
+    config : dict
+        The settings of :func:`fit` that shape the optimisation (``epochs``,
+        ``batch_size``, ``lr``, ``weight_decay``, ``min_lr_ratio``, ``grad_clip``,
+        ``seed``, ``n_examples``).
+    device : str or torch.device or None
+        See :func:`fit`.
+    checkpoint_dir : str or os.PathLike or None
+        Where ``last.pt`` goes, if anywhere.
+    checkpoint_every : int
+        Checked here, used by :func:`fit`.
+
+    Returns
+    -------
+    _Run
+        A fresh run, before any resume.
+    """
+    rank, world_size = world()
+    _check_arguments(dataset, config["epochs"], config["batch_size"], checkpoint_every, world_size)
+    device = _place(stepper, device, world_size)
+    stepper.prepare(dataset)
+    params = [p for p in stepper.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(stepper).__name__} has no trainable parameters")
+    lr = config["lr"]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config["weight_decay"])
+    total_steps = config["epochs"] * _steps_per_epoch(dataset, config["batch_size"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=total_steps, eta_min=config["min_lr_ratio"] * lr
+    )
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    return _Run(stepper, params, optimizer, scheduler, config, ckpt_path, device, rank, world_size)
+
+
+def _resume(run: _Run, resume: bool) -> None:
+    """Continue from ``run.ckpt_path`` if it exists and ``resume`` is set.
+
+    Restores the model, the optimiser, the schedule, the losses so far and the epoch.
+
+    Parameters
+    ----------
+    run : _Run
+        Updated in place.
+    resume : bool
+        False starts afresh (a later checkpoint overwrites the old one).
+
+    Raises
+    ------
+    CheckpointError
+        If the checkpoint was written with another ``config`` or does not fit the stepper.
+    RuntimeError
+        If the ranks disagree on the config or on whether there is a checkpoint.
+    """
+    path = run.ckpt_path
+    resuming = path is not None and resume and path.exists()
+    _check_ranks_agree({"config": run.config, "resume from a checkpoint": resuming}, run.world_size)
+    if not resuming:
+        return
+    state = load_checkpoint(path, map_location=run.device)
+    if state.get("config") != run.config:
+        raise CheckpointError(
+            f"checkpoint {path} was written with {state.get('config')}, "
+            f"cannot resume with {run.config}; use another checkpoint_dir or resume=False"
+        )
+    load_model_state(run.stepper, state["model"], path)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.result.losses = list(state["losses"])
+    run.result.resumed_from_epoch = int(state["epoch"])
+
+
+def _train_epoch(
+    run: _Run,
+    loss_of: Callable[[dict[str, Tensor]], Tensor],
+    dataset: Dataset,
+    epoch: int,
+) -> float:
+    """One pass over ``dataset``: an optimisation step per global batch.
+
+    Parameters
+    ----------
+    run : _Run
+        The run; its optimiser and schedule advance.
+    loss_of : callable
+        ``batch -> loss``: ``run.stepper.loss``, or its DDP wrapper under a process group.
+    dataset : Dataset
+        The training set.
+    epoch : int
+        Seeds the shuffling, with ``run.config["seed"]``.
+
+    Returns
+    -------
+    float
+        The mean loss over the epoch's examples, on all ranks.
+
+    Raises
+    ------
+    FloatingPointError
+        On every rank, when a batch's loss is not finite.
+    """
+    batch_size, grad_clip = run.config["batch_size"], run.config["grad_clip"]
+    g = torch.Generator().manual_seed(hash_seed(run.config["seed"], epoch))
+    total, count = torch.zeros((), device=run.device), 0
+    for batch, share in _batches(dataset, batch_size, g, run.rank, run.world_size):
+        batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+        loss = loss_of(batch)
+        # A weight-0 stand-in example (see _index_shards) counts for nothing.
+        n = run.stepper.examples_in(batch) if share else 0
+        # Summed over ranks before backward, so every rank sees the same value and a
+        # non-finite loss stops all of them together instead of deadlocking DDP.
+        step_total, step_count = _sum_over_ranks(loss.detach() * n, n, run.world_size)
+        if not torch.isfinite(step_total):
+            raise FloatingPointError(
+                f"loss became {float(step_total) / max(step_count, 1)} at epoch {epoch}; "
+                "lower lr or check the data"
+            )
+        run.optimizer.zero_grad(set_to_none=True)
+        # DDP averages gradients over ranks; weighting by share * W turns that average
+        # into the gradient of the global-batch mean, also for an uneven last batch.
+        scale = share * run.world_size
+        (loss if scale == 1.0 else loss * scale).backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(run.params, grad_clip)
+        run.optimizer.step()
+        run.scheduler.step()
+        total += step_total
+        count += step_count
+    return float(total) / count
+
+
+def _write_checkpoint(run: _Run, epoch: int) -> None:
+    """Write ``run.ckpt_path`` after ``epoch`` epochs (rank 0), and wait for it (all ranks).
+
+    Parameters
+    ----------
+    run : _Run
+        The run; ``run.ckpt_path`` must be set.
+    epoch : int
+        Epochs completed, the epoch a resume starts from.
+    """
+    if is_main_process():
+        save_checkpoint(
+            run.ckpt_path,
+            {
+                "model": tensor_state(run.stepper),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "epoch": epoch,
+                "losses": run.result.losses,
+                "config": run.config,
+            },
+        )
+    barrier()  # no rank runs ahead (or returns and reads it) before the file is whole
+
+
 def fit(
     stepper: Stepper,
     dataset: Dataset,
@@ -204,55 +496,62 @@ def fit(
 
     Parameters
     ----------
-    stepper:
+    stepper : Stepper
         Any :class:`Stepper`. ``stepper.prepare(dataset)`` runs first (normalisation).
-    dataset:
-        A map-style dataset of dict items; datasets with ``get_batch(indices)`` are
-        batched without a DataLoader, datasets with ``iter_batches`` draw their own
-        (and, to train data-parallel, split them with ``shard_batch(batch, rank, W)``).
-    epochs, batch_size, lr, weight_decay, min_lr_ratio, grad_clip:
+        Each batch's loss is weighted by ``stepper.examples_in(batch)`` in the epoch mean.
+    dataset : Dataset
+        A map-style dataset of dict items, batched by a DataLoader; an
+        :class:`~slift_plugin.protocols.IndexedBatches` (``get_batch(indices)``) is
+        batched without one; a :class:`~slift_plugin.protocols.DrawnBatches`
+        (``iter_batches``) draws its own, and must be a
+        :class:`~slift_plugin.protocols.ShardableBatches` to train data-parallel.
+    epochs, batch_size : int
+        Passes over the data, and examples per optimisation step. ``batch_size`` is the
+        global batch; under a process group of ``W`` ranks it must be a multiple of
+        ``W`` and each rank computes ``batch_size / W`` examples.
+    lr, weight_decay, min_lr_ratio : float
         AdamW with cosine decay from ``lr`` to ``min_lr_ratio * lr`` over all steps.
-        ``batch_size`` is the global batch; under a process group of ``W`` ranks it must
-        be a multiple of ``W`` and each rank computes ``batch_size / W`` examples.
-    seed:
+    grad_clip : float or None
+        Clip the gradient norm to this value; None does not clip.
+    seed : int
         Seeds the shuffling (epoch ``e`` uses ``hash(seed, e)``), the same on every rank.
-    device:
+    device : str or torch.device or None
         Defaults to the stepper's device; under an NCCL process group, to this rank's
         current CUDA device.
-    checkpoint_dir, checkpoint_every:
+    checkpoint_dir : str or os.PathLike or None
         Write ``checkpoint_dir/last.pt`` atomically every ``checkpoint_every`` epochs and
         at the end (rank 0 only; the others wait); with ``resume=True`` an existing one is
         continued by every rank, so ``checkpoint_dir`` must be on a shared filesystem.
+    checkpoint_every : int
+        Epochs between checkpoints.
+    resume : bool
+        Continue from an existing ``checkpoint_dir/last.pt`` (written with the same
+        settings); False starts afresh.
+    progress : bool
+        Show a progress bar (on rank 0), labelled ``description``.
+    description : str
+        The progress bar's label.
 
     Returns
     -------
-    FitResult with the per-epoch mean training loss (over all ranks' examples).
+    FitResult
+        The per-epoch mean training loss (over all ranks' examples) and timings.
+
+    Raises
+    ------
+    ValueError
+        Before training, on an empty dataset, counts below one, a ``batch_size`` that
+        does not split over the ranks, or a stepper without trainable parameters.
+    TypeError
+        Under a process group, for a dataset that draws its own batches but cannot
+        shard them.
+    CheckpointError
+        When resuming a checkpoint written with other settings or for another model.
+    RuntimeError
+        When the ranks disagree on the settings or on the checkpoint.
+    FloatingPointError
+        On every rank, when a batch's loss is not finite.
     """
-    if len(dataset) == 0:
-        raise ValueError("cannot fit on an empty dataset (len(dataset) == 0)")
-    if epochs < 1 or batch_size < 1 or checkpoint_every < 1:
-        raise ValueError(
-            f"epochs, batch_size and checkpoint_every must be >= 1, got {epochs}, "
-            f"{batch_size}, {checkpoint_every}"
-        )
-    rank, world_size = world()
-    _check_shardable(dataset, batch_size, world_size)
-    if device is None and world_size > 1 and dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())  # set per rank by torchrun
-    if device is not None:
-        stepper.to(device)
-    device = stepper.param_device_dtype()[0]
-    stepper.prepare(dataset)
-    params = [p for p in stepper.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"{type(stepper).__name__} has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = _steps_per_epoch(dataset, batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=epochs * steps_per_epoch, eta_min=min_lr_ratio * lr
-    )
-    result = FitResult()
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     # Everything that shapes the optimisation: a resume with other values would not
     # continue the same run.
     config = {
@@ -265,36 +564,18 @@ def fit(
         "seed": seed,
         "n_examples": len(dataset),
     }
-    resuming = ckpt_path is not None and resume and ckpt_path.exists()
-    _check_ranks_agree({"config": config, "resume from a checkpoint": resuming}, world_size)
-    if resuming:
-        state = load_checkpoint(ckpt_path, map_location=device)
-        if state.get("config") != config:
-            raise CheckpointError(
-                f"checkpoint {ckpt_path} was written with {state.get('config')}, "
-                f"cannot resume with {config}; use another checkpoint_dir or resume=False"
-            )
-        load_model_state(stepper, state["model"], ckpt_path)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        result.losses = list(state["losses"])
-        result.resumed_from_epoch = int(state["epoch"])
-
-    def write_checkpoint(epoch: int) -> None:
-        save_checkpoint(
-            ckpt_path,
-            {
-                "model": tensor_state(stepper),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "losses": result.losses,
-                "config": config,
-            },
-        )
-
+    run = _setup(
+        stepper,
+        dataset,
+        config,
+        device=device,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+    )
+    _resume(run, resume)
+    result = run.result
     # DDP only under a process group: one process keeps the plain, hook-free stepper.
-    loss_of = stepper.loss if world_size == 1 else _data_parallel(stepper, device)
+    loss_of = stepper.loss if run.world_size == 1 else _data_parallel(stepper, run.device)
     start = time.perf_counter()
     stepper.train()
     bar = tqdm(
@@ -306,41 +587,14 @@ def fit(
         dynamic_ncols=True,
     )
     for epoch in bar:
-        g = torch.Generator().manual_seed(hash_seed(seed, epoch))
-        total, count = torch.zeros((), device=device), 0
-        for batch, share in _batches(dataset, batch_size, g, rank, world_size):
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            loss = loss_of(batch)
-            n = batch["x"].shape[-len(stepper.state_shape) - 1] if "x" in batch else 1
-            n = n if share else 0  # a weight-0 stand-in example (see _index_shards)
-            # Summed over ranks before backward, so every rank sees the same value and a
-            # non-finite loss stops all of them together instead of deadlocking DDP.
-            step_total, step_count = _sum_over_ranks(loss.detach() * n, n, world_size)
-            if not torch.isfinite(step_total):
-                raise FloatingPointError(
-                    f"loss became {float(step_total) / max(step_count, 1)} at epoch {epoch}; "
-                    "lower lr or check the data"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            # DDP averages gradients over ranks; weighting by share * W turns that average
-            # into the gradient of the global-batch mean, also for an uneven last batch.
-            scale = share * world_size
-            (loss if scale == 1.0 else loss * scale).backward()
-            if grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
-            scheduler.step()
-            total += step_total
-            count += step_count
-        result.losses.append(float(total) / count)
+        result.losses.append(_train_epoch(run, loss_of, dataset, epoch))
         bar.set_postfix(loss=f"{result.losses[-1]:.4g}")
-        if ckpt_path is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-            if is_main_process():
-                write_checkpoint(epoch + 1)
-            barrier()  # no rank runs ahead (or returns and reads it) before the file is whole
+        done = epoch + 1
+        if run.ckpt_path is not None and (done % checkpoint_every == 0 or done == epochs):
+            _write_checkpoint(run, done)
     stepper.eval()
     result.epochs = epochs
-    result.world_size = world_size
+    result.world_size = run.world_size
     result.wall_time = time.perf_counter() - start
-    result.checkpoint = ckpt_path
+    result.checkpoint = run.ckpt_path
     return result

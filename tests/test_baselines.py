@@ -11,21 +11,22 @@ import numpy as np
 import pytest
 import scoringrules as sr
 import torch
+from conftest import interrupt_fit
 from scipy import stats
 from torch import Tensor, nn
-from torchrun_worker import interrupt_fit
 
 from slift_plugin import (
     MLP,
+    EnergyScoreLifting,
+    FlowMatching,
     IndexedGaussianLabels,
     TransitionDataset,
     WithFixedLabels,
     fit,
     rollout,
 )
-from slift_plugin.energy_score import EnergyScoreLifting, energy_score
-from slift_plugin.flow_matching import FlowMatching
 from slift_plugin.labels import hash_seed
+from slift_plugin.methods.energy_score import energy_score
 from slift_plugin.systems import ornstein_uhlenbeck, ou_transition_moments
 
 N_SAMPLE = 20_000

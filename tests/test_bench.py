@@ -3,6 +3,7 @@ problem scores, and a quick end-to-end run whose result files are checked."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -12,11 +13,17 @@ import pytest
 import torch
 import xarray as xr
 
+from slift_plugin import MeanRegression
+from slift_plugin.adapters import neuralop as neuralop_adapter
 from slift_plugin.bench import BenchConfig, BenchResult, aggregate, run_bench, runs_frame
+from slift_plugin.bench import methods as M
 from slift_plugin.bench.memory import TensorMemoryTracker, peak_memory
 from slift_plugin.bench.methods import parse_method
 from slift_plugin.bench.problems import (
+    PROBLEM_KINDS,
+    PROBLEMS,
     autocorrelation,
+    build_problem,
     spectrum_error,
     well_occupancy_error,
 )
@@ -93,10 +100,92 @@ def test_bf16_variants_share_the_float32_training():
     assert not parse_method("sl").bf16
 
 
-@pytest.mark.parametrize("name", ["gan", "sl-l0", "cfm0", "sl-foo", "sl-l", "dice-bf16"])
+@pytest.mark.parametrize(
+    "name", ["gan", "sl-l0", "cfm0", "sl-foo", "sl-l", "dice-bf16", "sl-bf16-bf16", "sl\n"]
+)
 def test_bad_method_names_are_refused(name):
     with pytest.raises(ValueError, match="method|label|Euler"):
         parse_method(name)
+
+
+def test_an_unknown_name_is_told_what_the_registry_accepts():
+    with pytest.raises(ValueError) as err:
+        parse_method("gan")
+    message = str(err.value)
+    assert "sl[-<injection>][-l<L>] (<injection>: channels, noise_field, embedding)" in message
+    assert "mse, cfm<K>, es, dice;" in message
+    assert "the sl, mse, cfm, es methods also take a -bf16 suffix" in message
+
+
+def test_default_methods_follow_from_the_families():
+    assert list(M.FAMILIES) == ["solver", "sl", "mse", "cfm", "es", "dice"]
+    assert set(PROBLEM_KINDS) == set(PROBLEMS)
+    vector = ("solver", "sl", "sl-l8", "sl-l128", "mse", "cfm5", "cfm20", "es", "dice")
+    assert M.default_methods("double_well") == vector
+    assert M.default_methods("lorenz63") == vector
+    assert M.default_methods("allen_cahn") == (
+        "solver",
+        "sl-channels",
+        "sl-noise_field",
+        "sl-embedding",
+        "mse",
+        "cfm5",
+        "cfm20",
+        "es",
+    )
+    assert M.default_methods("vlasov") == ("solver", "dice")
+
+
+def test_sl_injections_are_the_adapters(monkeypatch):
+    injections = neuralop_adapter.INJECTIONS
+    field_sl = [parse_method(n) for n in M.default_methods("allen_cahn")]
+    assert tuple(s.injection for s in field_sl if s.family == "sl") == injections
+    assert M.DEFAULT_INJECTION in injections
+    # read from the adapter at parse time, not copied
+    with pytest.raises(ValueError, match="unknown method"):
+        parse_method("sl-film")
+    monkeypatch.setattr(neuralop_adapter, "INJECTIONS", (*injections, "film"))
+    assert parse_method("sl-film-l4").injection == "film"
+
+
+class _Ridge(type(M.FAMILIES["mse"])):
+    """A new family: the MSE regression under another name, on vectors only."""
+
+    name = "ridge"
+    kinds = ("vector",)
+
+
+def test_adding_a_method_is_one_family(monkeypatch):
+    monkeypatch.setattr(M, "FAMILIES", dict(M.FAMILIES))  # restored after the test
+    with pytest.raises(ValueError, match="unknown method 'ridge'"):
+        parse_method("ridge")
+    M.register_family(_Ridge())
+    with pytest.raises(ValueError, match="registered already"):
+        M.register_family(_Ridge())
+
+    spec = parse_method("ridge-bf16")
+    assert (spec.family, spec.bf16, spec.training_key) == ("ridge", True, "ridge")
+    assert M.default_methods("double_well")[-2:] == ("dice", "ridge")
+    assert "ridge" not in M.default_methods("allen_cahn")
+    with pytest.raises(ValueError, match=r"dice, ridge;.* mse, cfm, es, ridge methods"):
+        parse_method("gan")
+
+    problem = build_problem("double_well", quick=True, seed=0)
+    assert M.applies(parse_method("ridge"), problem)
+    assert not M.applies(parse_method("ridge"), dataclasses.replace(problem, kind="field"))
+    torch.manual_seed(0)
+    ridge = M.build_stepper(parse_method("ridge"), problem, True, 0)
+    torch.manual_seed(0)
+    mse = M.build_stepper(parse_method("mse"), problem, True, 0)
+    assert type(ridge) is MeanRegression
+    assert ridge.state_dict().keys() == mse.state_dict().keys()
+    for key, value in mse.state_dict().items():
+        assert torch.equal(ridge.state_dict()[key], value), key
+
+    config = BenchConfig(problems=["double_well"], methods=["ridge"], seeds=(0,), quick=True)
+    (row,) = run_bench(config, progress=False).runs
+    assert (row["method"], row["family"]) == ("ridge", "ridge")
+    assert row["std_rel_error_final"] > 0.9  # collapses to the mean, like mse
 
 
 @pytest.mark.parametrize(

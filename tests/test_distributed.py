@@ -144,6 +144,12 @@ def test_what_cannot_be_split_is_refused_before_training():
     _check_shardable(ds, 33, 1)  # one process: any batch size
 
     class Drawn:
+        def __len__(self):
+            return 1
+
+        def steps_per_epoch(self, batch_size):
+            return 1
+
         def iter_batches(self, batch_size, generator):
             yield {}
 

@@ -122,6 +122,9 @@ class Echo(Stepper):
         states = window.reshape(window.shape[0], self.history, self.n_channels)
         return states.mean(1) + self.scale * noise
 
+    def loss(self, batch):
+        raise TypeError("a fixed test stepper: nothing to train")
+
 
 @pytest.mark.parametrize("chunk_size", [1, 100, SEED_BLOCK, SEED_BLOCK + 1, 3 * SEED_BLOCK])
 def test_noise_is_bit_identical_for_any_chunk_size(chunk_size):
@@ -220,7 +223,7 @@ def test_cuda_graph_buffer_logic_matches_eager_on_cpu(monkeypatch):
 def test_cuda_graph_is_refused_where_it_cannot_work():
     with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
         rollout(make_stepper(), torch.zeros(2), 2, n_samples=2, cuda_graph=True)
-    with pytest.raises(ValueError, match="Echo is not marked safe"):
+    with pytest.raises(ValueError, match="Echo declares cuda_graph_safe = False"):
         rollout_module._check_fast_paths(Echo(), torch.device("cuda"), True, None)
     with pytest.raises(ValueError, match="autocast_dtype must be one of"):
         rollout(make_stepper(), torch.zeros(2), 2, n_samples=2, autocast_dtype=torch.float64)

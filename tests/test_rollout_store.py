@@ -36,6 +36,9 @@ class Field(Stepper):
     def step(self, window, noise=None, *, mu=None, t=None):
         return window + self.weight * (window.roll(1, -1) - window) + 0.1 * noise
 
+    def loss(self, batch):
+        raise TypeError("a fixed test stepper: nothing to train")
+
 
 def generate(path=None, stepper=None, x0=None, **overrides):
     kw = dict(n_steps=STEPS, n_samples=N, mu=[0.5], param_names=["a"], seed=4, chunk_size=CHUNK)

@@ -8,7 +8,7 @@ import torch
 import torchsde
 
 from slift_plugin import DICE, MLP, PotentialMLP, StochasticLifting, rollout
-from slift_plugin.adapters.torchsde import GridBrownian, SDEStepper, sdeint
+from slift_plugin.adapters.torchsde import GridBrownian, SDEStepper, dice_sde, sdeint
 from slift_plugin.systems import Lorenz63SDE, OrnsteinUhlenbeckSDE, ou_transition_moments
 
 
@@ -102,7 +102,7 @@ def dice_model(sigma):
 
 
 @pytest.mark.parametrize("sigma", [0.0, 0.4])
-def test_dice_to_sde_matches_rollout_with_shared_increments(sigma):
+def test_dice_sde_matches_rollout_with_shared_increments(sigma):
     dice = dice_model(sigma)
     x0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
     h = dice.dt / dice.n_substeps
@@ -110,7 +110,7 @@ def test_dice_to_sde_matches_rollout_with_shared_increments(sigma):
     stepped = dice.step(x0, noise if sigma else None, t=0.0)
     bm = GridBrownian(0.0, h, noise.transpose(0, 1))
     ys = torchsde.sdeint(
-        dice.to_sde(), x0, torch.tensor([0.0, dice.dt]), bm=bm, method="euler", dt=h
+        dice_sde(dice), x0, torch.tensor([0.0, dice.dt]), bm=bm, method="euler", dt=h
     )
     torch.testing.assert_close(ys[-1], stepped, rtol=1e-5, atol=1e-6)
 
@@ -122,7 +122,7 @@ def test_dice_sde_adjoint_gradient_matches_backprop():
     discretisation error: the test checks the size of that gap and that it shrinks with h.
     """
     dice = dice_model(0.3)
-    sde = dice.to_sde()
+    sde = dice_sde(dice)
     x0 = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
     ts = torch.tensor([0.0, 0.2])
     last = f"{len(dice.potential.net) - 1}.bias"  # never reaches grad_x s: left out

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from torchrun_worker import interrupt_fit
+from conftest import interrupt_fit
 
 from slift_plugin import (
     MLP,
@@ -207,3 +207,53 @@ def test_dataloader_path_sees_the_same_batches_as_the_get_batch_path():
     assert res_a.losses == pytest.approx(res_b.losses, rel=1e-6)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+
+
+def test_a_dataset_with_half_the_drawn_batches_protocol_is_refused():
+    """iter_batches without steps_per_epoch would silently be batched by index instead."""
+
+    class HalfDrawn(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {"x": torch.zeros(2), "y": torch.zeros(2)}
+
+        def iter_batches(self, batch_size, generator):
+            yield {"x": torch.zeros(batch_size, 2), "y": torch.zeros(batch_size, 2)}
+
+    stepper = MeanRegression(MLP(2, 2, label_dim=0, hidden=8), (2,))
+    with pytest.raises(TypeError, match="HalfDrawn has iter_batches but is not a .*DrawnBatches"):
+        fit(stepper, HalfDrawn(), epochs=1, progress=False)
+
+
+def test_epoch_loss_weights_batches_by_the_steppers_example_count():
+    """The epoch mean weights each batch by ``stepper.examples_in(batch)``, not by a shape
+    guess: a stepper that counts every example twice as heavy in the odd batch moves it."""
+    data = TransitionDataset(linear_data(n=5, t=2))  # batches of 2, 2 and 1 example(s)
+
+    class Counted(MeanRegression):
+        def examples_in(self, batch):
+            return 10 if batch["x"].shape[0] == 1 else batch["x"].shape[0]
+
+    def run(cls):
+        torch.manual_seed(0)
+        stepper = cls(MLP(2, 2, label_dim=0, hidden=8), (2,))
+        losses = []
+        original = stepper.loss
+
+        def recording(batch):
+            loss = original(batch)
+            losses.append((float(loss.detach()), stepper.examples_in(batch)))
+            return loss
+
+        stepper.loss = recording
+        result = fit(stepper, data, epochs=1, batch_size=2, lr=0.0, progress=False)
+        return result.losses[0], losses
+
+    plain, plain_steps = run(MeanRegression)
+    counted, counted_steps = run(Counted)
+    assert [n for _, n in plain_steps] == [2, 2, 1]
+    assert plain == pytest.approx(sum(v * n for v, n in plain_steps) / 5, rel=1e-6)
+    assert counted == pytest.approx(sum(v * n for v, n in counted_steps) / 14, rel=1e-6)
+    assert counted != pytest.approx(plain, rel=1e-3)

@@ -21,11 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from conftest import interrupt_fit
 
 from slift_plugin import (
     DICE,
     MLP,
+    EnergyScoreLifting,
     FitResult,
+    FlowMatching,
     PotentialMLP,
     SnapshotDataset,
     StochasticLifting,
@@ -37,8 +40,6 @@ from slift_plugin import (
 from slift_plugin import train as train_module
 from slift_plugin.checkpoint import tensor_state
 from slift_plugin.distributed import barrier, init_from_env, is_main_process, world
-from slift_plugin.energy_score import EnergyScoreLifting
-from slift_plugin.flow_matching import FlowMatching
 from slift_plugin.systems import ornstein_uhlenbeck
 
 FIT = dict(epochs=3, batch_size=32, lr=3e-3, weight_decay=0.0, seed=5, progress=False)
@@ -118,32 +119,6 @@ def run_fit(problem: Callable, **kw) -> tuple[torch.nn.Module, dict]:
     out = summary(stepper, fit(stepper, data, **{**FIT, **kw}))
     out["batches"] = seen
     return stepper, out
-
-
-class Stop(Exception):
-    """Raised out of fit() by :func:`interrupt_fit`, as a crash would."""
-
-
-def interrupt_fit(stepper: torch.nn.Module, data, after_steps: int, **fit_kw) -> None:
-    """Run ``fit(stepper, data, **fit_kw)`` but crash at loss call ``after_steps + 1``.
-
-    Under torchrun every rank crashes at the same step. Also used by the single-process
-    resume tests of tests/test_train.py and tests/test_baselines.py.
-    """
-    loss, calls = stepper.loss, [0]
-
-    def loss_then_stop(batch):
-        calls[0] += 1
-        if calls[0] > after_steps:
-            raise Stop
-        return loss(batch)
-
-    stepper.loss = loss_then_stop
-    try:
-        fit(stepper, data, **fit_kw)
-    except Stop:
-        return
-    raise AssertionError("the interrupted run was not interrupted")
 
 
 def resume_scenario(out_dir: Path) -> dict:

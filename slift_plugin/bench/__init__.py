@@ -7,7 +7,8 @@ Same problems, same backbone architecture, same training budget, same run::
     write_outputs(result, "bench_output")
 
 Modules: :mod:`.problems` (reference data, solver, problem scores), :mod:`.methods`
-(method names, backbones, budgets), :mod:`.runner` (train, sample, time, score),
+(the registry of method families: names, backbones, training data, budgets; adding a
+method is one family), :mod:`.runner` (train, sample, time, score),
 :mod:`.report` (median and spread over seeds, tables, plots), :mod:`.memory` (peak
 memory on CPU and CUDA).
 """

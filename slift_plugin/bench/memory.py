@@ -27,10 +27,17 @@ __all__ = ["TensorMemoryTracker", "peak_memory"]
 class TensorMemoryTracker(TorchDispatchMode):
     """Track live tensor storage bytes created inside the ``with`` block.
 
-    Attributes ``current`` and ``peak`` are in bytes. Tensors that existed before the
-    block (weights, inputs) are not counted unless an operator inside returns a view of
-    them, in which case their storage counts while that view lives: work that slices its
-    input keeps the input alive, and that is memory the work needs.
+    Tensors that existed before the block (weights, inputs) are not counted unless an
+    operator inside returns a view of them, in which case their storage counts while that
+    view lives: work that slices its input keeps the input alive, and that is memory the
+    work needs.
+
+    Attributes
+    ----------
+    current : int
+        Bytes of the tracked storages alive now.
+    peak : int
+        The largest value ``current`` has taken.
     """
 
     def __init__(self) -> None:
@@ -77,6 +84,20 @@ def peak_memory(fn: Callable[[], T], device: torch.device | str = "cpu") -> tupl
     CUDA: the allocator's peak above what was allocated at the start. CPU: the peak of
     live tensor storage created during the call (:class:`TensorMemoryTracker`); this pass
     is slower than a plain call, so time the work separately.
+
+    Parameters
+    ----------
+    fn : callable
+        The work, called once without arguments.
+    device : torch.device or str
+        Where the work allocates: a CUDA device, or anything else for the CPU tracker.
+
+    Returns
+    -------
+    result : object
+        What ``fn()`` returned.
+    peak : int
+        Peak bytes allocated by the call.
     """
     device = torch.device(device)
     if device.type == "cuda":

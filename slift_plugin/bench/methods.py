@@ -1,12 +1,15 @@
 """The methods compared, built on the same backbone architecture per problem.
 
-A method name is parsed into a :class:`MethodSpec`:
+Every method family is one entry of :data:`FAMILIES`: a :class:`MethodFamily` that says
+how it parses its names, which kinds of problem it applies to and runs by default, how it
+builds its stepper, what it trains on and how it samples. A method name is parsed into a
+:class:`MethodSpec`:
 
 ``solver``
     the reference system at its fine internal step (no training);
 ``sl``, ``sl-<injection>``, ``sl-l<L>``, ``sl-<injection>-l<L>``
-    Stochastic Lifting; fields take an injection (``channels``, ``noise_field``,
-    ``embedding``), every backbone a label size ``L``;
+    Stochastic Lifting; fields take an injection (one of
+    :data:`slift_plugin.adapters.neuralop.INJECTIONS`), every backbone a label size ``L``;
 ``mse``
     the same backbone regressed without labels (collapse to the mean);
 ``cfm<K>``
@@ -20,36 +23,78 @@ A method name is parsed into a :class:`MethodSpec`:
     a transition method (SL, MSE, CFM, ES) sampled under bfloat16 autocast, with the
     float32 run's trained model: how much bf16 moves the accuracy.
 
-Every learned method of a problem gets the same budget: the same epochs, batch size and
-learning rate (:data:`BUDGETS`).
+Adding a method to the benchmark is one :class:`MethodFamily` subclass handed to
+:func:`register_family`. Every learned method of a problem gets the same budget: the same
+epochs, batch size and learning rate (:data:`BUDGETS`).
 """
 
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from torch import nn
 
-from ..backbones import MLP
-from ..data import SnapshotDataset, TransitionDataset
-from ..dice import DICE, PotentialMLP
-from ..energy_score import EnergyScoreLifting
-from ..flow_matching import FlowMatching
-from ..lifting import MeanRegression, StochasticLifting
-from ..stepper import Stepper
-from .problems import ProblemData
+from .. import (
+    DICE,
+    MLP,
+    EnergyScoreLifting,
+    FlowMatching,
+    MeanRegression,
+    PotentialMLP,
+    SnapshotDataset,
+    Stepper,
+    StochasticLifting,
+    TransitionDataset,
+)
+from .problems import PROBLEM_KINDS, ProblemData
+
+__all__ = [
+    "BF16_SUFFIX",
+    "BUDGETS",
+    "DEFAULT_INJECTION",
+    "DEFAULT_LABEL_DIM",
+    "DICE_TIMES_PER_BATCH",
+    "ES_MEMBERS",
+    "FAMILIES",
+    "Budget",
+    "MethodFamily",
+    "MethodSpec",
+    "TransitionFamily",
+    "applies",
+    "budget",
+    "build_stepper",
+    "default_methods",
+    "parse_method",
+    "register_family",
+    "set_sampling",
+    "training_data",
+]
 
 DEFAULT_LABEL_DIM = 32
 DEFAULT_INJECTION = "channels"
-INJECTIONS = ("channels", "noise_field", "embedding")
 ES_MEMBERS = 2
 DICE_TIMES_PER_BATCH = 8
+BF16_SUFFIX = "-bf16"
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Training budget shared by every learned method of one problem."""
+    """Training budget shared by every learned method of one problem.
+
+    Attributes
+    ----------
+    epochs : int
+        Passes over the training data.
+    batch_size : int
+        Examples per optimisation step.
+    lr : float
+        Peak learning rate.
+    hidden : int
+        MLP width / FNO hidden channels.
+    """
 
     epochs: int
     batch_size: int
@@ -69,90 +114,359 @@ BUDGETS: dict[tuple[str, bool], Budget] = {
     ("vlasov", True): Budget(epochs=3, batch_size=256, lr=3e-4, hidden=64),
 }
 
-DEFAULT_METHODS: dict[str, tuple[str, ...]] = {
-    "double_well": ("solver", "sl", "sl-l8", "sl-l128", "mse", "cfm5", "cfm20", "es", "dice"),
-    "lorenz63": ("solver", "sl", "sl-l8", "sl-l128", "mse", "cfm5", "cfm20", "es", "dice"),
-    "allen_cahn": (
-        "solver",
-        "sl-channels",
-        "sl-noise_field",
-        "sl-embedding",
-        "mse",
-        "cfm5",
-        "cfm20",
-        "es",
-    ),
-    "vlasov": ("solver", "dice"),
-}
-
-# Which kinds of problem each family applies to. DICE on fields needs a double backward
-# through an FNO per training step; it is left out of the field problem for cost.
-APPLIES: dict[str, tuple[str, ...]] = {
-    "solver": ("vector", "field", "particles"),
-    "sl": ("vector", "field"),
-    "mse": ("vector", "field"),
-    "cfm": ("vector", "field"),
-    "es": ("vector", "field"),
-    "dice": ("vector", "particles"),
-}
-
-_NAME = re.compile(
-    r"^(?:(?P<solver>solver)|(?P<dice>dice)|(?:(?P<mse>mse)|(?P<es>es)|cfm(?P<k>\d+)"
-    r"|sl(?:-(?P<inj>channels|noise_field|embedding))?(?:-l(?P<label>\d+))?)(?P<bf16>-bf16)?)$"
-)
-
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A parsed method name."""
+    """A parsed method name.
+
+    Attributes
+    ----------
+    name : str
+        The name as given, ``-bf16`` suffix included.
+    family : str
+        Its family, a key of :data:`FAMILIES`.
+    label_dim : int
+        SL's label size.
+    injection : str
+        SL's label injection on fields.
+    n_euler : int
+        CFM's Euler steps per output step.
+    bf16 : bool
+        Sample under ``torch.autocast(bfloat16)``.
+    """
 
     name: str
-    family: str  # solver, sl, mse, cfm, es, dice
+    family: str
     label_dim: int = DEFAULT_LABEL_DIM
     injection: str = DEFAULT_INJECTION
     n_euler: int = 0
-    bf16: bool = False  # sample under torch.autocast(bfloat16)
+    bf16: bool = False
 
     @property
     def training_key(self) -> str:
-        """Methods with the same key share one trained model: CFM sampled with several K,
-        and a ``-bf16`` variant with its float32 sampler."""
-        if self.family == "cfm":
-            return "cfm"
-        return self.name.removesuffix("-bf16")
+        """Methods with the same key share one trained model: all variants of a family
+        with :attr:`MethodFamily.shared_training` (CFM sampled with several K), and a
+        ``-bf16`` variant with its float32 sampler."""
+        if FAMILIES[self.family].shared_training:
+            return self.family
+        return self.name.removesuffix(BF16_SUFFIX)
+
+
+class MethodFamily(ABC):
+    """One family of methods of ``slift bench``: its names, where it runs, how it is built,
+    trained and sampled.
+
+    Subclasses set the class attributes and implement :meth:`build`; the other methods
+    have the defaults of a family whose only name is its own, trained on transitions.
+
+    Attributes
+    ----------
+    name : str
+        The family's name, a key of :data:`FAMILIES`; its method name unless
+        :meth:`options` accepts others.
+    kinds : tuple of str
+        The problem kinds (:attr:`ProblemData.kind`) it applies to.
+    bf16 : bool
+        Whether its names take the ``-bf16`` suffix (sampling under bfloat16 autocast).
+    shared_training : bool
+        Whether all its variants share one trained model per seed.
+    """
+
+    name: ClassVar[str]
+    kinds: ClassVar[tuple[str, ...]]
+    bf16: ClassVar[bool] = False
+    shared_training: ClassVar[bool] = False
+
+    @property
+    def syntax(self) -> str:
+        """The names it accepts, for people (the error on an unknown name lists them)."""
+        return self.name
+
+    def options(self, base: str) -> dict[str, Any] | None:
+        """The :class:`MethodSpec` fields that ``base`` (a name without ``-bf16``) sets.
+
+        Parameters
+        ----------
+        base : str
+            A method name without the ``-bf16`` suffix.
+
+        Returns
+        -------
+        dict or None
+            Keyword arguments of :class:`MethodSpec`; None when ``base`` is not a name of
+            this family.
+
+        Raises
+        ------
+        ValueError
+            On a name of this family with an invalid option (:func:`parse_method`
+            prefixes the name to the message).
+        """
+        return {} if base == self.name else None
+
+    def defaults(self, kind: str) -> tuple[str, ...]:
+        """The names run by default on problems of ``kind`` (none where it does not apply).
+
+        Parameters
+        ----------
+        kind : str
+            A problem kind.
+
+        Returns
+        -------
+        tuple of str
+        """
+        return (self.name,) if kind in self.kinds else ()
+
+    @abstractmethod
+    def build(self, spec: MethodSpec, problem: ProblemData, quick: bool, seed: int) -> Stepper:
+        """A fresh, untrained stepper; see :func:`build_stepper`.
+
+        Parameters
+        ----------
+        spec : MethodSpec
+            The method, of this family.
+        problem : ProblemData
+            The problem, which sizes the backbone.
+        quick : bool
+            Quick (CI) or full sizes.
+        seed : int
+            The training seed.
+
+        Returns
+        -------
+        Stepper
+        """
+
+    def training_data(
+        self, spec: MethodSpec, stepper: Stepper, problem: ProblemData, seed: int
+    ) -> TransitionDataset | SnapshotDataset:
+        """The dataset ``stepper`` trains on; see :func:`training_data`.
+
+        The default: the transitions of ``problem.train``, without labels.
+
+        Parameters
+        ----------
+        spec : MethodSpec
+            The method, of this family.
+        stepper : Stepper
+            Its stepper, from :meth:`build`.
+        problem : ProblemData
+            The problem, whose ``train`` ensemble is read.
+        seed : int
+            The training seed.
+
+        Returns
+        -------
+        TransitionDataset or SnapshotDataset
+        """
+        return TransitionDataset.from_xarray(problem.train)
+
+    def set_sampling(self, stepper: Stepper, spec: MethodSpec) -> None:
+        """Configure a trained stepper for ``spec``'s sampler; nothing by default.
+
+        Parameters
+        ----------
+        stepper : Stepper
+            The trained stepper, changed in place.
+        spec : MethodSpec
+            The method to sample, of this family.
+        """
+        return  # most samplers have no options: not abstract
+
+
+class TransitionFamily(MethodFamily):
+    """A method regressing the transitions of vectors and fields, also sampled in bf16."""
+
+    kinds = ("vector", "field")
+    bf16 = True
+
+
+FAMILIES: dict[str, MethodFamily] = {}
+"""The registry: family name -> family, in the order of :func:`default_methods`."""
+
+
+def register_family(family: MethodFamily) -> MethodFamily:
+    """Add ``family`` to the benchmark: after the others in :data:`FAMILIES`.
+
+    Parameters
+    ----------
+    family : MethodFamily
+        The new family; its name must be new.
+
+    Returns
+    -------
+    MethodFamily
+        ``family``.
+
+    Raises
+    ------
+    ValueError
+        If a family of that name is registered already.
+    """
+    if family.name in FAMILIES:
+        raise ValueError(f"a method family {family.name!r} is registered already")
+    FAMILIES[family.name] = family
+    return family
 
 
 def parse_method(name: str) -> MethodSpec:
-    m = _NAME.match(name)
-    if m is None:
-        raise ValueError(
-            f"unknown method {name!r}; expected solver, sl, sl-<injection>, sl-l<L>, "
-            f"sl-<injection>-l<L>, mse, cfm<K>, es or dice (injection in {INJECTIONS}), the "
-            "transition methods optionally with a -bf16 suffix"
-        )
-    bf16 = m["bf16"] is not None
-    if m["k"] is not None:
-        if int(m["k"]) < 1:
-            raise ValueError(f"{name}: CFM needs at least one Euler step")
-        return MethodSpec(name, "cfm", n_euler=int(m["k"]), bf16=bf16)
-    for family in ("solver", "mse", "es", "dice"):
-        if m[family]:
-            return MethodSpec(name, family, bf16=bf16)
-    label = int(m["label"]) if m["label"] else DEFAULT_LABEL_DIM
-    if label < 1:
-        raise ValueError(f"{name}: the label size must be >= 1")
-    injection = m["inj"] or DEFAULT_INJECTION
-    return MethodSpec(name, "sl", label_dim=label, injection=injection, bf16=bf16)
+    """Parse a method name with the first family of :data:`FAMILIES` that accepts it.
+
+    Parameters
+    ----------
+    name : str
+        A method name, e.g. ``sl-noise_field-l8``, ``cfm5-bf16``.
+
+    Returns
+    -------
+    MethodSpec
+
+    Raises
+    ------
+    ValueError
+        On a name no family accepts, or an invalid option (label size, Euler steps).
+    """
+    base = name.removesuffix(BF16_SUFFIX)
+    bf16 = base != name
+    for family in FAMILIES.values():
+        if bf16 and not family.bf16:
+            continue
+        try:
+            options = family.options(base)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+        if options is not None:
+            return MethodSpec(name, family.name, bf16=bf16, **options)
+    raise ValueError(_unknown(name))
+
+
+def _unknown(name: str) -> str:
+    forms = ", ".join(f.syntax for f in FAMILIES.values())
+    with_bf16 = ", ".join(f.name for f in FAMILIES.values() if f.bf16)
+    return (
+        f"unknown method {name!r}; expected one of {forms}; the {with_bf16} methods also "
+        f"take a {BF16_SUFFIX} suffix"
+    )
+
+
+def default_methods(problem: str) -> tuple[str, ...]:
+    """The methods run on ``problem`` by default: each family's defaults, in registry order.
+
+    Parameters
+    ----------
+    problem : str
+        A key of :data:`slift_plugin.bench.problems.PROBLEMS`.
+
+    Returns
+    -------
+    tuple of str
+    """
+    kind = PROBLEM_KINDS[problem]
+    return tuple(name for family in FAMILIES.values() for name in family.defaults(kind))
 
 
 def applies(spec: MethodSpec, problem: ProblemData) -> bool:
-    return problem.kind in APPLIES[spec.family]
+    """Whether ``spec``'s family runs on ``problem``'s kind.
+
+    Parameters
+    ----------
+    spec : MethodSpec
+        The method.
+    problem : ProblemData
+        The problem.
+
+    Returns
+    -------
+    bool
+    """
+    return problem.kind in FAMILIES[spec.family].kinds
 
 
 def budget(problem: ProblemData, quick: bool) -> Budget:
+    """The training budget of ``problem`` at quick or full size.
+
+    Parameters
+    ----------
+    problem : ProblemData
+        The problem.
+    quick : bool
+        Quick (CI) or full sizes.
+
+    Returns
+    -------
+    Budget
+        The entry of :data:`BUDGETS`.
+    """
     return BUDGETS[(problem.name, quick)]
 
 
+def build_stepper(spec: MethodSpec, problem: ProblemData, quick: bool, seed: int) -> Stepper:
+    """A fresh, untrained stepper for ``spec`` on ``problem``.
+
+    Its weights come from the global RNG (the runner seeds it inside
+    ``torch.random.fork_rng``); the training noise of CFM and ES from ``seed``.
+
+    Parameters
+    ----------
+    spec : MethodSpec
+        The method.
+    problem : ProblemData
+        The problem, which sizes the backbone.
+    quick : bool
+        Quick (CI) or full sizes.
+    seed : int
+        The training seed.
+
+    Returns
+    -------
+    Stepper
+
+    Raises
+    ------
+    ValueError
+        For a method without a model (the solver).
+    """
+    return FAMILIES[spec.family].build(spec, problem, quick, seed)
+
+
+def training_data(
+    spec: MethodSpec, stepper: Stepper, problem: ProblemData, seed: int
+) -> TransitionDataset | SnapshotDataset:
+    """The dataset ``spec`` trains on: transitions (with fixed labels for SL) or snapshots.
+
+    Parameters
+    ----------
+    spec : MethodSpec
+        The method.
+    stepper : Stepper
+        Its stepper, from :func:`build_stepper`.
+    problem : ProblemData
+        The problem, whose ``train`` ensemble is read.
+    seed : int
+        The training seed (SL's fixed labels).
+
+    Returns
+    -------
+    TransitionDataset or SnapshotDataset
+    """
+    return FAMILIES[spec.family].training_data(spec, stepper, problem, seed)
+
+
+def set_sampling(stepper: Stepper, spec: MethodSpec) -> None:
+    """Configure a trained stepper for ``spec``'s sampler (CFM's number of Euler steps).
+
+    Parameters
+    ----------
+    stepper : Stepper
+        The trained stepper, changed in place.
+    spec : MethodSpec
+        The method to sample.
+    """
+    FAMILIES[spec.family].set_sampling(stepper, spec)
+
+
+# -- backbones ------------------------------------------------------------------------------
 def _field_backbone(problem: ProblemData, quick: bool, **kwargs) -> nn.Module:
     from ..adapters.neuralop import lifted_operator
 
@@ -184,72 +498,159 @@ def _backbone(problem: ProblemData, quick: bool, *, label_dim: int, **kwargs) ->
     )
 
 
+def _labelled_backbone(
+    spec: MethodSpec, problem: ProblemData, quick: bool, label_dim: int
+) -> nn.Module:
+    # only operators take an injection; MLPs concatenate the label
+    injection = {"injection": spec.injection} if problem.kind == "field" else {}
+    return _backbone(problem, quick, label_dim=label_dim, **injection)
+
+
 def _state_shape(problem: ProblemData) -> tuple[int | None, ...]:
     # Operators are resolution-agnostic: leave the grid open.
     return (problem.state_shape[0], None) if problem.kind == "field" else problem.state_shape
 
 
-def build_stepper(spec: MethodSpec, problem: ProblemData, quick: bool, seed: int) -> Stepper:
-    """A fresh, untrained stepper for ``spec`` on ``problem``.
+def _injections() -> tuple[str, ...]:
+    # Imported when an SL name is parsed, not with this module: the CLI imports the bench,
+    # and only the bench needs neuraloperator.
+    from ..adapters.neuralop import INJECTIONS
 
-    Its weights come from the global RNG (the runner seeds it inside
-    ``torch.random.fork_rng``); the training noise of CFM and ES from ``seed``.
-    """
-    shape, dt = _state_shape(problem), problem.dt
-    injection = {"injection": spec.injection} if problem.kind == "field" else {}
-    if spec.family == "sl":
-        net = _backbone(problem, quick, label_dim=spec.label_dim, **injection)
-        return StochasticLifting(net, shape, dt=dt)
-    if spec.family == "mse":
-        return MeanRegression(_backbone(problem, quick, label_dim=0), shape, dt=dt)
-    if spec.family == "es":
-        net = _backbone(problem, quick, label_dim=DEFAULT_LABEL_DIM, **injection)
-        return EnergyScoreLifting(net, shape, n_members=ES_MEMBERS, dt=dt, seed=seed)
-    if spec.family == "cfm":
+    return INJECTIONS
+
+
+# -- the families -----------------------------------------------------------------------------
+class _Solver(MethodFamily):
+    name = "solver"
+    kinds = ("vector", "field", "particles")
+
+    def build(self, spec: MethodSpec, problem: ProblemData, quick: bool, seed: int) -> Stepper:
+        raise ValueError(f"{spec.name} is not a learned method")
+
+
+class _StochasticLifting(TransitionFamily):
+    name = "sl"
+    _DEFAULTS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "vector": ("sl", "sl-l8", "sl-l128"),
+        "field": ("sl-channels", "sl-noise_field", "sl-embedding"),
+    }
+
+    @property
+    def syntax(self) -> str:
+        return f"sl[-<injection>][-l<L>] (<injection>: {', '.join(_injections())})"
+
+    def options(self, base: str) -> dict[str, Any] | None:
+        injections = "|".join(map(re.escape, _injections()))
+        match = re.fullmatch(rf"sl(?:-(?P<injection>{injections}))?(?:-l(?P<label>\d+))?", base)
+        if match is None:
+            return None
+        label = int(match["label"]) if match["label"] else DEFAULT_LABEL_DIM
+        if label < 1:
+            raise ValueError("the label size must be >= 1")
+        return {"label_dim": label, "injection": match["injection"] or DEFAULT_INJECTION}
+
+    def defaults(self, kind: str) -> tuple[str, ...]:
+        return self._DEFAULTS.get(kind, ())
+
+    def build(self, spec: MethodSpec, problem: ProblemData, quick: bool, seed: int) -> Stepper:
+        net = _labelled_backbone(spec, problem, quick, spec.label_dim)
+        return StochasticLifting(net, _state_shape(problem), dt=problem.dt)
+
+    def training_data(
+        self, spec: MethodSpec, stepper: Stepper, problem: ProblemData, seed: int
+    ) -> TransitionDataset:
+        labels = stepper.fixed_labels(seed, problem.state_shape[1:])
+        return TransitionDataset.from_xarray(problem.train, labels=labels)
+
+
+class _MeanRegression(TransitionFamily):
+    name = "mse"
+
+    def build(self, spec: MethodSpec, problem: ProblemData, quick: bool, seed: int) -> Stepper:
+        net = _backbone(problem, quick, label_dim=0)
+        return MeanRegression(net, _state_shape(problem), dt=problem.dt)
+
+
+class _FlowMatching(TransitionFamily):
+    name = "cfm"
+    shared_training = True  # K is a sampling option
+
+    @property
+    def syntax(self) -> str:
+        return "cfm<K>"
+
+    def options(self, base: str) -> dict[str, Any] | None:
+        match = re.fullmatch(r"cfm(?P<k>\d+)", base)
+        if match is None:
+            return None
+        if int(match["k"]) < 1:
+            raise ValueError("CFM needs at least one Euler step")
+        return {"n_euler": int(match["k"])}
+
+    def defaults(self, kind: str) -> tuple[str, ...]:
+        return ("cfm5", "cfm20") if kind in self.kinds else ()
+
+    def build(self, spec: MethodSpec, problem: ProblemData, quick: bool, seed: int) -> Stepper:
         net = _backbone(problem, quick, label_dim=0, history=2, n_cond=1)
-        return FlowMatching(net, shape, n_euler=spec.n_euler, dt=dt, seed=seed)
-    if spec.family == "dice":
-        return _dice(problem, quick)
-    raise ValueError(f"{spec.name} is not a learned method")
-
-
-def _dice(problem: ProblemData, quick: bool) -> DICE:
-    b = budget(problem, quick)
-    if problem.kind == "particles":
-        potential = PotentialMLP(
-            2,
-            n_params=1,
-            hidden=b.hidden,
-            depth=3 if quick else 4,
-            periods=[problem.extras["length"], None],
+        return FlowMatching(
+            net, _state_shape(problem), n_euler=spec.n_euler, dt=problem.dt, seed=seed
         )
-        return DICE(potential, (2,), n_params=1, dt=problem.dt, n_substeps=4)
-    d = problem.state_shape[0]
-    return DICE(
-        PotentialMLP(d, hidden=b.hidden),
-        (d,),
-        sigma=problem.sigma,
-        dt=problem.dt,
-        n_substeps=4,
-    )
+
+    def set_sampling(self, stepper: Stepper, spec: MethodSpec) -> None:
+        stepper.n_euler = spec.n_euler
 
 
-def training_data(
-    spec: MethodSpec, stepper: Stepper, problem: ProblemData, seed: int
-) -> TransitionDataset | SnapshotDataset:
-    """The dataset ``spec`` trains on: transitions (with fixed labels for SL) or snapshots."""
-    if spec.family == "dice":
+class _EnergyScore(TransitionFamily):
+    name = "es"
+
+    def build(self, spec: MethodSpec, problem: ProblemData, quick: bool, seed: int) -> Stepper:
+        net = _labelled_backbone(spec, problem, quick, DEFAULT_LABEL_DIM)
+        return EnergyScoreLifting(
+            net, _state_shape(problem), n_members=ES_MEMBERS, dt=problem.dt, seed=seed
+        )
+
+
+class _DICE(MethodFamily):
+    name = "dice"
+    # On fields DICE needs a double backward through an FNO per training step: left out
+    # of the field problem for cost.
+    kinds = ("vector", "particles")
+
+    def build(self, spec: MethodSpec, problem: ProblemData, quick: bool, seed: int) -> Stepper:
+        b = budget(problem, quick)
+        if problem.kind == "particles":
+            potential = PotentialMLP(
+                2,
+                n_params=1,
+                hidden=b.hidden,
+                depth=3 if quick else 4,
+                periods=[problem.extras["length"], None],
+            )
+            return DICE(potential, (2,), n_params=1, dt=problem.dt, n_substeps=4)
+        d = problem.state_shape[0]
+        return DICE(
+            PotentialMLP(d, hidden=b.hidden),
+            (d,),
+            sigma=problem.sigma,
+            dt=problem.dt,
+            n_substeps=4,
+        )
+
+    def training_data(
+        self, spec: MethodSpec, stepper: Stepper, problem: ProblemData, seed: int
+    ) -> SnapshotDataset:
         # DICE's training draws a random sorted subset of times (endpoints kept) per batch
         n_times = min(DICE_TIMES_PER_BATCH, problem.train.sizes["time"])
         return SnapshotDataset.from_xarray(problem.train, n_times=n_times)
-    labels = None
-    if spec.family == "sl":
-        grid = problem.state_shape[1:]
-        labels = stepper.fixed_labels(seed, grid)
-    return TransitionDataset.from_xarray(problem.train, labels=labels)
 
 
-def set_sampling(stepper: Stepper, spec: MethodSpec) -> None:
-    """Configure a trained stepper for ``spec``'s sampler (CFM's number of Euler steps)."""
-    if spec.family == "cfm":
-        stepper.n_euler = spec.n_euler
+for _family in (
+    _Solver(),
+    _StochasticLifting(),
+    _MeanRegression(),
+    _FlowMatching(),
+    _EnergyScore(),
+    _DICE(),
+):
+    register_family(_family)
+del _family

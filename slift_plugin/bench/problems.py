@@ -28,17 +28,64 @@ from ..systems import allen_cahn, double_well, field_energy, lorenz63, vlasov_tw
 from ..systems.sdes import LORENZ63_X0
 from ..systems.vlasov import DEFAULT_LENGTH
 
+__all__ = [
+    "PROBLEMS",
+    "PROBLEM_KINDS",
+    "ProblemData",
+    "autocorrelation",
+    "autocorrelation_error",
+    "build_problem",
+    "field_energy_error",
+    "power_spectrum",
+    "relative_cost",
+    "spectrum_error",
+    "timed",
+    "well_occupancy_error",
+]
+
 
 @dataclass
 class ProblemData:
     """What one problem hands to the runner.
 
-    ``x0`` is the start state (shared by all samples, ``state_shape``) or per-sample
-    states; ``mu`` the physics parameters of the test ensemble (or None). ``solve(n,
-    seed, device)`` integrates the reference system for ``n`` trajectories over the test
-    horizon on ``device`` and returns the ensemble; ``solver_evals_per_step`` counts its
-    drift evaluations per output step. ``quantity_error(generated, reference)`` is the
-    problem-specific score (smaller is better), described by ``quantity``.
+    Attributes
+    ----------
+    name : str
+        The problem's key in :data:`PROBLEMS`.
+    kind : str
+        ``"vector"``, ``"field"`` or ``"particles"`` (:data:`PROBLEM_KINDS`).
+    train : xarray.DataArray
+        Training trajectories ``(sample, time, channel, *grid)``.
+    reference : xarray.DataArray
+        The independent reference ensemble, from the test start state.
+    x0 : numpy.ndarray
+        The start state (shared by all samples, ``state_shape``) or per-sample states.
+    n_steps : int
+        Output steps of the test horizon.
+    dt : float
+        Output step.
+    n_generate : int
+        Trajectories every method generates.
+    solve : callable
+        ``solve(n, seed, device)`` integrates the reference system for ``n``
+        trajectories over the test horizon on ``device`` and returns the ensemble.
+    solver_evals_per_step : int
+        The solver's drift evaluations per output step.
+    quantity : str
+        What the problem-specific score measures, for people.
+    quantity_error : callable
+        ``quantity_error(generated, reference)``, the problem-specific score (smaller is
+        better).
+    sigma : float
+        Known diffusion, for DICE's diffusion variant.
+    mu : list of float or None
+        The physics parameters of the test ensemble.
+    param_names : list of str or None
+        Their names.
+    postprocess : callable or None
+        Applied to every generated ensemble before scoring (e.g. wrapping positions).
+    extras : dict
+        Problem-specific settings (e.g. the box length).
     """
 
     name: str
@@ -61,6 +108,7 @@ class ProblemData:
 
     @property
     def state_shape(self) -> tuple[int, ...]:
+        """``(C, *grid)`` of one state of the reference."""
         return tuple(self.reference.shape[2:])
 
     @property
@@ -77,6 +125,20 @@ class ProblemData:
 
 
 def timed(fn: Callable[[], xr.DataArray]) -> tuple[xr.DataArray, float]:
+    """Run ``fn()`` and time it.
+
+    Parameters
+    ----------
+    fn : callable
+        The work, called once without arguments.
+
+    Returns
+    -------
+    result : xarray.DataArray
+        What ``fn()`` returned.
+    seconds : float
+        Its wall time.
+    """
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
@@ -84,14 +146,40 @@ def timed(fn: Callable[[], xr.DataArray]) -> tuple[xr.DataArray, float]:
 
 # -- problem-specific scores --------------------------------------------------------------
 def well_occupancy_error(gen: xr.DataArray, ref: xr.DataArray, threshold: float = 0.5) -> float:
-    """Largest error over time of the right-well occupancy ``P(X_t > threshold)``."""
+    """Largest error over time of the right-well occupancy ``P(X_t > threshold)``.
+
+    Parameters
+    ----------
+    gen, ref : xarray.DataArray
+        Generated and reference ensembles with channel ``"x"``, over the same times.
+    threshold : float
+        States above it count as in the right well.
+
+    Returns
+    -------
+    float
+        ``max_t |P_gen(X_t > threshold) - P_ref(X_t > threshold)|``.
+    """
     occ_gen = (gen.sel(channel="x") > threshold).mean("sample").values
     occ_ref = (ref.sel(channel="x") > threshold).mean("sample").values
     return float(np.abs(occ_gen - occ_ref).max())
 
 
 def autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
-    """Mean over samples of the normalised time-autocorrelation of ``x`` (sample, time)."""
+    """Mean over samples of the normalised time-autocorrelation of ``x``.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Trajectories ``(sample, time)``.
+    max_lag : int
+        Number of lags, ``0 .. max_lag - 1``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(max_lag,)``, 1 at lag 0.
+    """
     x = x - x.mean(axis=1, keepdims=True)
     var = (x * x).mean(axis=1)
     acf = [(x[:, : x.shape[1] - lag] * x[:, lag:]).mean(axis=1) / var for lag in range(max_lag)]
@@ -99,7 +187,18 @@ def autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
 
 
 def autocorrelation_error(gen: xr.DataArray, ref: xr.DataArray) -> float:
-    """Largest difference of the autocorrelation of ``x(t)`` over lags up to half the run."""
+    """Largest difference of the autocorrelation of ``x(t)`` over lags up to half the run.
+
+    Parameters
+    ----------
+    gen, ref : xarray.DataArray
+        Generated and reference ensembles with channel ``"x"``, over the same times.
+
+    Returns
+    -------
+    float
+        ``max_lag |acf_gen - acf_ref|`` (:func:`autocorrelation`).
+    """
     lags = gen.sizes["time"] // 2
     a = autocorrelation(gen.sel(channel="x").values.astype(np.float64), lags)
     b = autocorrelation(ref.sel(channel="x").values.astype(np.float64), lags)
@@ -107,18 +206,56 @@ def autocorrelation_error(gen: xr.DataArray, ref: xr.DataArray) -> float:
 
 
 def power_spectrum(u: np.ndarray) -> np.ndarray:
-    """Ensemble-mean power spectrum ``E|u_hat(k)|^2`` of fields ``(sample, ..., x)``."""
+    """Ensemble-mean power spectrum ``E|u_hat(k)|^2`` of fields.
+
+    Parameters
+    ----------
+    u : numpy.ndarray
+        Fields ``(sample, ..., x)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., x // 2 + 1)``: the mean over samples of ``|rfft(u)|^2``.
+    """
     return (np.abs(np.fft.rfft(u, axis=-1)) ** 2).mean(axis=0)
 
 
 def spectrum_error(gen: xr.DataArray, ref: xr.DataArray) -> float:
-    """Relative L2 error of the log power spectrum of ``u`` at the final time."""
+    """Relative L2 error of the log power spectrum of ``u`` at the final time.
+
+    Parameters
+    ----------
+    gen, ref : xarray.DataArray
+        Generated and reference field ensembles ``(sample, time, channel, x)``.
+
+    Returns
+    -------
+    float
+        ``||log P_gen - log P_ref|| / ||log P_ref||`` (:func:`power_spectrum`).
+    """
     a = np.log(power_spectrum(gen.isel(time=-1).values.astype(np.float64)) + 1e-12)
     b = np.log(power_spectrum(ref.isel(time=-1).values.astype(np.float64)) + 1e-12)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def field_energy_error(length: float, n_grid: int) -> Callable[[xr.DataArray, xr.DataArray], float]:
+    """The score of the Vlasov problem: relative L2 error of the curve ``W_E(t)``.
+
+    Parameters
+    ----------
+    length : float
+        Box length.
+    n_grid : int
+        Grid nodes of :func:`slift_plugin.systems.field_energy`.
+
+    Returns
+    -------
+    callable
+        ``error(generated, reference) -> float`` on particle ensembles with channel
+        ``"x"`` (positions).
+    """
+
     def error(gen: xr.DataArray, ref: xr.DataArray) -> float:
         """Relative L2 error of the electric-energy curve ``W_E(t)``."""
         we = [
@@ -131,6 +268,16 @@ def field_energy_error(length: float, n_grid: int) -> Callable[[xr.DataArray, xr
 
 
 # -- the problems -------------------------------------------------------------------------
+# Known before a problem is built, so that the default methods of a problem follow from the
+# kinds each method family applies to.
+PROBLEM_KINDS: dict[str, str] = {
+    "double_well": "vector",
+    "lorenz63": "vector",
+    "allen_cahn": "field",
+    "vlasov": "particles",
+}
+
+
 def _sde_problem(
     name: str,
     generate: Callable[..., xr.DataArray],
@@ -161,7 +308,7 @@ def _sde_problem(
 
     return ProblemData(
         name=name,
-        kind="vector",
+        kind=PROBLEM_KINDS[name],
         train=solve(sizes[0], seed),
         reference=solve(sizes[1], seed + 1),
         x0=x0,
@@ -226,7 +373,7 @@ def _allen_cahn(quick: bool, seed: int) -> ProblemData:
     reference = solve(sizes[1], seed + 1)
     return ProblemData(
         name="allen_cahn",
-        kind="field",
+        kind=PROBLEM_KINDS["allen_cahn"],
         train=solve(sizes[0], seed),
         reference=reference,
         x0=np.zeros((1, n_grid), dtype=np.float32),
@@ -273,7 +420,7 @@ def _vlasov(quick: bool, seed: int) -> ProblemData:
 
     return ProblemData(
         name="vlasov",
-        kind="particles",
+        kind=PROBLEM_KINDS["vlasov"],
         train=train,
         reference=reference,
         x0=start,
@@ -300,14 +447,46 @@ PROBLEMS: dict[str, Callable[[bool, int], ProblemData]] = {
 
 
 def build_problem(name: str, *, quick: bool, seed: int = 0) -> ProblemData:
-    """Build problem ``name`` (one of :data:`PROBLEMS`) at quick or full size."""
+    """Build problem ``name`` at quick or full size.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`PROBLEMS`.
+    quick : bool
+        Quick (CI) or full sizes.
+    seed : int
+        The suite's data seed.
+
+    Returns
+    -------
+    ProblemData
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a problem.
+    """
     if name not in PROBLEMS:
         raise ValueError(f"unknown problem {name!r}; choose from {sorted(PROBLEMS)}")
     return PROBLEMS[name](quick, seed)
 
 
 def relative_cost(seconds: float, n_samples: int, n_steps: int) -> float:
-    """Wall seconds per 1,000 trajectory-steps."""
+    """Wall seconds per 1,000 trajectory-steps.
+
+    Parameters
+    ----------
+    seconds : float
+        Wall time of the generation.
+    n_samples, n_steps : int
+        Trajectories and steps generated.
+
+    Returns
+    -------
+    float
+        ``1000 * seconds / (n_samples * n_steps)``; nan when either count is not positive.
+    """
     if n_samples <= 0 or n_steps <= 0:
         return math.nan
     return 1000.0 * seconds / (n_samples * n_steps)

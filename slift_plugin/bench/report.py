@@ -18,6 +18,17 @@ import pandas as pd
 from ..data import atomic_write
 from .runner import BenchResult
 
+__all__ = [
+    "RUN_SCHEMA",
+    "SUMMARY_COLUMNS",
+    "aggregate",
+    "markdown_report",
+    "markdown_table",
+    "plot",
+    "runs_frame",
+    "write_outputs",
+]
+
 # The columns of the summary, in order: (raw column, header, format).
 SUMMARY_COLUMNS = (
     ("ed_ratio_short", "ED ratio short", "{:.3g}"),
@@ -42,6 +53,17 @@ def runs_frame(result: BenchResult) -> pd.DataFrame:
 
     The SL run of a problem is its first method of the ``sl`` family (``sl`` or
     ``sl-channels`` in the default sets); without one the ratio is NaN.
+
+    Parameters
+    ----------
+    result : BenchResult
+        The raw runs.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``result.runs`` as a frame plus ``cost_vs_sl``; an empty frame with the columns of
+        :data:`RUN_SCHEMA` when there are no runs.
     """
     runs = pd.DataFrame(result.runs)
     if runs.empty:
@@ -60,7 +82,20 @@ def runs_frame(result: BenchResult) -> pd.DataFrame:
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
-    """Median, min and max over seeds of every summary column, per problem and method."""
+    """Median, min and max over seeds of every summary column, per problem and method.
+
+    Parameters
+    ----------
+    runs : pandas.DataFrame
+        One row per run, as :func:`runs_frame` returns.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``(problem, method)``, columns ``(statistic, column)`` for the
+        statistics ``median``, ``min``, ``max`` and the columns of
+        :data:`SUMMARY_COLUMNS`, plus ``("n_seeds", "")``.
+    """
     columns = [c for c, _, _ in SUMMARY_COLUMNS]
     grouped = runs.groupby(["problem", "method"], sort=False)[columns]
     out = pd.concat(
@@ -80,7 +115,20 @@ def _cell(median: float, low: float, high: float, fmt: str) -> str:
 
 
 def markdown_table(summary: pd.DataFrame, problem: str) -> str:
-    """The summary of one problem as a Markdown table, ``median [min, max]`` per cell."""
+    """The summary of one problem as a Markdown table, ``median [min, max]`` per cell.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        As :func:`aggregate` returns.
+    problem : str
+        The problem whose rows are shown.
+
+    Returns
+    -------
+    str
+        The table, one method per row, without a trailing newline.
+    """
     headers = ["method", "seeds"] + [h for _, h, _ in SUMMARY_COLUMNS]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for (p, method), row in summary.iterrows():
@@ -96,6 +144,20 @@ def markdown_table(summary: pd.DataFrame, problem: str) -> str:
 
 
 def markdown_report(result: BenchResult, summary: pd.DataFrame) -> str:
+    """The whole Markdown report: the run's environment, then one table per problem.
+
+    Parameters
+    ----------
+    result : BenchResult
+        The run (its ``meta`` and ``skipped`` are reported).
+    summary : pandas.DataFrame
+        As :func:`aggregate` returns.
+
+    Returns
+    -------
+    str
+        The report, ending in a newline.
+    """
     meta = result.meta
     quantities = meta.get("quantities", {})
     parts = [
@@ -122,7 +184,21 @@ def markdown_report(result: BenchResult, summary: pd.DataFrame) -> str:
 
 def write_outputs(result: BenchResult, out: str | os.PathLike) -> dict[str, Path]:
     """Write ``runs.csv``, ``over_time.csv``, ``summary.csv``, ``results.json``,
-    ``summary.md`` and the plots into ``out``; returns the paths."""
+    ``summary.md`` and the plots into ``out``.
+
+    Parameters
+    ----------
+    result : BenchResult
+        The run.
+    out : str or os.PathLike
+        Output folder; created.
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        The files written, keyed ``runs``, ``over_time``, ``summary``, ``json``,
+        ``markdown`` and ``plot_<problem>``.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = runs_frame(result)
@@ -150,7 +226,23 @@ def write_outputs(result: BenchResult, out: str | os.PathLike) -> dict[str, Path
 
 
 def plot(runs: pd.DataFrame, over_time: pd.DataFrame, out: Path) -> dict[str, Path]:
-    """Per problem: final ED ratio against sampling cost, and the ED ratio over time."""
+    """Per problem: final ED ratio against sampling cost, and the ED ratio over time.
+
+    Parameters
+    ----------
+    runs : pandas.DataFrame
+        One row per run, as :func:`runs_frame` returns.
+    over_time : pandas.DataFrame
+        One row per run and output time, with ``problem``, ``method``, ``time`` and
+        ``ed_ratio``.
+    out : pathlib.Path
+        Output folder.
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        ``plot_<problem>`` -> the PNG written.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -21,20 +21,43 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from .. import evaluate, fit, rollout
 from ..labels import hash_seed
-from ..metrics import evaluate
-from ..rollout import rollout
-from ..train import fit
 from . import methods as M
 from .memory import peak_memory
 from .problems import PROBLEMS, ProblemData, build_problem, relative_cost, timed
+
+__all__ = ["DATA_SEED", "BenchConfig", "BenchResult", "environment", "run_bench"]
 
 DATA_SEED = 1000  # the problems' data are fixed; the training seeds vary
 
 
 @dataclass
 class BenchConfig:
-    """What to run. ``methods=None`` runs each problem's default set."""
+    """What to run.
+
+    Parameters
+    ----------
+    problems : sequence of str
+        Keys of :data:`slift_plugin.bench.problems.PROBLEMS` (default: all).
+    methods : sequence of str or None
+        Method names (see :mod:`slift_plugin.bench.methods`); None runs each problem's
+        default set.
+    seeds : sequence of int
+        Distinct training seeds, one run per seed and method.
+    quick : bool
+        Quick (CI) or full sizes.
+    device : str
+        ``"cpu"`` or ``"cuda[:i]"``.
+    threads : int
+        CPU threads torch uses during the run.
+
+    Raises
+    ------
+    ValueError
+        On an unknown problem or method name, an empty selection, repeated seeds,
+        ``threads < 1``, or a CUDA device without CUDA.
+    """
 
     problems: Sequence[str] = tuple(PROBLEMS)
     methods: Sequence[str] | None = None
@@ -62,13 +85,37 @@ class BenchConfig:
             raise ValueError(f"device {self.device!r} requested but CUDA is not available")
 
     def methods_for(self, problem: str) -> list[M.MethodSpec]:
-        names = self.methods if self.methods is not None else M.DEFAULT_METHODS[problem]
+        """The methods to run on ``problem``.
+
+        Parameters
+        ----------
+        problem : str
+            A problem name.
+
+        Returns
+        -------
+        list of MethodSpec
+            The parsed :attr:`methods`, or the problem's defaults.
+        """
+        names = self.methods if self.methods is not None else M.default_methods(problem)
         return [M.parse_method(n) for n in names]
 
 
 @dataclass
 class BenchResult:
-    """Raw results: one row per (problem, method, seed) run and per output time."""
+    """Raw results: one row per (problem, method, seed) run and per output time.
+
+    Attributes
+    ----------
+    runs : list of dict
+        One row per run: problem, method, family, seed and the measured columns.
+    over_time : list of dict
+        One row per run and output time (the ED ratio over the horizon).
+    skipped : list of dict
+        The ``(problem, method)`` pairs that do not apply, with the reason.
+    meta : dict
+        The environment (:func:`environment`) and what each problem score measures.
+    """
 
     runs: list[dict] = field(default_factory=list)
     over_time: list[dict] = field(default_factory=list)
@@ -77,7 +124,18 @@ class BenchResult:
 
 
 def environment(config: BenchConfig) -> dict:
-    """Machine, versions and date, for the report."""
+    """Machine, versions and date, for the report.
+
+    Parameters
+    ----------
+    config : BenchConfig
+        The run (device, threads, sizes and seeds are recorded).
+
+    Returns
+    -------
+    dict
+        JSON-serialisable description of the run's environment.
+    """
     import neuralop
     import torchsde
 
@@ -100,7 +158,20 @@ def environment(config: BenchConfig) -> dict:
 
 
 def run_bench(config: BenchConfig, *, progress: bool = True) -> BenchResult:
-    """Run the suite described by ``config``; returns the raw results."""
+    """Run the suite described by ``config``.
+
+    Parameters
+    ----------
+    config : BenchConfig
+        What to run.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    BenchResult
+        The raw results, to aggregate with :mod:`slift_plugin.bench.report`.
+    """
     result = BenchResult(meta=environment(config))
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)

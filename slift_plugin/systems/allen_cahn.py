@@ -78,7 +78,25 @@ __all__ = ["allen_cahn", "allen_cahn_initial_conditions", "allen_cahn_grid"]
 
 
 def allen_cahn_grid(n_grid: int = 128, length: float = 1.0) -> np.ndarray:
-    """Cell centres ``(j + 1/2) * length / n_grid``, ``j = 0..n_grid-1``, of the periodic grid."""
+    """Cell centres ``(j + 1/2) * length / n_grid``, ``j = 0..n_grid-1``, of the periodic grid.
+
+    Parameters
+    ----------
+    n_grid : int
+        Number of cells (>= 1).
+    length : float
+        Period of the domain ``[0, length)`` (> 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 cell centres ``(n_grid,)``.
+
+    Raises
+    ------
+    ValueError
+        If ``n_grid`` is not a positive int or ``length`` is not a positive number.
+    """
     n_grid = check_positive_int("n_grid", n_grid)
     length = check_float("length", length, positive=True)
     return (np.arange(n_grid, dtype=np.float64) + 0.5) * (length / n_grid)
@@ -99,6 +117,31 @@ def allen_cahn_initial_conditions(
     + b_m sin(2 pi m x / L))) / sqrt(1 + 2 n_modes)`` with independent standard normal
     ``c_0, a_m, b_m`` drawn from ``numpy.random.default_rng(seed)``, evaluated on the cell
     centres of :func:`allen_cahn_grid`. The expected root-mean-square value is ``amplitude``.
+
+    Parameters
+    ----------
+    n : int
+        Number of fields.
+    n_grid : int
+        Number of grid cells.
+    length : float
+        Period ``L`` of the domain.
+    amplitude : float
+        Expected RMS value (>= 0).
+    n_modes : int
+        Highest Fourier mode (>= 1).
+    seed : int
+        Seed of the numpy generator (>= 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 fields ``(n, 1, n_grid)``.
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range.
     """
     n = check_positive_int("n", n)
     n_modes = check_positive_int("n_modes", n_modes)
@@ -157,23 +200,49 @@ def allen_cahn(
 ) -> xr.DataArray:
     """Ensemble of the 1-D stochastic Allen-Cahn equation (see the module docstring).
 
-    Args:
-        n_samples: number of independent realisations.
-        n_steps: number of output steps (``n_steps + 1`` times, ``t0`` included).
-        dt: output step; ``dt / dt_internal`` must be an integer.
-        n_grid, length: periodic grid of ``n_grid`` cells on ``[0, length)``.
-        eps: diffusion coefficient (>= 0). sigma: noise amplitude (>= 0).
-        dt_internal: internal IMEX step.
-        u0: initial field: ``None`` (zeros), an array ``(n_grid,)`` shared by every sample,
-            or ``(n_samples, n_grid)`` / ``(n_samples, 1, n_grid)`` (e.g. from
-            :func:`allen_cahn_initial_conditions` repeated per noise realisation).
-        seed: seed of the ``torch.Generator`` that draws the noise.
-        t0: time of the first output. device: where to integrate.
+    Parameters
+    ----------
+    n_samples : int
+        Number of independent realisations.
+    n_steps : int
+        Number of output steps (``n_steps + 1`` times, ``t0`` included).
+    dt : float
+        Output step; ``dt / dt_internal`` must be an integer.
+    n_grid : int
+        Number of cells of the periodic grid on ``[0, length)``.
+    length : float
+        Period of the domain.
+    eps : float
+        Diffusion coefficient (>= 0).
+    sigma : float
+        Noise amplitude (>= 0).
+    dt_internal : float
+        Internal IMEX step.
+    u0 : array_like or None
+        Initial field: None (zeros), an array ``(n_grid,)`` shared by every sample, or
+        ``(n_samples, n_grid)`` / ``(n_samples, 1, n_grid)`` (e.g. from
+        :func:`allen_cahn_initial_conditions` repeated per noise realisation).
+    seed : int
+        Seed of the ``torch.Generator`` that draws the noise.
+    t0 : float
+        Time of the first output.
+    device : str or torch.device
+        Where to integrate.
 
-    Returns:
-        DataArray ``"state"`` (float32) with dims ``("sample", "time", "channel", "x")``,
-        coords ``time``, ``channel = ["u"]`` and ``x`` (cell centres), attrs with every
+    Returns
+    -------
+    xarray.DataArray
+        ``"state"`` (float32) with dims ``("sample", "time", "channel", "x")``, coords
+        ``time``, ``channel = ["u"]`` and ``x`` (cell centres), attrs with every
         parameter.
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range or of the wrong shape, or ``dt / dt_internal`` is
+        not an integer.
+    FloatingPointError
+        If the integration produced NaN/Inf (reduce ``dt_internal``).
     """
     n_samples = check_positive_int("n_samples", n_samples)
     n_steps = check_positive_int("n_steps", n_steps)

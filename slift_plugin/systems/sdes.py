@@ -32,6 +32,8 @@ from ._xarray import (
 )
 
 __all__ = [
+    "LORENZ63_X0",
+    "METHODS",
     "DoubleWellSDE",
     "Lorenz63SDE",
     "OrnsteinUhlenbeckSDE",
@@ -59,13 +61,22 @@ LORENZ63_X0 = (13.79, 12.95, 34.90)
 class OrnsteinUhlenbeckSDE(torch.nn.Module):
     """Ornstein-Uhlenbeck process ``dX = -theta (X - center) dt + sigma dW`` (Ito, diagonal).
 
-    Args:
-        theta: mean-reversion rate, a float or a tensor of shape ``(batch,)`` (one rate per
-            sample, e.g. a physics parameter).
-        center: the mean the process reverts to (float).
-        sigma: noise amplitude (float, >= 0).
-
     States have shape ``(batch, d)`` for any ``d``.
+
+    Parameters
+    ----------
+    theta : float or torch.Tensor
+        Mean-reversion rate, a float or a tensor ``(batch,)`` (one rate per sample, e.g. a
+        physics parameter); stored as a buffer.
+    center : float
+        The mean the process reverts to.
+    sigma : float
+        Noise amplitude (>= 0).
+
+    Raises
+    ------
+    ValueError
+        If ``theta`` is a tensor that is not 1-D.
     """
 
     noise_type = "diagonal"
@@ -89,9 +100,37 @@ class OrnsteinUhlenbeckSDE(torch.nn.Module):
         return theta[:, None] if theta.ndim == 1 else theta
 
     def f(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Drift ``-theta (y - center)``.
+
+        Parameters
+        ----------
+        t : torch.Tensor
+            Time (unused: the system is autonomous).
+        y : torch.Tensor
+            States ``(batch, d)``.
+
+        Returns
+        -------
+        torch.Tensor
+            The drift, ``(batch, d)``.
+        """
         return -self._rate(y) * (y - self.center)
 
     def g(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Diagonal diffusion: ``sigma`` on every component.
+
+        Parameters
+        ----------
+        t : torch.Tensor
+            Time (unused).
+        y : torch.Tensor
+            States ``(batch, d)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(batch, d)``, filled with ``sigma``.
+        """
         return torch.full_like(y, self.sigma)
 
 
@@ -100,6 +139,11 @@ class DoubleWellSDE(torch.nn.Module):
 
     The drift is ``-V'(X)`` for the potential ``V(x) = (x^2 - 1)^2 / 4``, with wells at
     ``x = -1`` and ``x = +1`` and a barrier of height 1/4 at ``x = 0``.
+
+    Parameters
+    ----------
+    sigma : float
+        Noise amplitude (>= 0).
     """
 
     noise_type = "diagonal"
@@ -110,9 +154,37 @@ class DoubleWellSDE(torch.nn.Module):
         self.sigma = float(sigma)
 
     def f(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Drift ``y - y^3``.
+
+        Parameters
+        ----------
+        t : torch.Tensor
+            Time (unused: the system is autonomous).
+        y : torch.Tensor
+            States ``(batch, d)``.
+
+        Returns
+        -------
+        torch.Tensor
+            The drift, ``(batch, d)``.
+        """
         return y - y**3
 
     def g(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Diagonal diffusion: ``sigma`` on every component.
+
+        Parameters
+        ----------
+        t : torch.Tensor
+            Time (unused).
+        y : torch.Tensor
+            States ``(batch, d)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(batch, d)``, filled with ``sigma``.
+        """
         return torch.full_like(y, self.sigma)
 
 
@@ -122,6 +194,13 @@ class Lorenz63SDE(torch.nn.Module):
     dx = s (y - x) dt       + noise dW_1
     dy = (x (r - z) - y) dt + noise dW_2
     dz = (x y - b z) dt     + noise dW_3
+
+    Parameters
+    ----------
+    s, r, b : float
+        Lorenz parameters (the classical 10, 28, 8/3).
+    noise : float
+        Additive noise amplitude (>= 0).
     """
 
     noise_type = "diagonal"
@@ -135,12 +214,40 @@ class Lorenz63SDE(torch.nn.Module):
         self.noise = float(noise)
 
     def f(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Drift of the deterministic Lorenz-63 system.
+
+        Parameters
+        ----------
+        t : torch.Tensor
+            Time (unused: the system is autonomous).
+        y : torch.Tensor
+            States ``(batch, 3)``.
+
+        Returns
+        -------
+        torch.Tensor
+            The drift, ``(batch, 3)``.
+        """
         x1, x2, x3 = y[:, 0], y[:, 1], y[:, 2]
         return torch.stack(
             (self.s * (x2 - x1), x1 * (self.r - x3) - x2, x1 * x2 - self.b * x3), dim=-1
         )
 
     def g(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Diagonal diffusion: ``noise`` on every component.
+
+        Parameters
+        ----------
+        t : torch.Tensor
+            Time (unused).
+        y : torch.Tensor
+            States ``(batch, 3)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(batch, 3)``, filled with ``noise``.
+        """
         return torch.full_like(y, self.noise)
 
 
@@ -155,10 +262,32 @@ def ou_transition_moments(x, dt, theta, center, sigma):
     ``mean = center + (x - center) exp(-theta dt)`` and
     ``var = sigma^2 / (2 theta) (1 - exp(-2 theta dt))`` (the transition is Gaussian).
     Arguments broadcast against each other (floats, numpy arrays or torch tensors; with any
-    tensor argument the computation is done in torch). Requires ``theta > 0``.
+    tensor argument the computation is done in torch).
 
-    Returns:
-        ``(mean, var)``.
+    Parameters
+    ----------
+    x : float or array_like or torch.Tensor
+        The state at time ``t``.
+    dt : float or array_like or torch.Tensor
+        The time step.
+    theta : float or array_like or torch.Tensor
+        Mean-reversion rate, > 0.
+    center : float or array_like or torch.Tensor
+        The long-time mean.
+    sigma : float or array_like or torch.Tensor
+        Noise amplitude.
+
+    Returns
+    -------
+    mean : numpy.ndarray or torch.Tensor
+        The transition mean, broadcast shape of the arguments.
+    var : numpy.ndarray or torch.Tensor
+        The transition variance, broadcast shape of the arguments.
+
+    Raises
+    ------
+    ValueError
+        If ``theta <= 0`` anywhere (checked when no argument is a tensor).
     """
     if any(isinstance(a, torch.Tensor) for a in (x, dt, theta, center, sigma)):
         theta_t = torch.as_tensor(theta, dtype=torch.float64)
@@ -271,26 +400,50 @@ def ornstein_uhlenbeck(
 ) -> xr.DataArray:
     """Ornstein-Uhlenbeck ensemble ``dX = -theta (X - center) dt + sigma dW`` in ``dim`` dims.
 
-    Args:
-        n_samples: number of independent trajectories.
-        n_steps: number of coarse output steps (``n_steps + 1`` times, ``t0`` included).
-        dt: output step.
-        x0: initial state: a number, an array ``(dim,)``, ``(n_samples,)`` (``dim == 1``)
-            or ``(n_samples, dim)``.
-        theta: mean-reversion rate > 0: a number, or a 1-D array of length ``n_samples``
-            (one rate per sample). With an array, the result carries the coord ``mu_theta``
-            with dims ``("sample",)``: the physics parameter in the layout of
-            :mod:`slift_plugin.data`.
-        center: long-time mean. sigma: noise amplitude (>= 0).
-        dim: state dimension (independent components).
-        dt_internal: Euler step; ``dt / dt_internal`` must be an integer.
-        seed: entropy of the Brownian motion (the only source of randomness).
-        t0: time of the first output. method: torchsde fixed-step method.
-        device: where to integrate.
+    Parameters
+    ----------
+    n_samples : int
+        Number of independent trajectories.
+    n_steps : int
+        Number of coarse output steps (``n_steps + 1`` times, ``t0`` included).
+    dt : float
+        Output step.
+    x0 : float or array_like
+        Initial state: a number, an array ``(dim,)``, ``(n_samples,)`` (``dim == 1``) or
+        ``(n_samples, dim)``.
+    theta : float or array_like
+        Mean-reversion rate > 0: a number, or a 1-D array of length ``n_samples`` (one
+        rate per sample). With an array, the result carries the coord ``mu_theta`` with
+        dims ``("sample",)``: the physics parameter in the layout of
+        :mod:`slift_plugin.data`.
+    center : float
+        Long-time mean.
+    sigma : float
+        Noise amplitude (>= 0).
+    dim : int
+        State dimension (independent components).
+    dt_internal : float
+        Euler step; ``dt / dt_internal`` must be an integer.
+    seed : int
+        Entropy of the Brownian motion (the only source of randomness).
+    t0 : float
+        Time of the first output.
+    method : str
+        torchsde fixed-step method, one of :data:`METHODS`.
+    device : str or torch.device
+        Where to integrate.
 
-    Returns:
-        DataArray ``"state"`` with dims ``("sample", "time", "channel")``, channels
-        ``["x"]`` (``dim == 1``) or ``["x0", "x1", ...]``.
+    Returns
+    -------
+    xarray.DataArray
+        ``"state"`` with dims ``("sample", "time", "channel")``, channels ``["x"]``
+        (``dim == 1``) or ``["x0", "x1", ...]``.
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range or of the wrong shape, or ``dt / dt_internal`` is
+        not an integer.
     """
     n_samples, n_steps, dt, dt_internal, n_sub, seed, method, device, t0 = _common(
         n_samples, n_steps, dt, dt_internal, seed, method, device, t0
@@ -375,15 +528,37 @@ def double_well(
     switching process, not a relaxation. The default ensemble (4096 x 20 steps, 4000 Euler
     steps) generates in about 0.5 s on one CPU thread.
 
-    Args:
-        n_samples, n_steps, dt: ensemble size, number of output steps, output step.
-        x0: a number, or an array of shape ``(n_samples,)`` or ``(n_samples, 1)``.
-        sigma: noise amplitude (>= 0).
-        dt_internal: Euler step; ``dt / dt_internal`` must be an integer.
-        seed, t0, method, device: as in :func:`ornstein_uhlenbeck`.
+    Parameters
+    ----------
+    n_samples, n_steps : int
+        Ensemble size and number of output steps.
+    dt : float
+        Output step.
+    x0 : float or array_like
+        A number, or an array of shape ``(1,)``, ``(n_samples,)`` or ``(n_samples, 1)``.
+    sigma : float
+        Noise amplitude (>= 0).
+    dt_internal : float
+        Euler step; ``dt / dt_internal`` must be an integer.
+    seed : int
+        As in :func:`ornstein_uhlenbeck`.
+    t0 : float
+        As in :func:`ornstein_uhlenbeck`.
+    method : str
+        As in :func:`ornstein_uhlenbeck`.
+    device : str or torch.device
+        As in :func:`ornstein_uhlenbeck`.
 
-    Returns:
-        DataArray ``"state"`` with dims ``("sample", "time", "channel")``, channel ``["x"]``.
+    Returns
+    -------
+    xarray.DataArray
+        ``"state"`` with dims ``("sample", "time", "channel")``, channel ``["x"]``.
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range or of the wrong shape, or ``dt / dt_internal`` is
+        not an integer.
     """
     n_samples, n_steps, dt, dt_internal, n_sub, seed, method, device, t0 = _common(
         n_samples, n_steps, dt, dt_internal, seed, method, device, t0
@@ -434,20 +609,45 @@ def lorenz63(
 ) -> xr.DataArray:
     """Stochastic Lorenz-63 ensemble with additive noise ``noise * dW`` on each component.
 
-    Args:
-        n_samples, n_steps, dt: ensemble size, number of output steps, output step.
-        x0: initial state, an array of shape ``(3,)`` (every sample) or ``(n_samples, 3)``.
-            Default :data:`LORENZ63_X0` ``= (13.79, 12.95, 34.90)``, a point on the attractor
-            (the deterministic state at t = 20 from (1, 1, 1)); all samples start there and
-            the noise and the chaos spread them along the attractor.
-        s, r, b: Lorenz parameters (the classical 10, 28, 8/3).
-        noise: additive noise amplitude (>= 0).
-        dt_internal: Euler step; ``dt / dt_internal`` must be an integer.
-        seed, t0, method, device: as in :func:`ornstein_uhlenbeck`.
+    Parameters
+    ----------
+    n_samples, n_steps : int
+        Ensemble size and number of output steps.
+    dt : float
+        Output step.
+    x0 : array_like or None
+        Initial state, an array of shape ``(3,)`` (every sample) or ``(n_samples, 3)``.
+        None: :data:`LORENZ63_X0` ``= (13.79, 12.95, 34.90)``, a point on the attractor
+        (the deterministic state at t = 20 from (1, 1, 1)); all samples start there and
+        the noise and the chaos spread them along the attractor.
+    s, r, b : float
+        Lorenz parameters (the classical 10, 28, 8/3).
+    noise : float
+        Additive noise amplitude (>= 0).
+    dt_internal : float
+        Euler step; ``dt / dt_internal`` must be an integer.
+    seed : int
+        As in :func:`ornstein_uhlenbeck`.
+    t0 : float
+        As in :func:`ornstein_uhlenbeck`.
+    method : str
+        As in :func:`ornstein_uhlenbeck`.
+    device : str or torch.device
+        As in :func:`ornstein_uhlenbeck`.
 
-    Returns:
-        DataArray ``"state"`` with dims ``("sample", "time", "channel")``, channels
+    Returns
+    -------
+    xarray.DataArray
+        ``"state"`` with dims ``("sample", "time", "channel")``, channels
         ``["x", "y", "z"]``.
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range or of the wrong shape, or ``dt / dt_internal`` is
+        not an integer.
+    FloatingPointError
+        If the integration produced NaN/Inf (reduce ``dt_internal``).
     """
     n_samples, n_steps, dt, dt_internal, n_sub, seed, method, device, t0 = _common(
         n_samples, n_steps, dt, dt_internal, seed, method, device, t0

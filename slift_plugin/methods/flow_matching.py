@@ -9,7 +9,7 @@ rectified flow / OT-CFM with independent coupling::
 ``s ~ U(0, 1)``. Sampling integrates ``dz/ds = v`` from ``s = 0`` to ``1`` with ``n_euler``
 explicit Euler steps, so one output step costs ``n_euler`` network evaluations, against one
 for Stochastic Lifting. The normalisation is that of :class:`StochasticLifting`
-(:class:`slift_plugin.lifting.TransitionStepper`).
+(:class:`slift_plugin.methods.base.TransitionStepper`).
 """
 
 from __future__ import annotations
@@ -20,32 +20,14 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from ._fresh_noise import FreshNoiseTraining
-from .lifting import TransitionStepper
+from ..protocols import VelocityBackbone
+from .base import FreshNoiseTraining, TransitionStepper
+
+__all__ = ["FlowMatching"]
 
 
 class FlowMatching(FreshNoiseTraining, TransitionStepper):
     """Conditional flow matching stepper (residual form) around a velocity network.
-
-    Parameters
-    ----------
-    velocity:
-        A lifted backbone ``v(inputs, None, cond)`` with ``label_dim == 0`` whose input is
-        the standardised window and the current point ``z_s`` stacked on channels, so its
-        ``window_channels`` (fields) or ``in_features`` (vectors) is ``(history + 1) * C``,
-        and whose conditioning is ``[normalised mu, s]``, so ``n_cond == n_params + 1``.
-        It returns the velocity ``(B, C, *grid)``. E.g. ``MLP(2 * d, d, label_dim=0,
-        n_cond=1)`` or ``lifted_operator("fno", state_channels=C, history=2, label_dim=0,
-        n_cond=1, ...)`` for ``history=1``.
-    state_shape:
-        ``(d,)`` or ``(C, *grid)``; grid entries may be ``None`` (any resolution).
-    history, n_params, dt:
-        As for :class:`slift_plugin.StochasticLifting`.
-    n_euler:
-        Euler steps in flow time ``s`` per output step (the cost, :attr:`evals_per_step`);
-        may be changed after training.
-    seed:
-        Seeds the training noise ``z_0`` and flow times ``s`` (with the step counter).
 
     ``noise_shape(grid)`` is ``(C, *grid)``: the step's noise is the starting point
     ``z_0`` of the flow. :meth:`step` updates ``z`` in place in buffers allocated once per
@@ -57,6 +39,39 @@ class FlowMatching(FreshNoiseTraining, TransitionStepper):
     ``z_0`` and ``s`` of example ``i`` are a function of ``(seed, training step, index
     i)``, so data-parallel training draws the noise of one process. A ``"label"`` entry
     is ignored, so one dataset can serve Stochastic Lifting and this baseline.
+
+    Parameters
+    ----------
+    velocity : torch.nn.Module
+        A lifted backbone ``v(inputs, None, cond)`` with ``label_dim == 0`` whose input is
+        the standardised window and the current point ``z_s`` stacked on channels, so its
+        ``window_channels`` (fields) or ``in_features`` (vectors) is ``(history + 1) * C``,
+        and whose conditioning is ``[normalised mu, s]``, so ``n_cond == n_params + 1``.
+        It returns the velocity ``(B, C, *grid)``. E.g. ``MLP(2 * d, d, label_dim=0,
+        n_cond=1)`` or ``lifted_operator("fno", state_channels=C, history=2, label_dim=0,
+        n_cond=1, ...)`` for ``history=1``.
+    state_shape : tuple of int or None
+        ``(d,)`` or ``(C, *grid)``; grid entries may be ``None`` (any resolution).
+    history, n_params : int
+        As for :class:`slift_plugin.StochasticLifting`.
+    n_euler : int
+        Euler steps in flow time ``s`` per output step (the cost, :attr:`evals_per_step`);
+        may be changed after training.
+    dt : float
+        As for :class:`slift_plugin.StochasticLifting`.
+    seed : int
+        Seeds the training noise ``z_0`` and flow times ``s`` (with the step counter).
+
+    Raises
+    ------
+    TypeError
+        If ``velocity`` is not a :class:`~slift_plugin.protocols.VelocityBackbone`
+        declaring ``window_channels`` or ``in_features``.
+    ValueError
+        If ``velocity`` has ``label_dim != 0``, an input width other than
+        ``(history + 1) * C``, ``n_cond != n_params + 1`` or ``out_features != C``; if
+        ``n_euler`` is not an integer ``>= 1``; or if ``state_shape``, ``history`` or
+        ``n_params`` is invalid for :class:`slift_plugin.Stepper`.
     """
 
     def __init__(
@@ -74,16 +89,16 @@ class FlowMatching(FreshNoiseTraining, TransitionStepper):
         self._check_velocity(velocity)
         self.velocity = velocity
         self.n_euler = n_euler
-        self._init_fresh_noise(seed)
+        self.init_fresh_noise(seed)
 
     def _check_velocity(self, velocity: nn.Module) -> None:
         name = type(velocity).__name__
         window = getattr(velocity, "window_channels", getattr(velocity, "in_features", None))
-        if window is None or not hasattr(velocity, "n_cond"):
+        if window is None or not isinstance(velocity, VelocityBackbone):
             raise TypeError(
-                f"velocity network {name} must declare window_channels (or in_features) and "
-                "n_cond; build it with slift_plugin.MLP or "
-                "slift_plugin.adapters.neuralop.lifted_operator"
+                f"velocity network {name} is not a slift_plugin.protocols.VelocityBackbone: it "
+                "must declare window_channels (or in_features) and n_cond; build it with "
+                "slift_plugin.MLP or slift_plugin.adapters.neuralop.lifted_operator"
             )
         if getattr(velocity, "label_dim", 0) != 0:
             raise ValueError(
@@ -110,6 +125,10 @@ class FlowMatching(FreshNoiseTraining, TransitionStepper):
 
     @property
     def n_euler(self) -> int:
+        """Euler steps in flow time per output step; settable to any integer ``>= 1``.
+
+        Setting it to anything else raises a ValueError.
+        """
         return self._n_euler
 
     @n_euler.setter
@@ -157,7 +176,38 @@ class FlowMatching(FreshNoiseTraining, TransitionStepper):
         mu: Tensor | None = None,
         t: float | None = None,
     ) -> Tensor:
-        """Integrate the flow from ``z_0 = noise`` ``(B, C, *grid)``; returns ``(B, C, *grid)``."""
+        """Integrate the flow from ``z_0 = noise`` ``(B, C, *grid)``; returns ``(B, C, *grid)``.
+
+        ``n_euler`` explicit Euler steps of ``dz/ds = v`` from ``s = 0`` to ``1``, then
+        ``x_{k+1} = x_k + delta_std * z_1``. It writes ``z`` in place, so it does not
+        differentiate: call it under ``torch.no_grad()`` or ``torch.inference_mode()``.
+
+        Parameters
+        ----------
+        window : Tensor
+            The last ``history`` states stacked on channels, ``(B, history*C, *grid)``.
+        noise : Tensor or None
+            The starting point ``z_0`` of the flow, standard normals ``(B, C, *grid)``;
+            required.
+        mu : Tensor or None
+            Physics parameters ``(B, n_params)``; None without parameters.
+        t : float or None
+            Physical time of ``window``'s last state; ignored.
+
+        Returns
+        -------
+        Tensor
+            The next state ``(B, C, *grid)``.
+
+        Raises
+        ------
+        TypeError
+            If ``window`` is not a tensor.
+        ValueError
+            If ``window`` does not fit the stepper or is an empty batch, if ``mu`` is
+            missing, unexpected or misshapen, if ``noise`` is None or not of shape
+            ``(B, C, *grid)``, or if the velocity network returns another shape.
+        """
         inputs, cond = self.standardized_inputs(window, mu)
         expected = (window.shape[0], self.n_channels, *window.shape[2:])
         if noise is None or tuple(noise.shape) != expected:
@@ -173,7 +223,32 @@ class FlowMatching(FreshNoiseTraining, TransitionStepper):
         return self.next_state(window, z)
 
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Mean squared error of the velocity against ``z_1 - z_0`` (mean over all entries)."""
+        """Mean squared error of the velocity against ``z_1 - z_0`` (mean over all entries).
+
+        ``z_1`` is the standardised increment of each transition, ``z_0`` and the flow time
+        ``s ~ U(0, 1)`` are drawn per example by :meth:`training_noise`.
+
+        Parameters
+        ----------
+        batch : Mapping[str, Tensor]
+            ``{"x": (B, history*C, *grid), "y": (B, C, *grid), "index": (B,), "mu"?:
+            (B, n_params)}``; a ``"label"`` entry is ignored.
+
+        Returns
+        -------
+        Tensor
+            The scalar loss, with a graph to the velocity network's parameters.
+
+        Raises
+        ------
+        TypeError
+            If ``batch["x"]`` is not a tensor.
+        ValueError
+            If ``x`` does not fit the stepper or is an empty batch, ``mu`` is missing,
+            unexpected or misshapen, ``y`` is not one state per example, ``index`` is
+            missing or not one integer per example, or the velocity network returns
+            another shape than ``(B, C, *grid)``.
+        """
         x = batch["x"]
         inputs, cond = self.standardized_inputs(x, batch.get("mu"))
         z1 = self.standardized_target(x, batch["y"])

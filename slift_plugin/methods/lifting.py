@@ -18,125 +18,70 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from .labels import IndexedGaussianLabels
-from .stepper import NormalizedStepper
+from ..labels import IndexedGaussianLabels
+from ..protocols import LiftedBackbone
+from .base import TransitionStepper
+
+__all__ = ["Criterion", "MeanRegression", "StochasticLifting", "mean_squared_error"]
 
 Criterion = Callable[[Tensor, Tensor], Tensor]
 
 
 def mean_squared_error(prediction: Tensor, target: Tensor) -> Tensor:
-    return torch.mean((prediction - target) ** 2)
+    """Mean of ``(prediction - target)**2`` over every entry, the default criterion.
 
+    Parameters
+    ----------
+    prediction : Tensor
+        The prediction, e.g. ``(B, C, *grid)``.
+    target : Tensor
+        The target, of the shape of ``prediction`` (or one that broadcasts with it).
 
-class TransitionStepper(NormalizedStepper):
-    """A stepper that learns ``x_{k+1} | window`` in standardised coordinates.
-
-    The shared normalisation of every transition method (Stochastic Lifting and the
-    baselines it is compared with): per channel state mean/std, per channel increment std
-    and parameter mean/std, in buffers filled from ``dataset.statistics()``. A subclass
-    predicts a standardised quantity ``g`` of shape ``(B, C, *grid)``:
-
-    * ``residual=True``: the increment, ``x_{k+1} = x_k + delta_std * g``;
-    * ``residual=False``: the state, ``x_{k+1} = state_mean + state_std * g``.
+    Returns
+    -------
+    Tensor
+        The scalar mean squared error.
     """
-
-    cuda_graph_safe = True  # one backbone call on the inputs; t is ignored
-
-    def __init__(
-        self,
-        state_shape: tuple[int | None, ...],
-        *,
-        history: int = 1,
-        n_params: int = 0,
-        residual: bool = True,
-        dt: float = math.nan,
-    ) -> None:
-        super().__init__(state_shape, history=history, n_params=n_params, dt=dt)
-        self.residual = bool(residual)
-
-    def normalization_shapes(self) -> dict[str, tuple[int, ...]]:
-        c, p = self.n_channels, self.n_params
-        return {
-            "state_mean": (c,),
-            "state_std": (c,),
-            "delta_std": (c,),
-            "param_mean": (p,),
-            "param_std": (p,),
-        }
-
-    def required_statistics(self) -> list[str]:
-        names = ["state_mean", "state_std", "delta_std"]
-        return names + (["param_mean", "param_std"] if self.n_params else [])
-
-    def _per_channel(self, v: Tensor, repeats: int, ndim: int) -> Tensor:
-        return v.repeat(repeats).reshape(1, -1, *([1] * (ndim - 2)))
-
-    def standardized_inputs(
-        self, window: Tensor, mu: Tensor | None = None
-    ) -> tuple[Tensor, Tensor | None]:
-        """Validate and standardise ``(window (B, history*C, *grid), mu (B, n_params))``.
-
-        Returns the standardised window and ``mu`` (``None`` when ``n_params == 0``).
-        """
-        self.check_window(window)
-        mu = self.check_mu(mu, window.shape[0])
-        mean = self._per_channel(self.state_mean, self.history, window.ndim)
-        std = self._per_channel(self.state_std, self.history, window.ndim)
-        cond = None if mu is None else (mu - self.param_mean) / self.param_std
-        return (window - mean) / std, cond
-
-    def _last_state(self, window: Tensor) -> Tensor:
-        return window[:, (self.history - 1) * self.n_channels :]
-
-    def standardized_target(self, window: Tensor, y: Tensor) -> Tensor:
-        """The standardised quantity ``g`` that maps ``window`` to the next state ``y``."""
-        expected = (window.shape[0], self.n_channels, *window.shape[2:])
-        if tuple(y.shape) != expected:
-            raise ValueError(
-                f"y must have the shape of one state per example, {expected}, got {tuple(y.shape)}"
-            )
-        if self.residual:
-            return (y - self._last_state(window)) / self._per_channel(self.delta_std, 1, y.ndim)
-        return (y - self._per_channel(self.state_mean, 1, y.ndim)) / self._per_channel(
-            self.state_std, 1, y.ndim
-        )
-
-    def next_state(self, window: Tensor, g: Tensor) -> Tensor:
-        """The next state ``(B, C, *grid)`` from the standardised prediction ``g``."""
-        if self.residual:
-            return self._last_state(window) + self._per_channel(self.delta_std, 1, g.ndim) * g
-        return (
-            self._per_channel(self.state_mean, 1, g.ndim)
-            + self._per_channel(self.state_std, 1, g.ndim) * g
-        )
+    return torch.mean((prediction - target) ** 2)
 
 
 class StochasticLifting(TransitionStepper):
     """Stochastic Lifting stepper around a lifted backbone.
 
-    Parameters
-    ----------
-    backbone:
-        A module ``G(window, label, cond)`` with attribute ``label_dim`` and method
-        ``label_shape(grid) -> shape | None``: :class:`slift_plugin.MLP` for vectors,
-        :func:`slift_plugin.adapters.neuralop.lifted_operator` for fields.
-    state_shape:
-        ``(d,)`` or ``(C, *grid)``; grid entries may be ``None`` (any resolution).
-    history:
-        Number of past states stacked on the channel axis as input (1 = Markov).
-    n_params:
-        Number of physics parameters ``mu`` (constant per trajectory).
-    residual:
-        Predict the standardised increment ``x_{k+1} - x_k`` (default) instead of the
-        standardised next state.
-    dt:
-        Physical length of one step (metadata for rollouts).
-    criterion:
-        ``criterion(prediction, target)`` on standardised quantities; mean squared error
-        by default. A neuraloperator ``LpLoss`` works too.
-
     Normalisation (per channel state mean/std, per channel increment std, parameter
     mean/std) lives in buffers, so it travels with ``state_dict`` and checkpoints.
+
+    Parameters
+    ----------
+    backbone : torch.nn.Module
+        A :class:`~slift_plugin.protocols.LiftedBackbone` ``G(window, label, cond)``
+        (attributes ``label_dim``, ``n_cond``, method ``label_shape(grid)``):
+        :class:`slift_plugin.MLP` for vectors,
+        :func:`slift_plugin.adapters.neuralop.lifted_operator` for fields.
+    state_shape : tuple of int or None
+        ``(d,)`` or ``(C, *grid)``; grid entries may be ``None`` (any resolution).
+    history : int
+        Number of past states stacked on the channel axis as input (1 = Markov).
+    n_params : int
+        Number of physics parameters ``mu`` (constant per trajectory).
+    residual : bool
+        Predict the standardised increment ``x_{k+1} - x_k`` (default) instead of the
+        standardised next state.
+    dt : float
+        Physical length of one step (metadata for rollouts).
+    criterion : callable or None
+        ``criterion(prediction, target)`` on standardised quantities; mean squared error
+        (:func:`mean_squared_error`) when None. A neuraloperator ``LpLoss`` works too.
+
+    Raises
+    ------
+    TypeError
+        If ``backbone`` is not a :class:`~slift_plugin.protocols.LiftedBackbone`.
+    ValueError
+        If the backbone's declared input width (``window_channels`` or ``in_features``)
+        is not ``history * C``, if ``backbone.n_cond != n_params``, or if
+        ``state_shape``, ``history`` or ``n_params`` is invalid for
+        :class:`slift_plugin.Stepper`.
     """
 
     def __init__(
@@ -151,19 +96,22 @@ class StochasticLifting(TransitionStepper):
         criterion: Criterion | None = None,
     ) -> None:
         super().__init__(state_shape, history=history, n_params=n_params, residual=residual, dt=dt)
-        for attr in ("label_dim", "label_shape"):
-            if not hasattr(backbone, attr):
-                raise TypeError(
-                    f"backbone {type(backbone).__name__} has no '{attr}'; wrap a plain network "
-                    "with slift_plugin.MLP or slift_plugin.adapters.neuralop.lifted_operator"
-                )
+        if not isinstance(backbone, LiftedBackbone):
+            missing = [
+                a for a in ("label_dim", "n_cond", "label_shape") if not hasattr(backbone, a)
+            ]
+            raise TypeError(
+                f"backbone {type(backbone).__name__} is not a slift_plugin.protocols."
+                f"LiftedBackbone: it has no {missing}; wrap a plain network with "
+                "slift_plugin.MLP or slift_plugin.adapters.neuralop.lifted_operator"
+            )
         window = getattr(backbone, "window_channels", getattr(backbone, "in_features", None))
         if window is not None and window != self.window_channels:
             raise ValueError(
                 f"backbone takes {window} input state channels/features, but history="
                 f"{self.history} x {self.n_channels} state channels = {self.window_channels}"
             )
-        if getattr(backbone, "n_cond", n_params) != n_params:
+        if backbone.n_cond != n_params:
             raise ValueError(
                 f"backbone is built for n_cond={backbone.n_cond} conditioning inputs, but "
                 f"the stepper has n_params={n_params}"
@@ -173,11 +121,31 @@ class StochasticLifting(TransitionStepper):
 
     @property
     def label_dim(self) -> int:
+        """Size of the label per point, the backbone's ``label_dim`` (0: no label)."""
         return int(self.backbone.label_dim)
 
     # -- the model ------------------------------------------------------------------------
     def fixed_labels(self, seed: int, grid_shape: tuple[int, ...] = ()) -> IndexedGaussianLabels:
-        """The training labels for data on ``grid_shape``, a function of ``(seed, index)``."""
+        """The training labels for data on ``grid_shape``, a function of ``(seed, index)``.
+
+        Parameters
+        ----------
+        seed : int
+            Seed of the labels.
+        grid_shape : tuple of int
+            The grid of the states (``()`` for vectors).
+
+        Returns
+        -------
+        IndexedGaussianLabels
+            Standard normal labels of shape ``backbone.label_shape(grid_shape)``, indexed
+            by the global example index.
+
+        Raises
+        ------
+        ValueError
+            If the backbone takes no label (``label_dim == 0``).
+        """
         shape = self.backbone.label_shape(tuple(grid_shape))
         if shape is None:
             raise ValueError(f"{type(self).__name__} has label_dim=0: it takes no labels")
@@ -202,7 +170,32 @@ class StochasticLifting(TransitionStepper):
     def standardized_output(
         self, window: Tensor, label: Tensor | None = None, mu: Tensor | None = None
     ) -> Tensor:
-        """``G`` applied to the standardised inputs: the quantity the loss regresses."""
+        """``G`` applied to the standardised inputs: the quantity the loss regresses.
+
+        Parameters
+        ----------
+        window : Tensor
+            The last ``history`` states stacked on channels, ``(B, history*C, *grid)``.
+        label : Tensor or None
+            The label ``(B, *noise_shape(grid))``; None when ``label_dim == 0``.
+        mu : Tensor or None
+            Physics parameters ``(B, n_params)``; None without parameters.
+
+        Returns
+        -------
+        Tensor
+            The backbone's output, the standardised prediction ``g`` (one state per
+            example, ``(B, C, *grid)``, for a well-built backbone).
+
+        Raises
+        ------
+        TypeError
+            If ``window`` is not a tensor.
+        ValueError
+            If ``window`` does not fit the stepper or is an empty batch, if ``label`` is
+            missing, unexpected or misshapen, or if ``mu`` is missing, unexpected or
+            misshapen.
+        """
         self.check_window(window)
         self._check_label(label, window)
         inputs, cond = self.standardized_inputs(window, mu)
@@ -215,6 +208,31 @@ class StochasticLifting(TransitionStepper):
 
         Extra keyword arguments (``y``, ``index``, ...) are ignored, so that a
         neuraloperator ``Trainer`` can call ``model(**batch)`` on a dict batch.
+
+        Parameters
+        ----------
+        x : Tensor
+            The window, the last ``history`` states stacked on channels,
+            ``(B, history*C, *grid)``.
+        label : Tensor or None
+            The label ``(B, *noise_shape(grid))``; None when ``label_dim == 0``.
+        mu : Tensor or None
+            Physics parameters ``(B, n_params)``; None without parameters.
+        **batch : Tensor
+            Other entries of a dict batch; ignored.
+
+        Returns
+        -------
+        Tensor
+            The predicted next state ``(B, C, *grid)``.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a tensor.
+        ValueError
+            If ``x`` does not fit the stepper or is an empty batch, or if ``label`` or
+            ``mu`` is missing, unexpected or misshapen.
         """
         return self.next_state(x, self.standardized_output(x, label, mu))
 
@@ -246,6 +264,24 @@ class MeanRegression(StochasticLifting):
     Trained with MSE it predicts the conditional mean, so every rollout from the same
     state is the same trajectory; this is what a plain surrogate does today. Its backbone
     must have ``label_dim == 0``.
+
+    Parameters
+    ----------
+    backbone : torch.nn.Module
+        A :class:`~slift_plugin.protocols.LiftedBackbone` with ``label_dim == 0``.
+    state_shape : tuple of int or None
+        ``(d,)`` or ``(C, *grid)``; grid entries may be ``None`` (any resolution).
+    **kwargs : Any
+        ``history``, ``n_params``, ``residual``, ``dt`` and ``criterion``, as for
+        :class:`StochasticLifting`.
+
+    Raises
+    ------
+    TypeError
+        If ``backbone`` is not a :class:`~slift_plugin.protocols.LiftedBackbone`.
+    ValueError
+        If the backbone has ``label_dim != 0``, or does not fit the stepper as for
+        :class:`StochasticLifting`.
     """
 
     def __init__(self, backbone: nn.Module, state_shape: tuple[int | None, ...], **kwargs):

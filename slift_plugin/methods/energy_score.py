@@ -21,16 +21,36 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from ._fresh_noise import FreshNoiseTraining
+from .base import FreshNoiseTraining
 from .lifting import StochasticLifting
+
+__all__ = ["EnergyScoreLifting", "energy_score"]
 
 
 def energy_score(observation: Tensor, ensemble: Tensor) -> Tensor:
     """Fair energy score of ``ensemble`` ``(B, m, D)`` against ``observation`` ``(B, D)``.
 
-    Returns ``(B,)``: ``mean_j ||X_j - y|| - 1/(2 m (m-1)) sum_{j != l} ||X_j - X_l||`` with
-    Euclidean norms over ``D``. Needs ``m >= 2``. Lower is better; its expectation over
-    ``y`` is minimised exactly when the members are drawn from the law of ``y``.
+    ``mean_j ||X_j - y|| - 1/(2 m (m-1)) sum_{j != l} ||X_j - X_l||`` with Euclidean norms
+    over ``D``. Needs ``m >= 2``. Lower is better; its expectation over ``y`` is minimised
+    exactly when the members are drawn from the law of ``y``.
+
+    Parameters
+    ----------
+    observation : Tensor
+        The observed outcomes ``y`` ``(B, D)``.
+    ensemble : Tensor
+        ``m >= 2`` members ``X_1..X_m`` per observation, ``(B, m, D)``.
+
+    Returns
+    -------
+    Tensor
+        The score of each example ``(B,)``.
+
+    Raises
+    ------
+    ValueError
+        If ``observation`` is not 2-D or ``ensemble`` not 3-D, if their shapes do not
+        match (``(B, D)`` against ``(B, m, D)``), or if ``m < 2``.
     """
     if observation.ndim != 2 or ensemble.ndim != 3:
         raise ValueError(
@@ -55,24 +75,39 @@ def energy_score(observation: Tensor, ensemble: Tensor) -> Tensor:
 class EnergyScoreLifting(FreshNoiseTraining, StochasticLifting):
     """A lifted backbone trained with the energy score over fresh labels.
 
-    Parameters
-    ----------
-    backbone:
-        A lifted backbone with ``label_dim > 0``, exactly as for
-        :class:`slift_plugin.StochasticLifting` (any label injection).
-    state_shape, history, n_params, residual, dt:
-        As for :class:`slift_plugin.StochasticLifting`.
-    n_members:
-        Samples per transition in the loss (``m >= 2``). The loss costs ``m`` backbone
-        evaluations per transition; sampling costs one per step.
-    seed:
-        Seeds the training labels (with the step counter buffer ``training_step``).
-
     Training batches are ``{"x", "y", "index", "mu"?}`` dicts from
     :class:`slift_plugin.TransitionDataset` (or :class:`slift_plugin.WithFixedLabels`):
     the labels of example ``i`` are a function of ``(seed, training step, index i)``, so
     data-parallel training draws the labels of one process. A ``"label"`` entry (a fixed
     label) is ignored, since this method draws fresh labels at every step.
+
+    Parameters
+    ----------
+    backbone : torch.nn.Module
+        A lifted backbone with ``label_dim > 0``, exactly as for
+        :class:`slift_plugin.StochasticLifting` (any label injection).
+    state_shape : tuple of int or None
+        ``(d,)`` or ``(C, *grid)``; grid entries may be ``None`` (any resolution).
+    history, n_params : int
+        As for :class:`slift_plugin.StochasticLifting`.
+    n_members : int
+        Samples per transition in the loss (``m >= 2``). The loss costs ``m`` backbone
+        evaluations per transition; sampling costs one per step.
+    residual : bool
+        As for :class:`slift_plugin.StochasticLifting`.
+    dt : float
+        As for :class:`slift_plugin.StochasticLifting`.
+    seed : int
+        Seeds the training labels (with the step counter buffer ``training_step``).
+
+    Raises
+    ------
+    TypeError
+        If ``backbone`` is not a :class:`~slift_plugin.protocols.LiftedBackbone`.
+    ValueError
+        If the backbone does not fit the stepper (as for
+        :class:`slift_plugin.StochasticLifting`), has ``label_dim == 0``, or if
+        ``n_members`` is not an integer ``>= 2``.
     """
 
     def __init__(
@@ -101,10 +136,37 @@ class EnergyScoreLifting(FreshNoiseTraining, StochasticLifting):
                 f"members), got {n_members!r}"
             )
         self.n_members = int(n_members)
-        self._init_fresh_noise(seed)
+        self.init_fresh_noise(seed)
 
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Fair energy score of ``n_members`` samples per transition, mean over the batch."""
+        """Fair energy score of ``n_members`` samples per transition, mean over the batch.
+
+        The members of example ``i`` come from fresh labels drawn by
+        :meth:`training_noise`; the score compares standardised states (the quantity
+        ``g`` of :meth:`standardized_target`).
+
+        Parameters
+        ----------
+        batch : Mapping[str, Tensor]
+            ``{"x": (B, history*C, *grid), "y": (B, C, *grid), "index": (B,), "mu"?:
+            (B, n_params)}``; a ``"label"`` entry is ignored.
+
+        Returns
+        -------
+        Tensor
+            The scalar mean of :func:`energy_score` over the batch, with a graph to the
+            backbone's parameters.
+
+        Raises
+        ------
+        TypeError
+            If ``batch["x"]`` is not a tensor.
+        ValueError
+            If ``x`` does not fit the stepper or is an empty batch, ``y`` is not one
+            state per example, ``index`` is missing or not one integer per example,
+            ``mu`` is missing, unexpected or misshapen, or the backbone output is not
+            one standardised state per member.
+        """
         x, mu, m = batch["x"], batch.get("mu"), self.n_members
         self.check_window(x)
         target = self.standardized_target(x, batch["y"]).flatten(1)

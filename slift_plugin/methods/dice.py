@@ -22,12 +22,15 @@ its functional derivative ``(1/h) d s / d u``, kinetic energies use the ``L2`` n
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
-from .stepper import NormalizedStepper
+from ..protocols import Potential
+from .base import NormalizedStepper
+
+__all__ = ["DICE", "LAPLACIANS", "trapezoid_weights"]
 
 LAPLACIANS = ("exact", "hutchinson")
 
@@ -36,6 +39,21 @@ def trapezoid_weights(times: Tensor) -> Tensor:
     """Trapezoid quadrature weights of a sorted 1-D time grid (at least two points).
 
     ``w_0 = (t_1 - t_0)/2``, ``w_k = (t_{k+1} - t_{k-1})/2``, ``w_K = (t_K - t_{K-1})/2``.
+
+    Parameters
+    ----------
+    times : Tensor
+        The time grid ``(K+1,)``, strictly increasing, ``K >= 1``.
+
+    Returns
+    -------
+    Tensor
+        The weights ``w`` ``(K+1,)``, of the dtype and device of ``times``.
+
+    Raises
+    ------
+    ValueError
+        If ``times`` is not 1-D with at least two entries, or not strictly increasing.
     """
     if times.ndim != 1 or times.numel() < 2:
         raise ValueError(f"need a 1-D grid of at least two times, got shape {tuple(times.shape)}")
@@ -48,76 +66,42 @@ def trapezoid_weights(times: Tensor) -> Tensor:
     return w
 
 
-class PotentialMLP(nn.Module):
-    """Scalar potential ``s(x, t, mu)`` for vector states: an MLP on ``[x, t, mu]``.
-
-    Smooth activations (SiLU) because training differentiates ``grad_x s`` again.
-    ``periods`` marks periodic coordinates (e.g. the position of a particle in a periodic
-    box): such a coordinate enters as ``cos``/``sin`` of ``2 pi x / period``, so the
-    potential and its velocity are periodic, and :class:`DICE` leaves it unnormalised.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        *,
-        n_params: int = 0,
-        hidden: int = 128,
-        depth: int = 3,
-        periods: Sequence[float | None] | None = None,
-    ) -> None:
-        super().__init__()
-        if min(dim, hidden, depth) < 1 or n_params < 0:
-            raise ValueError(
-                f"PotentialMLP needs dim, hidden, depth >= 1 and n_params >= 0, got dim={dim}, "
-                f"hidden={hidden}, depth={depth}, n_params={n_params}"
-            )
-        periods = list(periods) if periods is not None else [None] * dim
-        if len(periods) != dim or any(p is not None and not p > 0 for p in periods):
-            raise ValueError(f"periods must list {dim} positive periods or None, got {periods}")
-        self.dim, self.n_cond, self.periods = dim, n_params, periods
-        self._periodic = [i for i, p in enumerate(periods) if p is not None]
-        self._plain = [i for i, p in enumerate(periods) if p is None]
-        self.register_buffer(
-            "_wavenumbers", torch.tensor([2 * math.pi / periods[i] for i in self._periodic])
-        )
-        layers: list[nn.Module] = []
-        width = len(self._plain) + 2 * len(self._periodic) + 1 + n_params
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        layers.append(nn.Linear(width, 1))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        parts = [x[:, self._plain], t[:, None]]
-        if self._periodic:
-            phase = x[:, self._periodic] * self._wavenumbers
-            parts += [torch.cos(phase), torch.sin(phase)]
-        if self.n_cond:
-            parts.append(cond)
-        return self.net(torch.cat(parts, dim=-1)).squeeze(-1)
-
-
 class DICE(NormalizedStepper):
     """DICE stepper around a potential ``s(x_normalised, t_normalised, mu_normalised)``.
 
     Parameters
     ----------
-    potential:
-        ``potential(x, t, cond) -> (B,)``; :class:`PotentialMLP` for vectors,
+    potential : torch.nn.Module
+        A :class:`~slift_plugin.protocols.Potential`, ``potential(x, t, cond) -> (B,)``
+        with ``n_cond == n_params``: :class:`slift_plugin.PotentialMLP` for vectors,
         :func:`slift_plugin.adapters.neuralop.operator_potential` for fields.
-    state_shape:
+    state_shape : tuple of int or None
         ``(d,)`` or ``(C, *grid)`` (grid entries may be ``None``).
-    n_params:
+    n_params : int
         Number of physics parameters ``mu``.
-    sigma:
+    sigma : float
         Known diffusion (0: the deterministic variant).
-    laplacian:
+    laplacian : str
         ``"exact"`` (one extra backward per dimension) or ``"hutchinson"`` (Rademacher
         probes, ``n_probes`` of them) for the diffusion term.
-    dt:
-        Output step for rollouts; ``n_substeps`` Euler steps are taken per output step.
+    n_probes : int
+        Rademacher probes per time of the Hutchinson estimate of the Laplacian (used
+        only with ``laplacian="hutchinson"`` and ``sigma > 0``).
+    dt : float
+        Output step for rollouts (``nan`` when unknown; :meth:`step` needs it finite).
+    n_substeps : int
+        Euler(-Maruyama) steps of ``dt / n_substeps`` per output step
+        (:attr:`evals_per_step`).
+
+    Raises
+    ------
+    TypeError
+        If ``potential`` is not a :class:`~slift_plugin.protocols.Potential`.
+    ValueError
+        If ``laplacian`` is not one of :data:`LAPLACIANS`, ``sigma`` is negative or not
+        finite, ``n_substeps`` or ``n_probes`` is below one, ``potential.n_cond !=
+        n_params``, or ``state_shape``/``n_params`` is invalid for
+        :class:`slift_plugin.Stepper`.
     """
 
     requires_grad_in_step = True  # the velocity is a gradient of the potential
@@ -141,7 +125,13 @@ class DICE(NormalizedStepper):
             raise ValueError(f"sigma must be finite and >= 0, got {sigma}")
         if int(n_substeps) < 1 or int(n_probes) < 1:
             raise ValueError(f"n_substeps and n_probes must be >= 1, got {n_substeps}, {n_probes}")
-        if getattr(potential, "n_cond", n_params) != n_params:
+        if not isinstance(potential, Potential):
+            raise TypeError(
+                f"potential {type(potential).__name__} is not a slift_plugin.protocols.Potential:"
+                " it needs an n_cond attribute and forward(x, t, cond) -> (B,); build it with "
+                "slift_plugin.PotentialMLP or slift_plugin.adapters.neuralop.operator_potential"
+            )
+        if potential.n_cond != n_params:
             raise ValueError(
                 f"potential is built for n_cond={potential.n_cond}, stepper has n_params={n_params}"
             )
@@ -150,23 +140,24 @@ class DICE(NormalizedStepper):
         self.laplacian = laplacian
         self.n_probes = int(n_probes)
         self.n_substeps = int(n_substeps)
-        self.evals_per_step = self.n_substeps
+
+    @property
+    def evals_per_step(self) -> int:  # type: ignore[override]
+        """One gradient evaluation (forward and backward) per Euler sub-step."""
+        return self.n_substeps
 
     # -- normalisation --------------------------------------------------------------------
-    def normalization_shapes(self) -> dict[str, tuple[int, ...]]:
-        c, p = self.n_channels, self.n_params
-        return {
-            "state_mean": (c,),
-            "state_std": (c,),
-            "time_offset": (),
-            "time_scale": (),
-            "param_mean": (p,),
-            "param_std": (p,),
-        }
+    def state_statistics_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per channel state mean and std, and the offset and scale of time.
 
-    def required_statistics(self) -> list[str]:
-        names = ["state_mean", "state_std", "time_offset", "time_scale"]
-        return names + (["param_mean", "param_std"] if self.n_params else [])
+        Returns
+        -------
+        dict of str to tuple of int
+            ``state_mean`` and ``state_std``, each ``(C,)``, and the scalars
+            ``time_offset`` and ``time_scale``, each ``()``.
+        """
+        c = self.n_channels
+        return {"state_mean": (c,), "state_std": (c,), "time_offset": (), "time_scale": ()}
 
     def _adjust_normalization(self, checked: dict[str, Tensor]) -> dict[str, Tensor]:
         for i, period in enumerate(getattr(self.potential, "periods", None) or []):
@@ -176,24 +167,90 @@ class DICE(NormalizedStepper):
 
     # -- potential and velocity -------------------------------------------------------------
     def cell_volume(self, x: Tensor) -> float:
-        """``1/n_points`` of the grid of ``x`` (unit domain); 1 for vector states."""
+        """``1/n_points`` of the grid of ``x`` (unit domain); 1 for vector states.
+
+        Parameters
+        ----------
+        x : Tensor
+            A batch of states ``(B, C, *grid)`` or ``(B, d)``.
+
+        Returns
+        -------
+        float
+            ``h = 1 / prod(grid)``, or 1.0 when ``x`` has no grid axes.
+        """
         return 1.0 / math.prod(x.shape[2:]) if x.ndim > 2 else 1.0
 
     def potential_value(self, x: Tensor, t: Tensor | float, mu: Tensor | None = None) -> Tensor:
-        """``s(x, t, mu)`` per sample, shape ``(B,)``; ``t`` scalar or ``(B,)``."""
+        """``s(x, t, mu)`` per sample, shape ``(B,)``; ``t`` scalar or ``(B,)``.
+
+        ``x``, ``t`` and ``mu`` are standardised with the stored statistics before they
+        reach the potential.
+
+        Parameters
+        ----------
+        x : Tensor
+            States ``(B, C, *grid)`` or ``(B, d)``, in physical units.
+        t : Tensor or float
+            Physical time, a scalar or ``(B,)``.
+        mu : Tensor or None
+            Physics parameters ``(B, n_params)``; None without parameters.
+
+        Returns
+        -------
+        Tensor
+            The potential ``(B,)``.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a tensor.
+        ValueError
+            If ``x`` does not fit ``state_shape`` or is an empty batch, or if ``mu`` is
+            missing, unexpected or misshapen.
+        """
         self.check_window(x, "x")
-        mu = self.check_mu(mu, x.shape[0])
+        cond = self.standardized_mu(mu, x.shape[0])
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         shape = (1, -1, *([1] * (x.ndim - 2)))
         xn = (x - self.state_mean.reshape(shape)) / self.state_std.reshape(shape)
         tn = (t - self.time_offset) / self.time_scale
-        cond = None if mu is None else (mu - self.param_mean) / self.param_std
         return self.potential(xn, tn, cond)
 
     def velocity(
         self, x: Tensor, t: Tensor | float, mu: Tensor | None = None, *, create_graph: bool = False
     ) -> tuple[Tensor, Tensor]:
-        """``(v, s)``: the velocity ``(1/h) grad_x s`` (same shape as ``x``) and ``s``."""
+        """``(v, s)``: the velocity ``(1/h) grad_x s`` (same shape as ``x``) and ``s``.
+
+        Gradients are enabled inside, also under ``torch.no_grad()``.
+
+        Parameters
+        ----------
+        x : Tensor
+            States ``(B, C, *grid)`` or ``(B, d)``, in physical units; a leaf without
+            ``requires_grad`` is detached and made to require it.
+        t : Tensor or float
+            Physical time, a scalar or ``(B,)``.
+        mu : Tensor or None
+            Physics parameters ``(B, n_params)``; None without parameters.
+        create_graph : bool
+            Keep the graph of the gradient, so that ``v`` can be differentiated again
+            (the loss does, for the kinetic and Laplacian terms).
+
+        Returns
+        -------
+        tuple of (Tensor, Tensor)
+            The velocity ``v`` (the shape of ``x``, with ``h`` = :meth:`cell_volume`) and
+            the potential ``s`` ``(B,)``.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a tensor.
+        ValueError
+            If ``x`` does not fit ``state_shape`` or is an empty batch, or if ``mu`` is
+            missing, unexpected or misshapen.
+        """
         with torch.enable_grad():
             if not x.requires_grad:
                 x = x.detach().requires_grad_(True)
@@ -221,12 +278,50 @@ class DICE(NormalizedStepper):
         return estimate / self.n_probes
 
     # -- the loss -------------------------------------------------------------------------
+    def examples_in(self, batch: Mapping[str, Tensor]) -> int:
+        """Particles per time of a snapshot batch ``x`` ``(n_times, B, *state)``: ``B``.
+
+        Parameters
+        ----------
+        batch : Mapping[str, Tensor]
+            A snapshot batch as :meth:`loss` receives it.
+
+        Returns
+        -------
+        int
+            ``B``, the size of the second axis of ``batch["x"]``.
+        """
+        return int(batch["x"].shape[1])
+
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         """DICE loss of one batch ``{"x": (K+1, B, *state), "t": (K+1,), "mu"?: (P,)}``.
 
         ``x[k]`` is a minibatch of the population at time ``t[k]`` (sorted). Hutchinson
         probes are drawn from a generator seeded with ``batch["probe_seed"]``
-        (:class:`SnapshotDataset` supplies a fresh one per batch; 0 when absent).
+        (:class:`slift_plugin.SnapshotDataset` supplies a fresh one per batch; 0 when
+        absent).
+
+        Parameters
+        ----------
+        batch : Mapping[str, Tensor]
+            ``{"x": (K+1, B, *state), "t": (K+1,), "mu"?: (P,), "probe_seed"?: ()}``:
+            ``B`` particles at each of the ``K+1 >= 2`` strictly increasing physical times
+            ``t``, one parameter vector ``mu`` shared by the whole batch (required when
+            ``n_params > 0``), and the integer seed of the Hutchinson probes.
+
+        Returns
+        -------
+        Tensor
+            The scalar loss (kinetic minus boundary terms, plus the Laplacian term when
+            ``sigma > 0``), with a graph to the potential's parameters.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` has fewer than three axes or ``x.shape[0] != len(t)``, if ``t`` is
+            not a strictly increasing grid of at least two times, if the states ``x[k]``
+            do not fit ``state_shape``, or if ``mu`` is missing, unexpected or not of
+            ``n_params`` values.
         """
         x, t = batch["x"], batch["t"]
         if x.ndim < 3 or x.shape[0] != t.shape[0]:
@@ -269,16 +364,6 @@ class DICE(NormalizedStepper):
             boundary = boundary + 0.5 * (later - earlier)
         return kinetic - boundary + diffusion
 
-    def to_sde(self, mu: Tensor | None = None, grid_shape: tuple[int, ...] | None = None):
-        """This model as a torchsde SDE (drift ``grad_x s``, diffusion ``sigma``).
-
-        See :class:`slift_plugin.adapters.torchsde.DICESDE`; ``torchsde.sdeint`` and
-        ``torchsde.sdeint_adjoint`` integrate it with any of their solvers.
-        """
-        from .adapters.torchsde import dice_sde
-
-        return dice_sde(self, mu, grid_shape)
-
     # -- generation -----------------------------------------------------------------------
     def noise_shape(self, grid_shape: tuple[int, ...]) -> tuple[int, ...] | None:
         if not self.sigma:
@@ -293,14 +378,40 @@ class DICE(NormalizedStepper):
         mu: Tensor | None = None,
         t: float | None = None,
     ) -> Tensor:
-        """``n_substeps`` Euler(-Maruyama) steps of ``dt / n_substeps`` from time ``t``."""
+        """``n_substeps`` Euler(-Maruyama) steps of ``dt / n_substeps`` from time ``t``.
+
+        Each sub-step moves ``x`` by ``h v(x, t)`` (``h = dt / n_substeps``) and, when
+        ``sigma > 0``, by ``sigma sqrt(h / cell_volume) noise[:, j]``. The result is
+        detached.
+
+        Parameters
+        ----------
+        window : Tensor
+            The current states ``(B, C, *grid)`` or ``(B, d)`` (``history == 1``).
+        noise : Tensor or None
+            Standard normals ``(B, n_substeps, C, *grid)`` when ``sigma > 0``; None for
+            the deterministic variant.
+        mu : Tensor or None
+            Physics parameters ``(B, n_params)``; None without parameters.
+        t : float or None
+            Physical time of ``window`` (0 when None).
+
+        Returns
+        -------
+        Tensor
+            The states ``dt`` later, shape of ``window``.
+
+        Raises
+        ------
+        ValueError
+            If ``dt`` is not finite, if ``noise`` does not have shape ``(B, n_substeps,
+            C, *grid)`` (or is given when ``sigma == 0``), if ``window`` does not fit
+            ``state_shape`` or is an empty batch, or if ``mu`` is missing, unexpected or
+            not of shape ``(B, n_params)``.
+        """
         if not math.isfinite(self.dt):
             raise ValueError("DICE needs a finite dt to step; set stepper.dt")
-        if self.sigma and (noise is None or noise.shape[1] != self.n_substeps):
-            raise ValueError(
-                f"the diffusion variant needs noise (B, {self.n_substeps}, *state), got "
-                f"{None if noise is None else tuple(noise.shape)}"
-            )
+        self.check_noise(window, noise, "noise (B, n_substeps, *state)")
         x = window.detach()
         t0 = 0.0 if t is None else float(t)
         h = self.dt / self.n_substeps
