@@ -15,7 +15,9 @@ Public surface::
     TransitionDataset           transitions of an ensemble, with fixed labels
     WithFixedLabels             attach fixed labels to any dict dataset (neuraloperator)
     IndexedGaussianLabels       labels as a pure function of (seed, index)
+    StoredLabels, teacher_labels  coupled labels: a flow-matching teacher run backwards
     fit, rollout, evaluate      train any stepper, generate ensembles, score them
+    HeldOut                     held-out transitions that select fit()'s best epoch
 
 The methods live in ``slift_plugin.methods`` (one module per family), the interfaces a
 backbone or dataset must offer in ``slift_plugin.protocols``. Neural-operator backbones and
@@ -33,7 +35,7 @@ from .data import (
     save_netcdf,
     tensor_to_ensemble,
 )
-from .labels import IndexedGaussianLabels
+from .labels import IndexedGaussianLabels, StoredLabels
 from .methods import (
     DICE,
     EnergyScoreLifting,
@@ -42,10 +44,12 @@ from .methods import (
     NormalizedStepper,
     StochasticLifting,
     TransitionStepper,
+    teacher_labels,
     trapezoid_weights,
 )
 from .metrics import energy_distance, evaluate
 from .rollout import rollout
+from .selection import HeldOut
 from .stepper import Stepper
 from .train import FitResult, fit
 
@@ -60,12 +64,14 @@ __all__ = [
     "EnergyScoreLifting",
     "FlowMatching",
     "FitResult",
+    "HeldOut",
     "IndexedGaussianLabels",
     "MLP",
     "MeanRegression",
     "NormalizedStepper",
     "Stepper",
     "StochasticLifting",
+    "StoredLabels",
     "TransitionDataset",
     "TransitionStepper",
     "WithFixedLabels",
@@ -77,5 +83,6 @@ __all__ = [
     "rollout",
     "save_netcdf",
     "save_stepper",
+    "teacher_labels",
     "tensor_to_ensemble",
 ]

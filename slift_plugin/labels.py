@@ -6,6 +6,10 @@ data set; instead each label is a pure function of ``(seed, j)``: a counter-base
 (SplitMix64) turns every ``(seed, j, component)`` into two uniforms, and Box-Muller turns
 them into one standard normal. Any batch of indices, in any order, on any worker, gives
 the same labels, and nothing is stored.
+
+Coupled labels (a transport of the data, e.g. a flow-matching teacher run backwards from
+each transition's next state) depend on the data, so they are computed once and kept in a
+table: :class:`StoredLabels`, the same interface ``labels(indices) -> (n, *shape)``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["IndexedGaussianLabels", "hash_seed"]
+__all__ = ["IndexedGaussianLabels", "StoredLabels", "hash_seed"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -126,3 +130,70 @@ class IndexedGaussianLabels:
         u2 = (z2 >> np.uint64(11)).astype(np.float64) * 2.0**-53
         normal = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
         return torch.from_numpy(normal.astype(np.float32)).reshape(len(idx), *self.shape)
+
+
+class StoredLabels:
+    """A table of labels, one per transition: ``labels(indices) -> values[indices]``.
+
+    The label source for labels that are a function of the data rather than of the index
+    alone, such as those of :func:`slift_plugin.methods.coupling.teacher_labels`. It has
+    the interface of :class:`IndexedGaussianLabels`, so it plugs into
+    :class:`slift_plugin.TransitionDataset` the same way.
+
+    Parameters
+    ----------
+    values : Tensor
+        ``(N, *shape)``, finite; label ``j`` belongs to transition ``j``. Kept as a
+        float32 CPU copy.
+
+    Raises
+    ------
+    ValueError
+        ``values`` is empty, has no per-label axis, or holds NaN or Inf.
+    """
+
+    def __init__(self, values: Tensor) -> None:
+        values = torch.as_tensor(values)
+        if values.ndim < 2 or values.shape[0] == 0 or 0 in values.shape[1:]:
+            raise ValueError(
+                f"labels must be (N, *shape) with N >= 1 and a non-empty shape, got "
+                f"{tuple(values.shape)}"
+            )
+        if not torch.isfinite(values).all():
+            raise ValueError("labels hold NaN or Inf")
+        self.values = values.detach().to("cpu", torch.float32).clone()
+        self.shape = tuple(self.values.shape[1:])
+
+    def __repr__(self) -> str:
+        return f"StoredLabels(n={len(self)}, shape={self.shape})"
+
+    def __len__(self) -> int:
+        return self.values.shape[0]
+
+    def __call__(self, index: Tensor | np.ndarray | Sequence[int]) -> Tensor:
+        """The labels of transitions ``index``.
+
+        Parameters
+        ----------
+        index : Tensor or numpy.ndarray or sequence of int
+            ``(n,)`` transition indices in ``[0, N)``.
+
+        Returns
+        -------
+        Tensor
+            ``(n, *shape)`` float32.
+
+        Raises
+        ------
+        ValueError
+            ``index`` is not 1-D or out of range.
+        """
+        idx = torch.as_tensor(np.asarray(index.cpu() if isinstance(index, Tensor) else index))
+        if idx.ndim != 1:
+            raise ValueError(f"label indices must be 1-D, got shape {tuple(idx.shape)}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(self)):
+            raise ValueError(
+                f"label indices must lie in [0, {len(self)}), got [{int(idx.min())}, "
+                f"{int(idx.max())}]"
+            )
+        return self.values[idx.long()]

@@ -41,6 +41,7 @@ from .checkpoint import (
 from .distributed import barrier, is_main_process, shard_bounds, world
 from .labels import hash_seed
 from .protocols import DrawnBatches, IndexedBatches, ShardableBatches
+from .selection import HeldOut, held_out_score
 from .stepper import Stepper
 
 __all__ = ["CHECKPOINT_NAME", "FitResult", "fit"]
@@ -67,6 +68,12 @@ class FitResult:
         The checkpoint written, or None without ``checkpoint_dir``.
     world_size : int
         Processes that trained together.
+    held_out_scores : list of float
+        With ``held_out``: the held-out energy score after every epoch (lower is better).
+    best_epoch : int or None
+        With ``held_out``: the epoch (1-based) whose weights the stepper holds at the end.
+    stopped_early : bool
+        True when ``held_out.patience`` ended the run before ``epochs``.
     """
 
     losses: list[float] = field(default_factory=list)
@@ -75,6 +82,9 @@ class FitResult:
     wall_time: float = 0.0
     checkpoint: Path | None = None
     world_size: int = 1
+    held_out_scores: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
 
     @property
     def final_loss(self) -> float:
@@ -228,6 +238,8 @@ class _Run:
         This process's place in the process group, ``(0, 1)`` without one.
     result : FitResult
         Filled in as the run goes (losses, resumed epoch).
+    best_model : dict of str to Tensor or None
+        With held-out selection: a CPU copy of the best epoch's weights so far.
     """
 
     stepper: Stepper
@@ -240,6 +252,7 @@ class _Run:
     rank: int
     world_size: int
     result: FitResult = field(default_factory=FitResult)
+    best_model: dict[str, Tensor] | None = None
 
 
 def _check_arguments(
@@ -388,6 +401,11 @@ def _resume(run: _Run, resume: bool) -> None:
     run.scheduler.load_state_dict(state["scheduler"])
     run.result.losses = list(state["losses"])
     run.result.resumed_from_epoch = int(state["epoch"])
+    if "held_out_scores" in state:
+        run.result.held_out_scores = list(state["held_out_scores"])
+        run.result.best_epoch = state["best_epoch"]
+        run.result.stopped_early = bool(state["stopped_early"])
+        run.best_model = state["best_model"]
 
 
 def _train_epoch(
@@ -449,6 +467,42 @@ def _train_epoch(
     return float(total) / count
 
 
+def _select(run: _Run, held_out: HeldOut, epoch: int) -> float:
+    """Score epoch ``epoch`` on the held-out data; keep its weights if best; maybe stop.
+
+    Parameters
+    ----------
+    run : _Run
+        Its result gains the score; ``best_model``, ``best_epoch`` and ``stopped_early``
+        are updated.
+    held_out : HeldOut
+        The held-out transitions and settings.
+    epoch : int
+        Epochs completed (1-based).
+
+    Returns
+    -------
+    float
+        This epoch's score.
+
+    Raises
+    ------
+    FloatingPointError
+        When the score is not finite (samples blew up).
+    """
+    result = run.result
+    score = held_out_score(run.stepper, held_out, run.device)
+    if score != score or score in (math.inf, -math.inf):
+        raise FloatingPointError(f"held-out score became {score} at epoch {epoch}")
+    result.held_out_scores.append(score)
+    if result.best_epoch is None or score < min(result.held_out_scores[:-1]):
+        result.best_epoch = epoch
+        run.best_model = {k: v.detach().cpu().clone() for k, v in tensor_state(run.stepper).items()}
+    patience = held_out.patience
+    result.stopped_early = patience is not None and epoch - result.best_epoch >= patience
+    return score
+
+
 def _write_checkpoint(run: _Run, epoch: int) -> None:
     """Write ``run.ckpt_path`` after ``epoch`` epochs (rank 0), and wait for it (all ranks).
 
@@ -460,17 +514,22 @@ def _write_checkpoint(run: _Run, epoch: int) -> None:
         Epochs completed, the epoch a resume starts from.
     """
     if is_main_process():
-        save_checkpoint(
-            run.ckpt_path,
-            {
-                "model": tensor_state(run.stepper),
-                "optimizer": run.optimizer.state_dict(),
-                "scheduler": run.scheduler.state_dict(),
-                "epoch": epoch,
-                "losses": run.result.losses,
-                "config": run.config,
-            },
-        )
+        payload = {
+            "model": tensor_state(run.stepper),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "epoch": epoch,
+            "losses": run.result.losses,
+            "config": run.config,
+        }
+        if "held_out" in run.config:
+            payload |= {
+                "held_out_scores": run.result.held_out_scores,
+                "best_epoch": run.result.best_epoch,
+                "stopped_early": run.result.stopped_early,
+                "best_model": run.best_model,
+            }
+        save_checkpoint(run.ckpt_path, payload)
     barrier()  # no rank runs ahead (or returns and reads it) before the file is whole
 
 
@@ -491,6 +550,7 @@ def fit(
     resume: bool = True,
     progress: bool = True,
     description: str = "fit",
+    held_out: HeldOut | None = None,
 ) -> FitResult:
     """Train ``stepper`` on ``dataset`` by minimising ``stepper.loss(batch)``.
 
@@ -531,6 +591,11 @@ def fit(
         Show a progress bar (on rank 0), labelled ``description``.
     description : str
         The progress bar's label.
+    held_out : HeldOut or None
+        Score the stepper on held-out transitions after every epoch (fair energy score
+        of fresh-noise samples, :mod:`slift_plugin.selection`), keep the best epoch's
+        weights, and stop after ``held_out.patience`` epochs without improvement. The
+        curve is ``FitResult.held_out_scores`` and shows in the progress bar.
 
     Returns
     -------
@@ -564,6 +629,8 @@ def fit(
         "seed": seed,
         "n_examples": len(dataset),
     }
+    if held_out is not None:
+        config["held_out"] = held_out.facts()
     run = _setup(
         stepper,
         dataset,
@@ -587,13 +654,21 @@ def fit(
         dynamic_ncols=True,
     )
     for epoch in bar:
+        if result.stopped_early:  # resumed from a run that had stopped
+            break
         result.losses.append(_train_epoch(run, loss_of, dataset, epoch))
-        bar.set_postfix(loss=f"{result.losses[-1]:.4g}")
+        postfix = {"loss": f"{result.losses[-1]:.4g}"}
+        if held_out is not None:
+            postfix["held_out"] = f"{_select(run, held_out, epoch + 1):.4g}"
+        bar.set_postfix(postfix)
         done = epoch + 1
-        if run.ckpt_path is not None and (done % checkpoint_every == 0 or done == epochs):
+        last = done == epochs or result.stopped_early
+        if run.ckpt_path is not None and (done % checkpoint_every == 0 or last):
             _write_checkpoint(run, done)
+    if run.best_model is not None:
+        load_model_state(stepper, run.best_model, run.ckpt_path or "the best epoch")
     stepper.eval()
-    result.epochs = epochs
+    result.epochs = len(result.losses)  # fewer than asked when held_out stopped the run
     result.world_size = run.world_size
     result.wall_time = time.perf_counter() - start
     result.checkpoint = run.ckpt_path

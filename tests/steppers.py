@@ -33,7 +33,10 @@ from slift_plugin import (
     SnapshotDataset,
     Stepper,
     StochasticLifting,
+    StoredLabels,
     TransitionDataset,
+    fit,
+    teacher_labels,
 )
 from slift_plugin.methods import FreshNoiseTraining
 from slift_plugin.systems import (
@@ -147,6 +150,21 @@ def ou_with_theta(stepper: StochasticLifting) -> TransitionDataset:
     return TransitionDataset(states, history=stepper.history, mu=mu, labels=labels, dt=0.1)
 
 
+@functools.cache
+def _ou_teacher_labels() -> StoredLabels:
+    """Coupled labels of the OU transitions from a briefly trained flow-matching teacher."""
+    data = TransitionDataset.from_xarray(_ou())
+    torch.manual_seed(1)
+    teacher = FlowMatching(_mlp(2, 1, label_dim=0, n_cond=1), (1,), n_euler=4, dt=0.1)
+    fit(teacher, data, epochs=2, batch_size=8, progress=False)
+    return teacher_labels(teacher, data)
+
+
+def ou_with_teacher_labels(stepper: StochasticLifting) -> TransitionDataset:
+    """The OU transitions with coupled labels (state-shaped, from the teacher's flow)."""
+    return TransitionDataset.from_xarray(_ou(), labels=_ou_teacher_labels())
+
+
 def snapshots(ensemble: Callable[[], xr.DataArray]) -> Callable:
     """Dataset builder: the unpaired populations of ``ensemble()`` (DICE)."""
     return lambda stepper: SnapshotDataset.from_xarray(ensemble(), n_times=3)
@@ -241,6 +259,12 @@ ALL_STEPPERS: list[StepperCase] = [
             )
         ),
         ou_with_theta,
+        _backbone,
+    ),
+    StepperCase(
+        "sl_mlp_coupled",
+        _seeded(lambda: StochasticLifting(_mlp(1, 1, label_dim=1), (1,), dt=0.1)),
+        ou_with_teacher_labels,
         _backbone,
     ),
     StepperCase(

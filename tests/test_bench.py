@@ -114,13 +114,24 @@ def test_an_unknown_name_is_told_what_the_registry_accepts():
     message = str(err.value)
     assert "sl[-<injection>][-l<L>] (<injection>: channels, noise_field, embedding)" in message
     assert "mse, cfm<K>, es, dice;" in message
-    assert "the sl, mse, cfm, es methods also take a -bf16 suffix" in message
+    assert "the sl, sl-coupled, mse, cfm, es methods also take a -bf16 suffix" in message
 
 
 def test_default_methods_follow_from_the_families():
-    assert list(M.FAMILIES) == ["solver", "sl", "mse", "cfm", "es", "dice"]
+    assert list(M.FAMILIES) == ["solver", "sl", "sl-coupled", "mse", "cfm", "es", "dice"]
     assert set(PROBLEM_KINDS) == set(PROBLEMS)
-    vector = ("solver", "sl", "sl-l8", "sl-l128", "mse", "cfm5", "cfm20", "es", "dice")
+    vector = (
+        "solver",
+        "sl",
+        "sl-l8",
+        "sl-l128",
+        "sl-coupled",
+        "mse",
+        "cfm5",
+        "cfm20",
+        "es",
+        "dice",
+    )
     assert M.default_methods("double_well") == vector
     assert M.default_methods("lorenz63") == vector
     assert M.default_methods("allen_cahn") == (
@@ -128,6 +139,7 @@ def test_default_methods_follow_from_the_families():
         "sl-channels",
         "sl-noise_field",
         "sl-embedding",
+        "sl-coupled",
         "mse",
         "cfm5",
         "cfm20",
@@ -332,7 +344,8 @@ def test_quick_double_well_run_writes_a_complete_finite_result(tmp_path, capsys)
     assert payload["meta"]["seeds"] == [0, 1, 2]
     runs = pd.DataFrame(payload["runs"])
     assert set(RUN_SCHEMA) <= set(runs.columns)
-    methods = {"solver", "sl", "sl-l8", "sl-l128", "mse", "cfm5", "cfm20", "es", "dice"}
+    methods = {"solver", "sl", "sl-l8", "sl-l128", "sl-coupled", "mse", "cfm5", "cfm20", "es"}
+    methods |= {"dice"}
     assert set(runs["method"]) == methods
     assert len(runs) == 3 * len(methods)
     numbers = runs[[c for c in RUN_SCHEMA[4:] if c not in ("train_loss", "cost_vs_sl")]]
@@ -345,7 +358,31 @@ def test_quick_double_well_run_writes_a_complete_finite_result(tmp_path, capsys)
     by_seed = runs.set_index(["method", "seed"])["std_rel_error_final"]
     assert (by_seed.loc["mse"] > 0.9).all()
     assert (by_seed.loc["sl"] < by_seed.loc["mse"] - 0.1).all()
+    # only sl-coupled builds a teacher with its data; the label has the state's shape
+    data_seconds = runs.set_index(["method", "seed"])["data_seconds"]
+    assert (data_seconds.loc["sl-coupled"] > 10 * data_seconds.loc["sl"]).all()
     for name in ("runs.csv", "over_time.csv", "summary.csv", "summary.md", "double_well.png"):
         assert (out / name).stat().st_size > 0
     assert "| sl | 3 |" in (out / "summary.md").read_text()
     assert "### double_well" in capsys.readouterr().out
+
+
+def test_sl_coupled_trains_on_its_teachers_labels_of_the_state_shape():
+    spec = parse_method("sl-coupled")
+    assert (spec.family, spec.injection, spec.training_key) == (
+        "sl-coupled",
+        "noise_field",
+        spec.name,
+    )
+    problem = build_problem("double_well", quick=True, seed=0)
+    stepper = M.build_stepper(spec, problem, quick=True, seed=0)
+    assert stepper.noise_shape(()) == problem.state_shape  # label = one state
+    data = M.training_data(spec, stepper, problem, seed=0)
+    labels = data.get_batch(torch.arange(len(data)))["label"]
+    assert labels.shape == (len(data), *problem.state_shape)
+    # the teacher's backward flow: about standard normal, and a function of the data
+    assert abs(float(labels.mean())) < 0.2 and 0.8 < float(labels.std()) < 1.2
+    again = M.training_data(spec, M.build_stepper(spec, problem, True, 0), problem, seed=0)
+    assert torch.equal(again.get_batch(torch.arange(len(data)))["label"], labels)
+    other = M.training_data(spec, stepper, problem, seed=1)  # another teacher
+    assert not torch.equal(other.get_batch(torch.arange(len(data)))["label"], labels)

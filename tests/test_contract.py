@@ -26,6 +26,7 @@ from torch import Tensor
 import slift_plugin
 from slift_plugin import Stepper, fit, load_stepper, rollout, save_stepper
 from slift_plugin.checkpoint import tensor_state
+from slift_plugin.selection import HeldOut, held_out_score
 
 CASES = pytest.mark.parametrize("case", ALL_STEPPERS, ids=[c.name for c in ALL_STEPPERS])
 FIT = dict(batch_size=8, lr=1e-3, weight_decay=0.0, seed=0, progress=False)
@@ -166,6 +167,23 @@ def test_interrupted_fit_resumes_bit_identically(case, request, tmp_path):
     assert resumed.resumed_from_epoch == 1
     assert resumed.losses == reference.losses  # exactly
     assert_same_state(snapshot(again), snapshot(full))
+
+
+@CASES
+def test_held_out_selection_scores_every_epoch_and_keeps_the_best(case, request):
+    """Selection in fit() needs only the contract: any stepper trained on transitions."""
+    known_gap(request, case, "held_out")
+    stepper = case.build()
+    data = case.dataset(stepper)
+    if not hasattr(data, "get_batch"):
+        pytest.skip("trained on snapshots: there are no held-out transitions to score")
+    held_out = HeldOut(data, n_members=3, max_examples=6)
+    result = fit(stepper, data, epochs=3, held_out=held_out, **FIT)
+    scores = result.held_out_scores
+    assert len(scores) == 3 and all(np.isfinite(scores))
+    assert result.best_epoch == 1 + int(np.argmin(scores))
+    # the stepper holds the best epoch's weights: scoring it again gives the best score
+    assert held_out_score(stepper, held_out, torch.device("cpu")) == pytest.approx(min(scores))
 
 
 @CASES

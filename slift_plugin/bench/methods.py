@@ -17,6 +17,11 @@ builds its stepper, what it trains on and how it samples. A method name is parse
     serves every ``K``;
 ``es``
     the SL backbone with fresh noise at every training step and the energy score;
+``sl-coupled``
+    Stochastic Lifting with coupled labels: a flow-matching teacher (the ``cfm`` model,
+    trained with the same budget) run backwards from each training transition gives its
+    label, of the state's shape (``noise_field`` injection on fields); sampling is SL's,
+    one evaluation per step. The teacher's training and inversion show as ``data_seconds``;
 ``dice``
     DICE on unpaired populations (diffusion variant with the system's known sigma);
 ``<method>-bf16``
@@ -31,16 +36,19 @@ epochs, batch size and learning rate (:data:`BUDGETS`).
 from __future__ import annotations
 
 import re
+import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from .. import (
     DICE,
     MLP,
     EnergyScoreLifting,
+    FitResult,
     FlowMatching,
     MeanRegression,
     PotentialMLP,
@@ -48,12 +56,16 @@ from .. import (
     Stepper,
     StochasticLifting,
     TransitionDataset,
+    fit,
+    teacher_labels,
 )
+from ..labels import hash_seed
 from .problems import PROBLEM_KINDS, ProblemData
 
 __all__ = [
     "BF16_SUFFIX",
     "BUDGETS",
+    "COUPLING_STEPS",
     "DEFAULT_INJECTION",
     "DEFAULT_LABEL_DIM",
     "DICE_TIMES_PER_BATCH",
@@ -65,11 +77,13 @@ __all__ = [
     "TransitionFamily",
     "applies",
     "budget",
+    "build_seeded",
     "build_stepper",
     "default_methods",
     "parse_method",
     "register_family",
     "set_sampling",
+    "train_with_budget",
     "training_data",
 ]
 
@@ -78,6 +92,7 @@ DEFAULT_INJECTION = "channels"
 ES_MEMBERS = 2
 DICE_TIMES_PER_BATCH = 8
 BF16_SUFFIX = "-bf16"
+COUPLING_STEPS = 20  # Euler steps of the teacher's backward flow (the issue's prototype)
 
 
 @dataclass(frozen=True)
@@ -430,6 +445,79 @@ def build_stepper(spec: MethodSpec, problem: ProblemData, quick: bool, seed: int
     return FAMILIES[spec.family].build(spec, problem, quick, seed)
 
 
+def build_seeded(
+    spec: MethodSpec, problem: ProblemData, quick: bool, seed: int, *, key: str
+) -> Stepper:
+    """:func:`build_stepper` with initial weights drawn from ``(seed, crc32(key))``.
+
+    Parameters
+    ----------
+    spec : MethodSpec
+        The method.
+    problem : ProblemData
+        The problem.
+    quick : bool
+        The quick suite's sizes.
+    seed : int
+        The training seed.
+    key : str
+        Names the model, so that models of one seed get independent weights.
+
+    Returns
+    -------
+    Stepper
+        Untrained; the global RNG is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        # only the CPU generator: torch.manual_seed would also reseed every CUDA generator
+        torch.default_generator.manual_seed(hash_seed(seed, zlib.crc32(key.encode())))
+        return build_stepper(spec, problem, quick, seed)
+
+
+def train_with_budget(
+    stepper: Stepper,
+    data: TransitionDataset | SnapshotDataset,
+    problem: ProblemData,
+    quick: bool,
+    seed: int,
+    device: str | None = None,
+) -> FitResult:
+    """``fit`` with the problem's budget, shared by every learned method.
+
+    Parameters
+    ----------
+    stepper : Stepper
+        Trained in place.
+    data : TransitionDataset or SnapshotDataset
+        Its training data.
+    problem : ProblemData
+        Gives the budget.
+    quick : bool
+        The quick suite's budget.
+    seed : int
+        The shuffling seed.
+    device : str or None
+        Where to train (the stepper's device if None).
+
+    Returns
+    -------
+    FitResult
+        The training record.
+    """
+    b = budget(problem, quick)
+    return fit(
+        stepper,
+        data,
+        epochs=b.epochs,
+        batch_size=b.batch_size,
+        lr=b.lr,
+        weight_decay=0.0,
+        seed=seed,
+        device=device,
+        progress=False,
+    )
+
+
 def training_data(
     spec: MethodSpec, stepper: Stepper, problem: ProblemData, seed: int
 ) -> TransitionDataset | SnapshotDataset:
@@ -644,9 +732,42 @@ class _DICE(MethodFamily):
         return SnapshotDataset.from_xarray(problem.train, n_times=n_times)
 
 
+class _CoupledLifting(TransitionFamily):
+    name = "sl-coupled"
+
+    def defaults(self, kind: str) -> tuple[str, ...]:
+        return (self.name,) if kind in self.kinds else ()
+
+    def options(self, base: str) -> dict[str, Any] | None:
+        # the label has the state's shape: a noise field of C channels on grids
+        return {"injection": "noise_field"} if base == self.name else None
+
+    def build(self, spec: MethodSpec, problem: ProblemData, quick: bool, seed: int) -> Stepper:
+        net = _labelled_backbone(spec, problem, quick, problem.state_shape[0])
+        return StochasticLifting(net, _state_shape(problem), dt=problem.dt)
+
+    def training_data(
+        self, spec: MethodSpec, stepper: Stepper, problem: ProblemData, seed: int
+    ) -> TransitionDataset:
+        data = TransitionDataset.from_xarray(problem.train)
+        teacher = self._trained_teacher(problem, data, seed)
+        labels = teacher_labels(teacher, data, n_steps=COUPLING_STEPS)
+        return TransitionDataset.from_xarray(problem.train, labels=labels)
+
+    @staticmethod
+    def _trained_teacher(problem: ProblemData, data: TransitionDataset, seed: int) -> Stepper:
+        """The ``cfm`` family's model with the problem's budget: the same teacher as the
+        ``cfm`` rows of this seed, up to its initial weights."""
+        cfm = MethodSpec("cfm", "cfm", n_euler=COUPLING_STEPS)
+        teacher = build_seeded(cfm, problem, problem.quick, seed, key="sl-coupled teacher")
+        train_with_budget(teacher, data, problem, problem.quick, seed)
+        return teacher
+
+
 for _family in (
     _Solver(),
     _StochasticLifting(),
+    _CoupledLifting(),
     _MeanRegression(),
     _FlowMatching(),
     _EnergyScore(),

@@ -15,6 +15,7 @@ CPU, for CI) and full (the committed ``BENCHMARKS.md``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -86,6 +87,8 @@ class ProblemData:
         Applied to every generated ensemble before scoring (e.g. wrapping positions).
     extras : dict
         Problem-specific settings (e.g. the box length).
+    quick : bool
+        Built at the quick suite's sizes.
     """
 
     name: str
@@ -105,6 +108,7 @@ class ProblemData:
     param_names: list[str] | None = None
     postprocess: Callable[[xr.DataArray], xr.DataArray] | None = None
     extras: dict = field(default_factory=dict)
+    quick: bool = False  # built at the quick suite's sizes (the budgets differ)
 
     @property
     def state_shape(self) -> tuple[int, ...]:
@@ -124,7 +128,7 @@ class ProblemData:
         return sorted({max(1, round(n / 8)), max(1, round(n / 2)), n})
 
 
-def timed(fn: Callable[[], xr.DataArray]) -> tuple[xr.DataArray, float]:
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
     """Run ``fn()`` and time it.
 
     Parameters
@@ -134,7 +138,7 @@ def timed(fn: Callable[[], xr.DataArray]) -> tuple[xr.DataArray, float]:
 
     Returns
     -------
-    result : xarray.DataArray
+    result : object
         What ``fn()`` returned.
     seconds : float
         Its wall time.
@@ -469,7 +473,7 @@ def build_problem(name: str, *, quick: bool, seed: int = 0) -> ProblemData:
     """
     if name not in PROBLEMS:
         raise ValueError(f"unknown problem {name!r}; choose from {sorted(PROBLEMS)}")
-    return PROBLEMS[name](quick, seed)
+    return dataclasses.replace(PROBLEMS[name](quick, seed), quick=bool(quick))
 
 
 def relative_cost(seconds: float, n_samples: int, n_steps: int) -> float:

@@ -42,6 +42,7 @@ SUMMARY_COLUMNS = (
     ("sample_ms_per_1k", "ms / 1k traj-steps", "{:.3g}"),
     ("cost_vs_sl", "cost / SL", "{:.2g}"),
     ("train_seconds", "train s", "{:.3g}"),
+    ("data_seconds", "data s", "{:.3g}"),  # sl-coupled: the teacher's training and inversion
     ("peak_memory_mb", "peak MB", "{:.3g}"),
     ("train_loss", "train loss", "{:.3g}"),
 )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import platform
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,7 +20,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from .. import evaluate, fit, rollout
+from .. import evaluate, rollout
 from ..labels import hash_seed
 from . import methods as M
 from .memory import peak_memory
@@ -206,32 +205,19 @@ def _run_problem(problem, specs, config, result, bar) -> None:
             else:
                 if spec.training_key not in trained:
                     trained[spec.training_key] = _train(spec, problem, seed, config)
-                stepper, fit_result = trained[spec.training_key]
+                stepper, fit_result, data_seconds = trained[spec.training_key]
                 row, ens = _sample(spec, stepper, fit_result, problem, seed, config)
+                row["data_seconds"] = data_seconds
             _score(row, ens, problem, seed, result)
             bar.update()
 
 
 def _train(spec: M.MethodSpec, problem: ProblemData, seed: int, config: BenchConfig):
-    with torch.random.fork_rng(devices=[]):  # seeded weights, global RNG left as it was
-        # only the CPU generator: torch.manual_seed would also reseed every CUDA generator
-        key = zlib.crc32(spec.training_key.encode())
-        torch.default_generator.manual_seed(hash_seed(seed, key))
-        stepper = M.build_stepper(spec, problem, config.quick, seed)
-    data = M.training_data(spec, stepper, problem, seed)
-    b = M.budget(problem, config.quick)
-    fit_result = fit(
-        stepper,
-        data,
-        epochs=b.epochs,
-        batch_size=b.batch_size,
-        lr=b.lr,
-        weight_decay=0.0,
-        seed=seed,
-        device=config.device,
-        progress=False,
-    )
-    return stepper, fit_result
+    stepper = M.build_seeded(spec, problem, config.quick, seed, key=spec.training_key)
+    # what the data costs beyond loading: sl-coupled trains and inverts its teacher here
+    data, data_seconds = timed(lambda: M.training_data(spec, stepper, problem, seed))
+    fit_result = M.train_with_budget(stepper, data, problem, config.quick, seed, config.device)
+    return stepper, fit_result, data_seconds
 
 
 def _measure(generate, warm_up, device: str, n: int, n_steps: int) -> tuple[xr.DataArray, dict]:
@@ -298,6 +284,7 @@ def _run_solver(problem: ProblemData, seed: int, device: str):
         "evals_per_step": problem.solver_evals_per_step,
         **cost,
         "train_seconds": 0.0,
+        "data_seconds": 0.0,
         "train_loss": np.nan,
         "n_parameters": 0,
     }

@@ -99,6 +99,12 @@ class TransitionDataset(Dataset):
         self.labels = labels
         self.dt = float(dt)
         self.per_trajectory = states.shape[1] - self.history
+        if hasattr(labels, "__len__") and len(labels) != len(self):
+            # a label table made for other transitions would pair labels and data wrongly
+            raise ValueError(
+                f"the label table holds {len(labels)} labels but the data has {len(self)} "
+                "transitions; compute the labels on this very dataset"
+            )
 
     @classmethod
     def from_xarray(

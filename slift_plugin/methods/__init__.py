@@ -9,6 +9,8 @@ module                 steppers
 ``dice``               :class:`DICE`
 ``flow_matching``      :class:`FlowMatching`
 ``energy_score``       :class:`EnergyScoreLifting`
+``coupling``           :func:`teacher_labels`: coupled labels for SL from a
+                       flow-matching teacher
 =====================  =================================================================
 
 Every stepper fulfils the abstract :class:`slift_plugin.Stepper` contract. A new method is
@@ -19,6 +21,7 @@ the training loop or the rollout engine.
 """
 
 from .base import FreshNoiseTraining, NormalizedStepper, TransitionStepper
+from .coupling import teacher_labels
 from .dice import DICE, trapezoid_weights
 from .energy_score import EnergyScoreLifting, energy_score
 from .flow_matching import FlowMatching
@@ -34,5 +37,6 @@ __all__ = [
     "StochasticLifting",
     "TransitionStepper",
     "energy_score",
+    "teacher_labels",
     "trapezoid_weights",
 ]

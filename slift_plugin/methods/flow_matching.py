@@ -215,12 +215,61 @@ class FlowMatching(FreshNoiseTraining, TransitionStepper):
             raise ValueError(f"noise (the flow's z_0) must have shape {expected}, got {got}")
         # Allocated once per call: each Euler step writes z and s into these in place.
         inputs_z, cond_s = self._flow_inputs(inputs, cond)
-        z, h = inputs_z[:, -self.n_channels :], 1.0 / self._n_euler
-        z.copy_(noise)
-        for i in range(self._n_euler):  # explicit Euler: v at the left end s_i = i h
-            cond_s[:, -1] = i * h
-            z.add_(self._velocity(inputs_z, cond_s).mul_(h))
+        z = self._integrate(inputs_z, cond_s, noise, self._n_euler, forward=True)
         return self.next_state(window, z)
+
+    def invert(
+        self, window: Tensor, y: Tensor, *, mu: Tensor | None = None, n_steps: int | None = None
+    ) -> Tensor:
+        """The noise ``z_0`` that the flow carries to the next state ``y``: the flow run backwards.
+
+        Integrates ``dz/ds = v`` from ``s = 1`` (the standardised increment of ``y``) down
+        to ``s = 0`` with explicit Euler steps, ``v`` taken at the upper end of each step.
+        For a well-trained flow the result is standard normal over the data and is a
+        transport of it: the coupled labels of Stochastic Lifting
+        (:func:`slift_plugin.methods.coupling.teacher_labels`). Call it under
+        ``torch.no_grad()`` (it writes ``z`` in place).
+
+        Parameters
+        ----------
+        window : Tensor
+            ``(B, history*C, *grid)``.
+        y : Tensor
+            The next states ``(B, C, *grid)``.
+        mu : Tensor or None
+            Physics parameters ``(B, n_params)``; None without parameters.
+        n_steps : int or None
+            Euler steps from ``s = 1`` to ``0``; defaults to :attr:`n_euler`.
+
+        Returns
+        -------
+        Tensor
+            ``z_0`` of shape ``(B, C, *grid)``.
+
+        Raises
+        ------
+        ValueError
+            If ``window``, ``y`` or ``mu`` do not fit the stepper, or ``n_steps < 1``.
+        """
+        n_steps = self._n_euler if n_steps is None else int(n_steps)
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+        inputs, cond = self.standardized_inputs(window, mu)
+        z1 = self.standardized_target(window, y)
+        inputs_z, cond_s = self._flow_inputs(inputs, cond)
+        return self._integrate(inputs_z, cond_s, z1, n_steps, forward=False).clone()
+
+    def _integrate(
+        self, inputs_z: Tensor, cond_s: Tensor, start: Tensor, n_steps: int, *, forward: bool
+    ) -> Tensor:
+        """Euler steps of the flow in place in ``inputs_z[:, -C:]``, from ``s = 0`` (forward)
+        or ``s = 1`` (backward); ``v`` at the end of each step the integration starts from."""
+        z, h = inputs_z[:, -self.n_channels :], 1.0 / n_steps
+        z.copy_(start)
+        for i in range(n_steps):
+            cond_s[:, -1] = i * h if forward else 1.0 - i * h
+            z.add_(self._velocity(inputs_z, cond_s).mul_(h if forward else -h))
+        return z
 
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Mean squared error of the velocity against ``z_1 - z_0`` (mean over all entries).
