@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import save_stepper
 from .data import TransitionDataset, atomic_write, save_netcdf
+from .labels import StoredLabels
 from .methods import FlowMatching, MeanRegression, StochasticLifting, teacher_labels
 from .metrics import evaluate
 from .rollout import rollout
@@ -137,7 +138,7 @@ def _fit(cfg: DemoConfig, stepper, data: TransitionDataset, name: str, epochs: i
     )
 
 
-def _coupled_labels(cfg: DemoConfig, train: xr.DataArray) -> tuple[object, float]:
+def _coupled_labels(cfg: DemoConfig, train: xr.DataArray) -> tuple[StoredLabels, float]:
     """Train the flow-matching teacher and invert it on every training transition."""
     started = time.perf_counter()
     transitions = TransitionDataset.from_xarray(train)

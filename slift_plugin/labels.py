@@ -188,7 +188,7 @@ class StoredLabels:
         ValueError
             ``index`` is not 1-D or out of range.
         """
-        idx = torch.as_tensor(np.asarray(index.cpu() if isinstance(index, Tensor) else index))
+        idx = torch.as_tensor(index).cpu()
         if idx.ndim != 1:
             raise ValueError(f"label indices must be 1-D, got shape {tuple(idx.shape)}")
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(self)):

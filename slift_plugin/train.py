@@ -492,7 +492,7 @@ def _select(run: _Run, held_out: HeldOut, epoch: int) -> float:
     """
     result = run.result
     score = held_out_score(run.stepper, held_out, run.device)
-    if score != score or score in (math.inf, -math.inf):
+    if not math.isfinite(score):
         raise FloatingPointError(f"held-out score became {score} at epoch {epoch}")
     result.held_out_scores.append(score)
     if result.best_epoch is None or score < min(result.held_out_scores[:-1]):
