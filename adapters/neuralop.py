@@ -43,7 +43,14 @@ from neuralop.models import FNO, TFNO, UNO
 from neuralop.models.base_model import BaseModel
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, load_stepper, tensor_state
+from ..checkpoint import (
+    CheckpointError,
+    check_model_state,
+    load_checkpoint,
+    load_model_state,
+    load_stepper,
+    tensor_state,
+)
 from ..data import atomic_write
 from ..methods import StochasticLifting
 
@@ -61,6 +68,20 @@ __all__ = [
 INJECTIONS = ("channels", "noise_field", "embedding")
 OPERATORS = {"fno": FNO, "tfno": TFNO, "uno": UNO}
 _HOST_KEYS = ("_version", "args", "_name")
+# Generous bounds on the sizes a checkpoint's metadata may ask for: beyond them it is
+# broken or hostile, and building the model would exhaust memory or time before the
+# weights could say so.
+_SIZE_LIMITS = {
+    "in_channels": (1, 4096),
+    "hidden_channels": (1, 65536),
+    "n_layers": (1, 256),
+    "label_dim": (0, 65536),
+    "n_params": (0, 4096),
+    "history": (1, 1024),
+    "embedding_hidden": (1, 65536),
+}
+_MAX_GRID_DIMS = 6
+_MAX_MODES = 65536
 
 
 def _extra_channels(injection: str, label_dim: int, n_cond: int) -> int:
@@ -599,6 +620,11 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
     def from_checkpoint(cls, save_folder, save_name, map_location=None) -> SLFNO:
         """Build a model from the constructor arguments and weights of a checkpoint.
 
+        Nothing is built from the file before it is checked: the metadata must hold
+        known constructor arguments of the right types within sane sizes, the model it
+        describes is first built on the ``meta`` device (no memory) and must match the
+        stored weights key for key and shape for shape, and only then is it allocated.
+
         Parameters
         ----------
         save_folder : str or os.PathLike
@@ -616,8 +642,9 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
         Raises
         ------
         slift_plugin.CheckpointError
-            If the metadata file is missing, corrupt or holds non-data objects, or the
-            weights cannot be loaded into the rebuilt model.
+            If the metadata file is missing, corrupt or holds non-data objects, holds
+            unknown keys, values of the wrong type or out-of-range sizes, or describes a
+            model the weights file does not fit (or the weights are unusable).
         """
         path = Path(save_folder) / f"{save_name}_metadata.pkl"
         if not path.is_file():
@@ -628,11 +655,128 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
             raise CheckpointError(
                 f"SLFNO metadata {path} is corrupt or holds non-data objects: {exc}"
             ) from exc
-        args = tuple(meta.pop("args", ()))
-        meta = {k: v for k, v in meta.items() if k not in _HOST_KEYS}
-        instance = cls(*args, **meta)
-        instance.load_checkpoint(save_folder, save_name, map_location=map_location)
+        arguments = _checkpoint_arguments(meta, path)
+        try:
+            with torch.device("meta"):  # shapes only: nothing is allocated
+                probe = cls(**arguments)
+        except Exception as exc:
+            raise CheckpointError(
+                f"SLFNO metadata {path} does not describe a valid SLFNO: {exc}"
+            ) from exc
+        state_path = Path(save_folder) / f"{save_name}_state_dict.pt"
+        state = load_checkpoint(state_path, map_location or "cpu")["model"]
+        check_model_state(probe, state, state_path)
+        instance = cls(**arguments)
+        load_model_state(instance, state, state_path)
         return instance
+
+
+def _checked_size(key: str, value: object, path: Path) -> None:
+    """Raise unless ``value`` is an int (not a bool) within ``_SIZE_LIMITS[key]``."""
+    low, high = _SIZE_LIMITS[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise CheckpointError(
+            f"SLFNO metadata {path}: {key} must be an integer in [{low}, {high}], got {value!r}"
+        )
+
+
+def _is_plain_data(value: object, depth: int = 0) -> bool:
+    """Numbers, strings, None and (shallowly nested) lists, tuples and dicts of those."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return True
+    if depth > 4:
+        return False
+    if isinstance(value, list | tuple):
+        return all(_is_plain_data(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(
+            isinstance(k, str | int) and _is_plain_data(v, depth + 1) for k, v in value.items()
+        )
+    return False
+
+
+def _check_argument(key: str, value: object, path: Path) -> None:
+    """Raise a CheckpointError unless ``value`` is a plausible SLFNO argument ``key``."""
+    expected = None
+    if key in _SIZE_LIMITS:
+        _checked_size(key, value, path)
+    elif key == "n_modes":
+        if not isinstance(value, list | tuple) or not 1 <= len(value) <= _MAX_GRID_DIMS:
+            expected = f"a tuple of 1 to {_MAX_GRID_DIMS} mode counts"
+        elif not all(type(m) is int and 1 <= m <= _MAX_MODES for m in value):
+            expected = f"mode counts that are integers in [1, {_MAX_MODES}]"
+    elif key == "label_injection" and value not in INJECTIONS:
+        expected = f"one of {INJECTIONS}"
+    elif key == "operator" and (not isinstance(value, str) or value.lower() not in OPERATORS):
+        expected = f"one of {sorted(OPERATORS)}"
+    elif key == "residual" and not isinstance(value, bool):
+        expected = "a bool"
+    elif key == "dt" and (isinstance(value, bool) or not isinstance(value, int | float)):
+        expected = "a number"
+    elif key == "operator_kwargs" and value is not None:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            expected = "None or a dict of keyword arguments"
+        elif not _is_plain_data(value):
+            expected = "plain data (numbers, strings, lists, dicts)"
+        else:
+            for name in _SIZE_LIMITS.keys() & value.keys():
+                _checked_size(name, value[name], path)
+    if expected is not None:
+        raise CheckpointError(f"SLFNO metadata {path}: {key} must be {expected}, got {value!r}")
+
+
+def _checkpoint_arguments(meta: object, path: Path) -> dict[str, Any]:
+    """The SLFNO constructor arguments stored in metadata ``meta``, checked.
+
+    Parameters
+    ----------
+    meta : object
+        What the metadata file holds: BaseModel's record of the constructor call,
+        keyword arguments (defaults filled in) plus ``args``, ``_version`` and ``_name``.
+    path : pathlib.Path
+        The metadata file, named in errors.
+
+    Returns
+    -------
+    dict of str to Any
+        Keyword arguments for :class:`SLFNO`; a positional argument overrides the
+        default BaseModel recorded under the same name.
+
+    Raises
+    ------
+    slift_plugin.CheckpointError
+        If ``meta`` is not a dict, names another model, holds unknown keys, too many
+        positional arguments, or a value :func:`_check_argument` rejects.
+    """
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"SLFNO metadata {path} must be a dict of constructor arguments, got "
+            f"{type(meta).__name__}"
+        )
+    names = list(inspect.signature(SLFNO.__init__).parameters)[1:]  # without self
+    unknown = sorted(str(k) for k in meta if k not in names and k not in _HOST_KEYS)
+    if unknown:
+        raise CheckpointError(
+            f"SLFNO metadata {path} holds unknown keys {unknown[:8]}; expected constructor "
+            f"arguments {names} and {list(_HOST_KEYS)}"
+        )
+    if meta.get("_name", "SLFNO") != "SLFNO":
+        raise CheckpointError(f"metadata {path} is for model {meta['_name']!r}, not SLFNO")
+    args = meta.get("args", ())
+    if not isinstance(args, list | tuple) or len(args) > len(names):
+        raise CheckpointError(
+            f"SLFNO metadata {path}: args must be at most {len(names)} positional "
+            f"arguments, got {args!r:.200}"
+        )
+    arguments = {k: v for k, v in meta.items() if k not in _HOST_KEYS}
+    # Python refuses an argument given twice, so a name both positional and recorded
+    # as a keyword was given positionally: the keyword is BaseModel's filled-in default.
+    arguments.update(zip(names, args, strict=False))
+    if "in_channels" not in arguments:
+        raise CheckpointError(f"SLFNO metadata {path} lacks in_channels")
+    for key, value in arguments.items():
+        _check_argument(key, value, path)
+    return arguments
 
 
 class OperatorPotential(_HostsOperator):

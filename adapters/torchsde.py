@@ -12,7 +12,7 @@ is ``(n_times, batch, d)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torchsde
@@ -42,6 +42,16 @@ def _brownian_dim(sde: torch.nn.Module, d: int) -> int:
     raise ValueError(f"sde.noise_type must be one of {_NOISE_TYPES}; got {noise_type!r}")
 
 
+def _as_times(ts: object) -> object:
+    """``ts`` as a float64 tensor when it is a list or tuple of numbers (torchsde accepts
+    those too); anything else is returned unchanged for the callers' own checks."""
+    if isinstance(ts, (list, tuple)):
+        if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in ts):
+            raise ValueError(f"ts must be a 1-D tensor or a list of numbers; got {ts!r}")
+        return torch.tensor(ts, dtype=torch.float64)
+    return ts
+
+
 def integrate_sde(
     sde: torch.nn.Module,
     y0: torch.Tensor,
@@ -66,7 +76,7 @@ def integrate_sde(
         ``"additive"``) it must also define ``brownian_size`` (an int).
     y0 : torch.Tensor
         Initial state ``(batch, d)``, floating point and finite.
-    ts : torch.Tensor
+    ts : torch.Tensor or list of float
         Output times ``(n_times,)`` with ``n_times >= 2``, strictly increasing.
     dt : float
         Solver step, ``0 < dt <= min(diff(ts))`` (up to a relative rounding tolerance).
@@ -97,6 +107,7 @@ def integrate_sde(
         raise ValueError(f"y0 must be non-empty; got shape {tuple(y0.shape)}")
     if not bool(torch.isfinite(y0).all()):
         raise ValueError("y0 contains NaN or Inf values")
+    ts = _as_times(ts)
     if not isinstance(ts, torch.Tensor) or ts.ndim != 1:
         got = tuple(ts.shape) if isinstance(ts, torch.Tensor) else type(ts).__name__
         raise ValueError(f"ts must be a 1-D tensor of times; got {got}")
@@ -162,13 +173,14 @@ def _step_count(stepper, ts: torch.Tensor) -> list[int]:
 def sdeint(
     stepper,
     y0: torch.Tensor,
-    ts: torch.Tensor,
+    ts: torch.Tensor | Sequence[float],
     *,
     mu: torch.Tensor | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
     grid_shape: tuple[int, ...] | None = None,
     chunk_size: int = 65536,
+    on_nonfinite: str = "raise",
     **unused: object,
 ) -> torch.Tensor:
     """Run a learned slift stepper with the call shape and output layout of ``torchsde.sdeint``.
@@ -180,13 +192,21 @@ def sdeint(
     of ``generator``. Solver options of torchsde (``method``, ``dt``, ``bm``, ...) are
     accepted and ignored, so that switching a script is a one-line import change.
 
+    Dtypes: the stepper computes in its own dtype (that of its parameters), ``y0`` cast to
+    it; the result is cast back to the dtype of ``y0``, as ``torchsde.sdeint`` returns.
+    ``y0`` must therefore be a real floating-point tensor: an integer or bool ``y0`` would
+    give a truncated (integer) path, and a complex one would lose its imaginary part, so
+    both are refused rather than promoted. ``ts`` may be a tensor or, as in torchsde, a
+    list or tuple of numbers (read in float64).
+
     Parameters
     ----------
     stepper : Stepper
         A trained slift stepper with a finite step ``stepper.dt``.
     y0 : torch.Tensor
-        Initial states ``(batch, state_size)``, ``state_size = C * prod(grid)``.
-    ts : torch.Tensor
+        Initial states ``(batch, state_size)``, ``state_size = C * prod(grid)``; a real
+        floating-point dtype (float16, bfloat16, float32 or float64).
+    ts : torch.Tensor or sequence of float
         Output times ``(n_times,)``, ``n_times >= 2``: ``ts[0] + k * stepper.dt`` for
         increasing integers ``k``.
     mu : torch.Tensor or None
@@ -200,24 +220,36 @@ def sdeint(
         The grid of field states; needed for resolution-agnostic steppers.
     chunk_size : int
         Samples generated together (see :func:`slift_plugin.rollout`).
+    on_nonfinite : str
+        What a NaN/Inf state does (see :func:`slift_plugin.rollout`): ``"raise"`` (the
+        default, naming the first step and sample), ``"warn"`` or ``"ignore"``.
+        ``torchsde.sdeint`` returns NaN paths silently; pass ``"ignore"`` for that.
     **unused : object
         torchsde solver options (``method``, ``dt``, ``bm``, ...), ignored.
 
     Returns
     -------
     torch.Tensor
-        ``(n_times, batch, state_size)`` in the dtype and device of ``y0``.
+        ``(n_times, batch, state_size)`` in the dtype and device of ``y0``, computed in
+        the stepper's dtype.
 
     Raises
     ------
     ValueError
-        If ``y0`` is not ``(batch, state_size)`` for the stepper's state, ``ts`` is not on
+        If ``y0`` is not a real floating-point ``(batch, state_size)`` tensor for the
+        stepper's state, ``ts`` is not on
         the stepper's step, the stepper has no valid ``dt``, or a resolution-agnostic
         stepper gets no ``grid_shape``.
     """
     if not isinstance(y0, torch.Tensor) or y0.ndim != 2:
         got = tuple(y0.shape) if isinstance(y0, torch.Tensor) else type(y0).__name__
         raise ValueError(f"y0 must be a tensor of shape (batch, state_size); got {got}")
+    if not y0.is_floating_point():  # the cast back to y0's dtype would truncate the path
+        raise ValueError(
+            f"y0 must be a real floating-point tensor; got dtype {y0.dtype} (convert it "
+            "first, e.g. y0.float(): the result is returned in y0's dtype)"
+        )
+    ts = _as_times(ts)
     steps = _step_count(stepper, ts)
     grid = tuple(grid_shape) if grid_shape is not None else tuple(stepper.grid_shape)
     if any(g is None for g in grid):
@@ -240,6 +272,7 @@ def sdeint(
         chunk_size=chunk_size,
         device=y0.device,
         t0=float(ts[0]),
+        on_nonfinite=on_nonfinite,
     )
     values = torch.as_tensor(ens.values)[:, steps]  # (batch, len(ts), *state)
     return values.reshape(y0.shape[0], len(steps), -1).transpose(0, 1).to(y0)

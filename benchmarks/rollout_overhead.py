@@ -63,6 +63,21 @@ def _timed(fn, n_calls: int) -> float:
     return (time.perf_counter() - start) / n_calls
 
 
+def interleaved_times(runs: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of every ``runs[key] = (fn, n_calls)``, ``repeats`` times each.
+
+    One warm-up call each, then the runs take turns (a, b, c, a, b, c, ...), so that
+    drifts of a shared machine hit all alike. Shared with benchmarks/gpu_throughput.py.
+    """
+    for fn, _ in runs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for key, (fn, n_calls) in runs.items():
+            times[key].append(_timed(fn, n_calls))
+    return times
+
+
 def measure_overhead(name: str, stepper, batch: int, n_steps: int, repeats: int) -> dict:
     """Median seconds per step of backbone, stepper.step and rollout, and their ratios."""
     stepper.eval()
@@ -84,13 +99,8 @@ def measure_overhead(name: str, stepper, batch: int, n_steps: int, repeats: int)
         rollout(stepper, x0, n_steps, batch, seed=1, chunk_size=batch)
 
     runs = {"backbone": (bare, n_steps), "step": (step, n_steps), "rollout": (full, 1)}
-    for fn, _ in runs.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(repeats):  # interleaved, so that drifts of a shared machine hit all alike
-        for key, (fn, n_calls) in runs.items():
-            per_call = _timed(fn, n_calls)
-            times[key].append(per_call / (n_steps if key == "rollout" else 1))
+    times = interleaved_times(runs, repeats)
+    times["rollout"] = [t / n_steps for t in times["rollout"]]  # per step
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     # per repeat, rollout against the backbone timed just before it: slow phases of a

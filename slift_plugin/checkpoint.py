@@ -1,14 +1,24 @@
 """Safe, atomic checkpoints.
 
 Writes go to a temporary file and are renamed into place, so an interrupted write never
-leaves a truncated checkpoint. Reads use ``torch.load(weights_only=True)``: no pickled
+leaves a truncated checkpoint (and the temporary file of a killed writer is removed by the
+next write of the same file). Reads use ``torch.load(weights_only=True)``: no pickled
 code is ever executed. Only tensors of a ``state_dict`` are stored; host frameworks that
 put other objects there (neuraloperator's ``_metadata``) are rebuilt from code, not files.
+A state is checked in full (tensors, keys, shapes, finite values, positive spreads)
+before anything is copied into a model.
+
+:func:`lock_checkpoint_dir` gives one training run a checkpoint folder to itself.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +28,20 @@ from torch import nn
 from .data import atomic_write
 
 __all__ = [
+    "LOCK_NAME",
     "CheckpointError",
+    "check_model_state",
     "load_checkpoint",
+    "lock_checkpoint_dir",
     "load_model_state",
     "load_stepper",
     "save_checkpoint",
     "save_stepper",
     "tensor_state",
 ]
+
+
+LOCK_NAME = ".fit.lock"
 
 
 class CheckpointError(RuntimeError):
@@ -152,16 +168,102 @@ def load_stepper(
     Raises
     ------
     CheckpointError
-        If the checkpoint is missing or unreadable, or does not match ``stepper``
-        (which is then left untouched).
+        If the checkpoint is missing or unreadable, or its state does not pass
+        :func:`check_model_state` (non-tensor values, other keys, shapes or dtypes,
+        NaN/Inf, a non-positive spread); ``stepper`` is then left untouched.
     """
     payload = load_checkpoint(path, map_location)
     load_model_state(stepper, payload["model"], path)
     return payload
 
 
+def _statistic_problems(stepper: nn.Module, given: Mapping[str, torch.Tensor]) -> list[str]:
+    """Normalisation statistics of ``given`` that the stepper could not use.
+
+    A stepper that standardises (``normalization_shapes()``) divides by every spread
+    (names ending in ``std`` or ``scale``): a zero, negative or non-finite one would pass
+    the shape check and make every later step non-finite.
+    """
+    shapes = getattr(stepper, "normalization_shapes", None)
+    names = shapes() if callable(shapes) else {}
+    problems = []
+    for name in names:
+        value = given.get(name)
+        if value is None or not value.is_floating_point():
+            continue
+        if name.endswith(("std", "scale")) and not bool((value > 0).all()):
+            problems.append(f"{name} must be positive, got {value.tolist()[:8]}")
+    return problems
+
+
+def check_model_state(stepper: nn.Module, state: object, path: str | os.PathLike) -> None:
+    """Raise unless ``state`` loads into ``stepper`` exactly; copy nothing.
+
+    Every value must be a tensor of the key, shape and kind (real, complex, integer) of
+    ``stepper``'s, with finite values, and a standardising stepper's spreads (buffers
+    named ``*std``/``*scale``) must be positive.
+
+    Parameters
+    ----------
+    stepper : torch.nn.Module
+        The module the state is meant for (its parameters may live on the ``meta``
+        device: only names, shapes and dtypes are read).
+    state : object
+        The candidate state dict; a ``_metadata`` entry is ignored.
+    path : str or os.PathLike
+        The checkpoint it came from, named in errors.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the keys that are missing, unexpected, not tensors, of another shape or
+        kind, or hold NaN/Inf, and the spreads that are not positive.
+    """
+    if not isinstance(state, Mapping):
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(state).__name__} where a state dict (a dict "
+            "of tensors by parameter name) was expected"
+        )
+    expected = tensor_state(stepper)
+    given = {k: v for k, v in state.items() if k != "_metadata"}
+    not_tensors = [f"{k}: {type(v).__name__}" for k, v in given.items() if not torch.is_tensor(v)]
+    if not_tensors:
+        raise CheckpointError(
+            f"checkpoint {path} holds non-tensor values in its state dict: {not_tensors[:5]}"
+        )
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(str(k) for k in set(given) - set(expected))
+    wrong = [
+        f"{k}: {tuple(given[k].shape)} {given[k].dtype} vs {tuple(v.shape)} {v.dtype}"
+        for k, v in expected.items()
+        if k in given and (tuple(given[k].shape) != tuple(v.shape) or not _same_kind(given[k], v))
+    ]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {type(stepper).__name__}: missing keys "
+            f"{missing[:5]}, unexpected keys {unexpected[:5]}, shape or dtype mismatches "
+            f"{wrong[:5]}"
+        )
+    not_finite = sorted(
+        k
+        for k, v in given.items()
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())
+    )
+    problems = _statistic_problems(stepper, given)
+    if not_finite or problems:
+        raise CheckpointError(
+            f"checkpoint {path} holds values {type(stepper).__name__} cannot use: NaN/Inf in "
+            f"{not_finite[:5]}; {problems[:5] or 'spreads fine'}"
+        )
+
+
+def _same_kind(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether copying ``a`` into ``b`` keeps its meaning (real, complex, integral alike)."""
+    return a.is_complex() == b.is_complex() and a.is_floating_point() == b.is_floating_point()
+
+
 def load_model_state(stepper: nn.Module, state: dict, path: str | os.PathLike) -> None:
-    """``stepper.load_state_dict(state)`` after checking every key and shape up front.
+    """``stepper.load_state_dict(state)`` after :func:`check_model_state` passes.
 
     Parameters
     ----------
@@ -175,21 +277,113 @@ def load_model_state(stepper: nn.Module, state: dict, path: str | os.PathLike) -
     Raises
     ------
     CheckpointError
-        If keys are missing or unexpected or shapes differ; ``stepper`` is then left
-        untouched.
+        If :func:`check_model_state` finds a problem; ``stepper`` is then left untouched.
     """
-    expected = tensor_state(stepper)
-    given = {k: v for k, v in state.items() if k != "_metadata"}
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    wrong = [
-        f"{k}: {tuple(given[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in given and tuple(given[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or wrong:
+    check_model_state(stepper, state, path)
+    stepper.load_state_dict({k: v for k, v in state.items() if k != "_metadata"}, strict=False)
+
+
+def _lock_record(lock: Path) -> dict | None:
+    """The ``{"pid", "host"}`` a lock file holds; None when it vanished or is unreadable."""
+    try:
+        record = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _usable_folder(directory: Path) -> None:
+    """Create ``directory`` or raise: a file in its place, or no way to create it."""
+    if directory.exists() and not directory.is_dir():
         raise CheckpointError(
-            f"checkpoint {path} does not fit {type(stepper).__name__}: missing keys "
-            f"{missing[:5]}, unexpected keys {unexpected[:5]}, shape mismatches {wrong[:5]}"
+            f"checkpoint_dir {directory} exists and is not a folder; pass a folder path"
         )
-    stepper.load_state_dict(given, strict=False)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot create checkpoint_dir {directory}: {exc}") from exc
+
+
+def _open_locked(lock: Path) -> int | None:
+    """An fd of ``lock`` holding its exclusive ``flock``; None when another process holds it.
+
+    The kernel drops a ``flock`` when its holder dies, however it dies, so a killed run
+    never leaves the folder locked (an old record in the file, or an empty file, means
+    nothing). The lock file may be unlinked by a finishing holder between our ``open`` and
+    our ``flock``: then the locked inode is no longer the path's, and we try again.
+    """
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CheckpointError(
+                f"checkpoint_dir {lock.parent} is not writable (opening {lock.name} failed: "
+                f"{exc}); pass a folder this process may write to"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:
+            os.close(fd)
+            raise
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+@contextmanager
+def lock_checkpoint_dir(directory: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``directory`` for one training run: no second run may write checkpoints there.
+
+    The folder is created if missing. The lock is an exclusive ``flock`` on the file
+    :data:`LOCK_NAME` inside it, which also records this process's pid and host for the
+    message another run gets. The kernel releases a ``flock`` when its holder exits or is
+    killed, so a lock is never left behind, on any host; on a shared filesystem it holds
+    across hosts where the filesystem supports ``flock`` (NFSv4, Lustre with ``flock``
+    mounted). The file is removed when the block ends, however it ends. POSIX only.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        The checkpoint folder.
+
+    Yields
+    ------
+    pathlib.Path
+        ``directory``, now held by this process.
+
+    Raises
+    ------
+    CheckpointError
+        If ``directory`` is a file, cannot be created or written, or is held by another
+        live run.
+    """
+    directory = Path(directory)
+    _usable_folder(directory)
+    lock = directory / LOCK_NAME
+    fd = _open_locked(lock)
+    if fd is None:
+        holder = _lock_record(lock) or {}
+        raise CheckpointError(
+            f"checkpoint_dir {directory} is in use by another fit() (process "
+            f"{holder.get('pid')} on host {holder.get('host')}, lock file {lock}); wait for "
+            "it to finish or use another checkpoint_dir"
+        )
+    try:
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record, 0)
+        yield directory
+    finally:
+        # Unlink while still holding the lock: a waiting opener then sees another inode
+        # (see _open_locked) instead of locking a file that is no longer the lock.
+        lock.unlink(missing_ok=True)
+        os.close(fd)

@@ -1,40 +1,203 @@
-"""Command line: ``slift demo | generate | evaluate | bench``."""
+"""Command line: ``slift demo | generate | evaluate | bench``.
+
+Outputs are never replaced silently: an existing ``--out`` file, or a non-empty ``--out``
+folder, is refused unless ``--overwrite`` is given, and an output that is one of the
+command's inputs is refused even then. Every file is written through a temporary file
+renamed into place, so a failed command leaves no half-written file. Bad input (a bad
+number, a missing or unreadable file, an unusable ``--out``) ends with a one-line error on
+stderr and exit status 2; the output is checked before the expensive work starts.
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import math
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["SYSTEMS", "build_parser", "main"]
 
-SYSTEMS = ("ornstein_uhlenbeck", "double_well", "lorenz63", "allen_cahn")
+SYSTEMS = ("ornstein_uhlenbeck", "double_well", "lorenz63", "lorenz96", "allen_cahn")
+
+# Seeds end up in netCDF attributes and torch generators: both need a signed 64-bit int.
+_SEED_LIMIT = 2**63
+# Arguments of a system generator that have their own flags, not --params keys.
+_FLAGGED = ("n_samples", "n_steps", "seed")
 
 
+# -- argument types: argparse reports an ArgumentTypeError as "argument --x: <message>" ------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < _SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**63), got {text!r}")
+    return value
+
+
+def _period(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"expected a positive period length or 'none', got {text!r}"
+        )
+    return value
+
+
+def _device(text: str) -> str:
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):  # torch's parse error is a RuntimeError
+        raise argparse.ArgumentTypeError(
+            f"expected a torch device such as cpu, cuda or cuda:1, got {text!r}"
+        ) from None
+    return text
+
+
+# -- output checks: run before any expensive work ----------------------------------------------
+def _is_or_is_inside(out: Path, source: Path) -> bool:
+    """Whether writing ``out`` would replace ``source`` or write into it (a zarr folder)."""
+    out_real, source_real = Path(os.path.realpath(out)), Path(os.path.realpath(source))
+    if out_real == source_real:
+        return True
+    # hard links and case-insensitive file systems: same file under another name
+    if out.exists() and source.exists() and os.path.samefile(out, source):
+        return True
+    return source_real.is_dir() and out_real.is_relative_to(source_real)
+
+
+def _check_writable(directory: Path, out: str) -> None:
+    """Refuse ``directory`` when it, or the folder that would hold it, cannot be written.
+
+    A real probe file, not ``os.access``: access() says yes to root on any permission bits
+    and cannot see every read-only mount.
+    """
+    existing = directory.absolute()
+    while not os.path.lexists(existing):  # missing folders are created by the write
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--out {out} is under {existing}, which is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".slift-write-check.", dir=existing)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot write in {existing} ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _check_output_file(out: str, *, overwrite: bool, inputs: Sequence[str] = ()) -> Path:
+    """The output file ``out`` if the command may write it; ValueError naming why not."""
+    path = Path(out)
+    for source in inputs:
+        if _is_or_is_inside(path, Path(source)):
+            raise ValueError(
+                f"--out {out} is the input {source}; refusing to overwrite an input "
+                "(--overwrite does not change this)"
+            )
+    if path.is_dir() or out.endswith(("/", os.sep)):
+        raise ValueError(f"--out {out} is a directory; expected a file path")
+    if os.path.lexists(path):
+        if not path.is_file():  # /dev/null, a fifo, a dangling link: never replace those
+            raise ValueError(f"--out {out} exists and is not a regular file")
+        if not overwrite:
+            raise ValueError(f"--out {out} already exists; pass --overwrite to replace it")
+    _check_writable(path.parent, out)
+    return path
+
+
+def _check_output_dir(out: str, *, overwrite: bool) -> Path:
+    """The output folder ``out`` if the command may write into it; ValueError otherwise."""
+    path = Path(out)
+    if os.path.lexists(path) and not path.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory; expected an output folder")
+    if path.is_dir() and not overwrite:
+        held = sorted(p.name for p in path.iterdir())
+        if held:
+            shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+            raise ValueError(
+                f"--out {out} is a non-empty folder (holds {shown}); pass --overwrite to "
+                "replace the files of the same names in it, or choose another --out"
+            )
+    _check_writable(path, out)
+    return path
+
+
+# -- sub-commands -------------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
 
+    out = _check_output_dir(args.out, overwrite=args.overwrite)
     cfg = DemoConfig.quick() if args.quick else DemoConfig()
     if args.epochs is not None:
         from dataclasses import replace
 
         cfg = replace(cfg, epochs=args.epochs)
-    run_demo(args.out, cfg)
+    run_demo(out, cfg)
     return 0
+
+
+def _system_params(system: str, text: str | None) -> dict:
+    """``--params`` parsed and checked against the generator's keyword arguments."""
+    from . import systems
+
+    if not text:
+        return {}
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--params is not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(params, dict):
+        raise ValueError(
+            f"--params must be a JSON object such as '{{\"sigma\": 0.05}}', got {text!r}"
+        )
+    flagged = sorted(set(params) & set(_FLAGGED))
+    if flagged:
+        flags = ", ".join("--" + name.replace("_", "-") for name in flagged)
+        raise ValueError(f"--params cannot set {', '.join(flagged)}; use {flags}")
+    accepted = [p for p in inspect.signature(getattr(systems, system)).parameters]
+    accepted = [p for p in accepted if p not in _FLAGGED]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"--params: {system} has no parameter {', '.join(map(repr, unknown))}; "
+            f"it takes {', '.join(accepted)}"
+        )
+    return params
 
 
 def _generate(args: argparse.Namespace) -> int:
     from . import systems
     from .data import save_netcdf
 
-    params = json.loads(args.params) if args.params else {}
-    if not isinstance(params, dict):
-        raise SystemExit(f"--params must be a JSON object, got {args.params!r}")
+    params = _system_params(args.system, args.params)
+    _check_output_file(args.out, overwrite=args.overwrite)
     generator = getattr(systems, args.system)
     ens = generator(n_samples=args.n_samples, n_steps=args.n_steps, seed=args.seed, **params)
-    save_netcdf(ens, args.out)
+    # again: the file may have appeared while the ensemble was being generated
+    save_netcdf(ens, _check_output_file(args.out, overwrite=args.overwrite))
     print(f"wrote {args.out}: {dict(ens.sizes)}")
     return 0
 
@@ -43,11 +206,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .data import atomic_write, load_ensemble
     from .metrics import evaluate
 
-    result = evaluate(load_ensemble(args.generated), load_ensemble(args.reference), seed=args.seed)
+    inputs = (args.generated, args.reference)
+    if args.out is not None:
+        _check_output_file(args.out, overwrite=args.overwrite, inputs=inputs)
+    period = args.period[0] if args.period is not None and len(args.period) == 1 else args.period
+    result = evaluate(
+        load_ensemble(args.generated), load_ensemble(args.reference), seed=args.seed, period=period
+    )
     table = result.to_dataframe()
     print(table.to_string(float_format=lambda v: f"{v:.4g}"))
-    if args.out:
-        atomic_write(Path(args.out), lambda p: table.to_csv(p))
+    if args.out is not None:
+        out = _check_output_file(args.out, overwrite=args.overwrite, inputs=inputs)
+        atomic_write(out, lambda p: table.to_csv(p))
     return 0
 
 
@@ -62,46 +232,63 @@ def _bench(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
     )
-    paths = write_outputs(run_bench(config, progress=True), args.out)
+    out = _check_output_dir(args.out, overwrite=args.overwrite)
+    paths = write_outputs(run_bench(config, progress=True), out)
     print(paths["markdown"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``slift`` argument parser, one sub-command per task.
+# -- parser -------------------------------------------------------------------------------------
+_OVERWRITE_FILE = "replace an existing --out file (an input file is never replaced)"
+_OVERWRITE_DIR = (
+    "write into a non-empty --out folder, replacing the files of the same names "
+    "(other files are left alone)"
+)
 
-    Returns
-    -------
-    argparse.ArgumentParser
-        A parser whose parsed namespace carries the chosen sub-command in ``command`` and
-        its handler in ``run``.
-    """
-    parser = argparse.ArgumentParser(prog="slift", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
 
+def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="SL vs MSE FNO on stochastic Allen-Cahn")
-    demo.add_argument("--out", default="demo_output", help="output folder")
+    demo.add_argument("--out", default="demo_output", help="output folder, new or empty")
+    demo.add_argument("--overwrite", action="store_true", help=_OVERWRITE_DIR)
     demo.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run)")
-    demo.add_argument("--epochs", type=int, default=None, help="override training epochs")
+    demo.add_argument("--epochs", type=_positive_int, default=None, help="override epochs")
     demo.set_defaults(run=_demo)
 
+
+def _add_generate(sub) -> None:
     gen = sub.add_parser("generate", help="write a reference ensemble to netCDF")
     gen.add_argument("system", choices=SYSTEMS)
-    gen.add_argument("--out", required=True, help="netCDF file to write")
-    gen.add_argument("--n-samples", type=int, default=512)
-    gen.add_argument("--n-steps", type=int, default=20)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", required=True, help="netCDF file to write (must not exist)")
+    gen.add_argument("--overwrite", action="store_true", help=_OVERWRITE_FILE)
+    gen.add_argument("--n-samples", type=_positive_int, default=512)
+    gen.add_argument("--n-steps", type=_positive_int, default=20)
+    gen.add_argument("--seed", type=_seed, default=0)
     gen.add_argument("--params", default=None, help="JSON, e.g. '{\"sigma\": 0.05}'")
     gen.set_defaults(run=_generate)
 
+
+def _add_evaluate(sub) -> None:
     ev = sub.add_parser("evaluate", help="score a generated ensemble against a reference")
-    ev.add_argument("generated")
-    ev.add_argument("reference")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("generated", help="netCDF file or zarr folder")
+    ev.add_argument("reference", help="netCDF file or zarr folder")
+    ev.add_argument("--seed", type=_seed, default=0)
+    ev.add_argument(
+        "--period",
+        type=_period,
+        nargs="+",
+        default=None,
+        metavar="L",
+        help="periodic coordinates for the energy distance (distance on the circle): one "
+        "length for all, or one per state coordinate with 'none' for a plain one "
+        "(e.g. --period 12.57 none for Vlasov's x, v); default: none periodic",
+    )
     ev.add_argument("--out", default=None, help="CSV file for the per-time metrics")
+    ev.add_argument("--overwrite", action="store_true", help=_OVERWRITE_FILE)
     ev.set_defaults(run=_evaluate)
 
+
+def _add_bench(sub) -> None:
     from .bench.problems import PROBLEMS
 
     bench = sub.add_parser("bench", help="SL and DICE against MSE, CFM, ES and the solver")
@@ -117,11 +304,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. solver sl sl-noise_field sl-l8 mse cfm5 cfm20 es dice "
         "(default: each problem's set)",
     )
-    bench.add_argument("--seeds", type=int, default=3, help="number of training seeds")
-    bench.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    bench.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
-    bench.add_argument("--out", default="bench_output", help="output folder")
+    bench.add_argument("--seeds", type=_positive_int, default=3, help="number of training seeds")
+    bench.add_argument("--device", type=_device, default="cpu", help="cpu or cuda[:i]")
+    bench.add_argument("--threads", type=_positive_int, default=1, help="CPU threads (torch)")
+    bench.add_argument("--out", default="bench_output", help="output folder, new or empty")
+    bench.add_argument("--overwrite", action="store_true", help=_OVERWRITE_DIR)
     bench.set_defaults(run=_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``slift`` argument parser, one sub-command per task.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        A parser whose parsed namespace carries the chosen sub-command in ``command`` and
+        its handler in ``run``.
+    """
+    summary, rules = __doc__.replace("``", "").split("\n\n")[:2]
+    parser = argparse.ArgumentParser(prog="slift", description=summary, epilog=rules)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_generate, _add_evaluate, _add_bench):
+        add(sub)
     return parser
 
 
@@ -136,16 +340,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: 0 on success, 2 when the command failed on bad input (the error
-        is printed to stderr instead of a traceback).
+        The exit status: 0 on success (``--help`` included), 2 when the command failed on
+        bad input: a bad argument, a missing or unreadable input, an output that exists
+        (without ``--overwrite``), is an input, or cannot be written. The error is printed
+        to stderr as one line instead of a traceback.
     """
     from .checkpoint import CheckpointError
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage and error, or the help
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, CheckpointError, FloatingPointError) as exc:
-        print(f"slift {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, CheckpointError, FloatingPointError) as exc:
+        message = " ".join(str(exc).splitlines())  # one line, whatever the source wrote
+        print(f"slift {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

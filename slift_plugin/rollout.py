@@ -9,13 +9,20 @@ The step loop does one ``stepper.step`` per output step and nothing else of note
 trajectory, the history window and the noise live in buffers allocated once per rollout,
 noise is drawn in place, nothing synchronises with the host inside the loop, and a
 finished chunk goes to host memory (or a zarr store) in one copy.
+
+Blow-ups are caught once per chunk, not per step: when a chunk's steps are done, one
+reduction on the device (its min and max, which are NaN or infinite exactly when some
+value is) gives a flag that travels to the host with the chunk. Only a chunk whose flag
+reports a non-finite value is searched, on the host, for its first such step and sample.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -26,20 +33,31 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .data import tensor_to_ensemble
-from .distributed import all_gather_rows, barrier, shard_bounds, world
+from .distributed import all_gather_rows, fail_together, shard_bounds, world
 from .labels import hash_seed
 from .stepper import Stepper
 
-__all__ = ["AUTOCAST_DTYPES", "SEED_BLOCK", "rollout"]
+__all__ = ["AUTOCAST_DTYPES", "NONFINITE_ACTIONS", "SEED_BLOCK", "SEED_MAX", "rollout"]
 
 SEED_BLOCK = 256
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+#: Largest seed: seeds are ints in ``[0, SEED_MAX]``, so that they fit an int64 attribute
+#: (netCDF, zarr) and no two seeds alias modulo ``2**64`` (``-1`` and ``2**64 - 1`` did).
+SEED_MAX = 2**63 - 1
+#: What ``rollout(on_nonfinite=...)`` may do when a trajectory turns NaN or infinite.
+NONFINITE_ACTIONS = ("raise", "warn", "ignore")
 
 
 def _as_tensor(x: object, name: str) -> Tensor:
     if isinstance(x, xr.DataArray):
         x = x.values
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
+    if not isinstance(x, Tensor):
+        x = np.asarray(x)
+        if x.dtype.kind not in "biufc":  # strings, objects: torch's own error is obscure
+            raise TypeError(f"{name} must hold real numbers, got an array of dtype {x.dtype}")
+    t = torch.as_tensor(x)
+    if t.is_complex():  # a cast to the stepper's dtype would drop the imaginary part
+        raise TypeError(f"{name} must be real, got the complex dtype {t.dtype}")
     if not t.is_floating_point():
         t = t.float()
     if not torch.isfinite(t).all():
@@ -234,6 +252,48 @@ def _check_fast_paths(
 
 
 # -- chunks to the host -----------------------------------------------------------------------
+def _finite_flag(traj: Tensor) -> Tensor:
+    """A 0-d bool on ``traj``'s device: True when every value is finite; no host sync.
+
+    One reduction without a temporary of ``traj``'s size: min and max propagate NaN, and
+    an infinite value is the min or the max.
+    """
+    low, high = torch.aminmax(traj)
+    return torch.isfinite(low) & torch.isfinite(high)
+
+
+class _NonFiniteCheck:
+    """What happens to a chunk whose device flag says it holds NaN or Inf.
+
+    Called with the chunk on the host ``(hi - lo, n_steps + 1, C, *grid)`` (time 0 is
+    the initial state) before it reaches the sink: ``"raise"`` raises a
+    FloatingPointError, so the chunk is never written (nor marked done in a store);
+    ``"warn"`` warns once per rollout and lets the chunk through.
+    """
+
+    def __init__(self, action: str, times: list[float]) -> None:
+        self.action, self.times, self.warned = action, times, False
+
+    def __call__(self, lo: int, hi: int, values: Tensor) -> None:
+        if self.action == "warn" and self.warned:
+            return
+        bad = ~torch.isfinite(values.reshape(hi - lo, values.shape[1], -1)).all(-1)
+        step = int(bad.any(0).nonzero()[0, 0])  # (sample, time) -> the earliest time
+        sample = lo + int(bad[:, step].nonzero()[0, 0])
+        message = (
+            f"rollout produced NaN/Inf, first at step {step} (time {self.times[step]:g}) of "
+            f"sample {sample} (the earliest in samples [{lo}, {hi}), "
+            f"{int(bad.any(1).sum())} of which hold NaN/Inf)"
+        )
+        if self.action == "raise":
+            raise FloatingPointError(
+                f"{message}. Samples [{lo}, {hi}) were not kept (nor marked done in a zarr "
+                "store); on_nonfinite='warn' keeps them, 'ignore' skips this check"
+            )
+        self.warned = True
+        warnings.warn(f"{message} (later chunks are not reported)", RuntimeWarning, stacklevel=2)
+
+
 class _MemorySink:
     """The ensemble rows ``[offset, offset + n)`` in host memory."""
 
@@ -254,44 +314,68 @@ class _HostDrain:
     steps, and the step loop never waits for the host. Other devices (CPU, MPS, XPU)
     copy synchronously: there is no CUDA event to tell when a non-blocking copy is done.
     ``staged=True`` off CUDA (tests) stages with synchronous copies.
+
+    A chunk pushed with its device flag ``finite`` (:func:`_finite_flag`) is handed to
+    ``on_nonfinite(lo, hi, host_tensor)`` before the sink when the flag is False; the
+    flag travels with the chunk's copy, so reading it never waits for later work.
     """
 
-    def __init__(self, sink, device: torch.device, shape, dtype, *, staged: bool | None = None):
-        self.sink, self.device = sink, device
+    def __init__(
+        self,
+        sink,
+        device: torch.device,
+        shape,
+        dtype,
+        *,
+        staged: bool | None = None,
+        on_nonfinite: Callable[[int, int, Tensor], None] | None = None,
+    ):
+        self.sink, self.device, self.on_nonfinite = sink, device, on_nonfinite
         cuda = device.type == "cuda"
         self.staged = cuda if staged is None else staged
-        self._buffers = (
-            [torch.empty(shape, dtype=dtype, pin_memory=cuda) for _ in range(2)]
-            if self.staged
-            else []
-        )
+        n_buffers = 2 if self.staged else 0
+        self._buffers = [torch.empty(shape, dtype=dtype, pin_memory=cuda) for _ in range(n_buffers)]
+        self._flags = [torch.empty((), dtype=torch.bool, pin_memory=cuda) for _ in range(n_buffers)]
         self._turn = 0
         self._pending: tuple | None = None
 
-    def push(self, lo: int, hi: int, traj: Tensor) -> None:
+    def push(self, lo: int, hi: int, traj: Tensor, finite: Tensor | None = None) -> None:
         if not self.staged:
-            self.sink.write(lo, hi, traj.cpu())
+            self._hand_over(lo, hi, traj.cpu(), finite)
             return
-        buf = self._buffers[self._turn][: hi - lo]
-        self._turn ^= 1
+        buf, flag = self._buffers[self._turn][: hi - lo], None
         cuda = self.device.type == "cuda"
         buf.copy_(traj, non_blocking=cuda)
+        if finite is not None:
+            flag = self._flags[self._turn]
+            flag.copy_(finite, non_blocking=cuda)
+        self._turn ^= 1
         event = None
         if cuda:
             event = torch.cuda.Event()
             event.record()
-        self.flush()
-        self._pending = (lo, hi, buf, event)
+        # This chunk is pending before the previous one is handed over: should that one
+        # fail (a non-finite chunk, a full disk), the caller's flush still writes this one.
+        previous, self._pending = self._pending, (lo, hi, buf, flag, event)
+        self._finish(previous)
 
     def flush(self) -> None:
         """Hand the chunk still in flight (if any) to the sink."""
-        if self._pending is None:
+        pending, self._pending = self._pending, None
+        self._finish(pending)
+
+    def _finish(self, pending: tuple | None) -> None:
+        if pending is None:
             return
-        lo, hi, buf, event = self._pending
-        self._pending = None
+        lo, hi, buf, flag, event = pending
         if event is not None:
             event.synchronize()
-        self.sink.write(lo, hi, buf)
+        self._hand_over(lo, hi, buf, flag)
+
+    def _hand_over(self, lo: int, hi: int, values: Tensor, finite: Tensor | None) -> None:
+        if finite is not None and self.on_nonfinite is not None and not bool(finite):
+            self.on_nonfinite(lo, hi, values)
+        self.sink.write(lo, hi, values)
 
 
 # -- the engine -------------------------------------------------------------------------------
@@ -308,6 +392,7 @@ class _Job:
     device: torch.device
     dtype: torch.dtype
     noise_shape: tuple[int, ...] | None
+    on_nonfinite: str = "raise"  # one of NONFINITE_ACTIONS
 
     @property
     def n_steps(self) -> int:
@@ -326,6 +411,7 @@ def _generate(job: _Job, chunks: Iterable[tuple[int, int]], drain: _HostDrain, s
     the ``history - 1`` older initial states in front, so that the window of step ``k``
     is the view ``buffer[:, k : k + history]`` with channels merged: no concatenation,
     no ring to rotate. Buffers are allocated once and sliced for a shorter last chunk.
+    Unless the drain ignores blow-ups, a finished chunk is pushed with its finite flag.
     """
     h, (c, *grid), chunk_size = job.stepper.history, job.state_shape, job.chunk_size
     # Steppers that differentiate inside a step (DICE) cannot run under inference_mode;
@@ -346,7 +432,9 @@ def _generate(job: _Job, chunks: Iterable[tuple[int, int]], drain: _HostDrain, s
                 if noise_full is not None:
                     noise = _BlockNoise(job.seed, lo, hi, noise_full[: hi - lo], scratch)
                 _run_chunk(job, buf, noise, mu, step)
-                drain.push(lo, hi, buf[:, h - 1 :])
+                traj = buf[:, h - 1 :]
+                finite = None if drain.on_nonfinite is None else _finite_flag(traj)
+                drain.push(lo, hi, traj, finite)
                 bar.update((hi - lo) * job.n_steps)
         except BaseException:
             # The chunk in flight was finished before the failure (a chunk is pushed only
@@ -372,35 +460,167 @@ def _run_chunk(job: _Job, buf: Tensor, noise: _BlockNoise | None, mu: Tensor | N
 
 
 # -- public API -------------------------------------------------------------------------------
+def _integer(value: object, name: str, expected: str = "an integer") -> int:
+    """``value`` as an int; bools, floats and strings are refused rather than truncated."""
+    if not isinstance(value, bool | np.bool_):
+        with contextlib.suppress(TypeError):
+            return operator.index(value)
+    raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _real(value: object, name: str) -> float:
+    """``value`` as a float; bools and strings, which ``float()`` would take, are refused."""
+    number = None
+    if not isinstance(value, bool | np.bool_ | str | bytes):
+        with contextlib.suppress(TypeError, ValueError):
+            number = float(value)
+    if number is None:
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    return number
+
+
 def _check_arguments(
-    n_steps: int, n_samples: int | None, chunk_size: int, out: str | os.PathLike | None
-) -> None:
-    """Refuse, before any work, counts below one and an unusable ``out`` path.
+    n_steps: int,
+    n_samples: int | None,
+    chunk_size: int,
+    seed: int,
+    on_nonfinite: str,
+    out: str | os.PathLike | None,
+) -> tuple[int, int | None, int, int]:
+    """Refuse, before any work, bad counts, seeds and actions and an unusable ``out`` path.
 
     Parameters
     ----------
     n_steps, chunk_size : int
-        Must be >= 1.
+        Integers >= 1.
     n_samples : int or None
-        Must be >= 1 when given.
+        An integer >= 1 when given.
+    seed : int
+        An integer in ``[0, SEED_MAX]``.
+    on_nonfinite : str
+        One of :data:`NONFINITE_ACTIONS`.
     out : str or os.PathLike or None
         A zarr store path (see :func:`slift_plugin.store.check_store_path`), or None.
 
+    Returns
+    -------
+    tuple
+        ``(n_steps, n_samples, chunk_size, seed)`` as Python ints (``n_samples`` may be
+        None).
+
     Raises
     ------
+    TypeError
+        If a count or the seed is not an integer (a bool, a float, a string).
     ValueError
-        On the first argument that cannot work.
+        On the first value out of range.
     """
-    if int(n_steps) < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if n_samples is not None and int(n_samples) < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    n_steps, chunk_size = _integer(n_steps, "n_steps"), _integer(chunk_size, "chunk_size")
+    if n_samples is not None:
+        n_samples = _integer(n_samples, "n_samples")
+    for name, count in (("n_steps", n_steps), ("chunk_size", chunk_size), ("n_samples", n_samples)):
+        if count is not None and count < 1:
+            raise ValueError(f"{name} must be >= 1, got {count}")
+    seeds = "an integer in [0, 2**63 - 1]"
+    seed = _integer(seed, "seed", seeds)
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"seed must be {seeds}, got {seed}")
+    if not (isinstance(on_nonfinite, str) and on_nonfinite in NONFINITE_ACTIONS):
+        raise ValueError(f"on_nonfinite must be one of {NONFINITE_ACTIONS}, got {on_nonfinite!r}")
     if out is not None:  # zarr is only needed (and imported) for out-of-core rollouts
         from .store import check_store_path
 
         check_store_path(out)
+    return n_steps, n_samples, chunk_size, seed
+
+
+def _time_axis(
+    stepper: Stepper, t0: float, dt: float | None, n_steps: int
+) -> tuple[float, float, np.ndarray]:
+    """The time coordinates ``t0 + k * dt`` of the ``n_steps + 1`` output states.
+
+    Parameters
+    ----------
+    stepper : Stepper
+        Its ``dt`` is the default step; ``nan`` (no physical step) counts time in steps.
+    t0 : float
+        A finite real number.
+    dt : float or None
+        A finite real number > 0, or None for the stepper's.
+    n_steps : int
+        Steps after ``t0``.
+
+    Returns
+    -------
+    t0, dt : float
+        As used (``dt`` stays nan when the stepper's is).
+    times : numpy.ndarray
+        ``(n_steps + 1,)`` increasing times.
+
+    Raises
+    ------
+    TypeError
+        If ``t0`` or ``dt`` is not a real number.
+    ValueError
+        If ``t0`` is not finite or the step is not finite and > 0: the time coordinate
+        would repeat, run backwards or be NaN.
+    """
+    t0 = _real(t0, "t0")
+    if not math.isfinite(t0):
+        raise ValueError(f"t0 must be finite, got {t0}")
+    if dt is None:
+        dt, name = float(stepper.dt), f"the stepper's dt ({type(stepper).__name__}.dt)"
+        if math.isnan(dt):  # a stepper without a physical step counts time in steps
+            return t0, dt, t0 + 1.0 * np.arange(n_steps + 1)
+    else:
+        dt, name = _real(dt, "dt"), "dt"
+    if not (math.isfinite(dt) and dt > 0):
+        raise ValueError(
+            f"{name} must be a finite step > 0, got {dt}: the times t0 + k*dt must increase"
+        )
+    return t0, dt, t0 + dt * np.arange(n_steps + 1)
+
+
+def _run_device(device: str | torch.device | None, home: torch.device) -> torch.device:
+    """``device`` (else the stepper's ``home``), refused up front where no tensor can live.
+
+    Parameters
+    ----------
+    device : str or torch.device or None
+        As given to :func:`rollout`.
+    home : torch.device
+        The stepper's device.
+
+    Returns
+    -------
+    torch.device
+        The device to run on.
+
+    Raises
+    ------
+    ValueError
+        If ``device`` names no device, is ``meta`` (no data: the stepper would come back
+        without its weights), or cannot hold a tensor here (no such backend or index).
+    """
+    try:
+        run = home if device is None else torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a torch device: {exc}") from exc
+    shown = "the stepper's device" if device is None else f"device={device!r}"
+    if run.index is not None and run.index < 0:  # torch keeps 8 bits: "cuda:999" -> -25
+        raise ValueError(f"{shown} has no valid device index (torch reads it as {run})")
+    if run.type == "meta":
+        raise ValueError(
+            f"rollout cannot run on the meta device ({shown}): meta tensors hold no values, "
+            "so nothing would be computed and the stepper would lose its weights; use a "
+            "device with memory, e.g. 'cpu' or 'cuda'"
+        )
+    try:
+        torch.empty(0, device=run)
+    except Exception as exc:  # AssertionError, RuntimeError, NotImplementedError by backend
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"rollout cannot run on {run} ({shown}): {first_line}") from exc
+    return run
 
 
 def _inputs(
@@ -491,7 +711,8 @@ def _in_memory(
     n, chunk_size = job.windows.shape[0], job.chunk_size
     sink = _MemorySink((hi - lo, job.n_steps + 1, *job.state_shape), job.dtype, lo)
     chunks = [(a, min(a + chunk_size, hi)) for a in range(lo, hi, chunk_size)]
-    _execute(job, chunks, sink, step, progress)
+    with fail_together("generating the ensemble"):  # no rank left waiting in the gather
+        _execute(job, chunks, sink, step, progress)
     return labels.ensemble(all_gather_rows(sink.values, n, chunk_size))
 
 
@@ -556,8 +777,10 @@ def _to_store(
         job.stepper, windows=job.windows, mu=job.mu, coords=template.coords, **settings
     )
     store = EnsembleStore.open_or_create(out, template, job.chunk_size, fp)
-    _execute(job, store.pending(*shard), store, step, progress)
-    barrier()  # every rank's chunks are written before anyone opens the result
+    # Every rank's chunks are written before anyone opens the result, and one rank's failure
+    # (a blow-up, a full disk) fails all of them instead of leaving them at a barrier.
+    with fail_together("generating the ensemble's chunks"):
+        _execute(job, store.pending(*shard), store, step, progress)
     return store.result()
 
 
@@ -579,6 +802,7 @@ def rollout(
     out: str | os.PathLike | None = None,
     cuda_graph: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    on_nonfinite: str = "raise",
 ) -> xr.DataArray:
     """Generate ``n_samples`` trajectories of ``n_steps`` steps from ``x0``.
 
@@ -590,25 +814,27 @@ def rollout(
         One state ``state_shape`` (shared), per-sample states ``(n_samples, *state)``,
         or windows ``(n_samples, history, *state)``.
     n_steps : int
-        Steps per trajectory (>= 1).
+        Steps per trajectory, an integer >= 1.
     n_samples : int or None
-        Trajectories; defaults to the number of samples in ``x0``.
+        Trajectories, an integer >= 1; defaults to the number of samples in ``x0``.
     mu : Tensor or numpy.ndarray or None
         Physics parameters ``(n_params,)`` (shared) or ``(n_samples, n_params)``.
     seed : int
-        All noise derives from ``(seed, sample block)``: same seed, same ensemble,
-        whatever ``chunk_size`` and however many processes.
+        An integer in ``[0, SEED_MAX]`` (``2**63 - 1``). All noise derives from
+        ``(seed, sample block)``: same seed, same ensemble, whatever ``chunk_size`` and
+        however many processes.
     chunk_size : int
         Samples generated together; bounds device and host memory. Multiples of
         :data:`SEED_BLOCK` (256) draw noise without any copy.
     device : str or torch.device or None
-        Where to run (defaults to the stepper's device). Each chunk stays on the device
-        for all steps and is copied to host memory once.
+        Where to run (defaults to the stepper's device); ``meta`` is refused. Each chunk
+        stays on the device for all steps and is copied to host memory once. The
+        stepper comes back on its own device with its weights, also when the run fails.
     t0 : float
-        Time of the last state of ``x0``.
+        Time of the last state of ``x0`` (finite).
     dt : float or None
-        Time coordinate ``t0 + k*dt``; defaults to ``stepper.dt`` (steps count as 1
-        when that is nan).
+        Time coordinate ``t0 + k*dt``, finite and > 0; defaults to ``stepper.dt``
+        (steps count as 1 when that is nan).
     coords : Mapping or None
         Extra coords for the result (``channel`` and grid coords of a reference).
     param_names : list of str or None
@@ -629,6 +855,14 @@ def rollout(
     autocast_dtype : torch.dtype or None
         ``torch.bfloat16`` or ``torch.float16``: run each step under ``torch.autocast``;
         states are stored (and fed back) in the stepper's dtype.
+    on_nonfinite : str
+        What a NaN or infinite state does, one of :data:`NONFINITE_ACTIONS`:
+        ``"raise"`` a FloatingPointError naming the first such step ``k`` (the state at
+        ``t0 + k*dt``) and its (global) sample index; the offending chunk is neither
+        returned nor written (a zarr store keeps the chunks finished before it and
+        stays resumable); ``"warn"`` a RuntimeWarning (once) and keep the values;
+        ``"ignore"`` skips the check. The check is one reduction on the device per
+        chunk, read when the chunk reaches the host.
 
     Returns
     -------
@@ -638,11 +872,23 @@ def rollout(
 
     Raises
     ------
+    TypeError
+        Before generating anything, on a count or seed that is not an integer, a ``t0``
+        or ``dt`` that is not a real number, or a complex or non-numeric ``x0``/``mu``.
     ValueError
-        Before generating anything, on a count below one, an ``out`` path that is not a new or
+        Before generating anything, on a count below one, a seed out of range, a ``dt``
+        that is not > 0 (given or the stepper's), a non-finite ``t0``, an unknown
+        ``on_nonfinite``, an unusable device, an ``out`` path that is not a new or
         resumable ``.zarr`` store, a CUDA graph or autocast dtype this rollout cannot
         use, non-finite ``x0`` or ``mu``, or ``x0``/``mu`` whose shapes do not fit the
         stepper.
+    FloatingPointError
+        With ``on_nonfinite="raise"``, when a generated state is NaN or infinite.
+
+    Warns
+    -----
+    RuntimeWarning
+        With ``on_nonfinite="warn"``, when a generated state is NaN or infinite.
 
     Notes
     -----
@@ -651,25 +897,26 @@ def rollout(
     ensemble is gathered onto every rank, with ``out`` every rank writes its chunks and
     opens the finished store. The result equals the single-process one bit for bit.
     """
-    _check_arguments(n_steps, n_samples, chunk_size, out)
+    n_steps, n_samples, chunk_size, seed = _check_arguments(
+        n_steps, n_samples, chunk_size, seed, on_nonfinite, out
+    )
     home_device, dtype = stepper.param_device_dtype()
-    run_device = torch.device(device) if device is not None else home_device
+    run_device = _run_device(device, home_device)
     _check_fast_paths(stepper, run_device, cuda_graph, autocast_dtype)
+    t0, dt, times = _time_axis(stepper, t0, dt, n_steps)
     windows, mu = _inputs(stepper, x0, mu, n_samples, dtype)
     n = windows.shape[0]
-    dt = stepper.dt if dt is None else float(dt)
-    # A stepper without a physical step (dt = nan) counts time in steps.
-    times = t0 + (dt if math.isfinite(dt) else 1.0) * np.arange(n_steps + 1)
     job = _Job(
         stepper=stepper,
         windows=windows,
         mu=mu,
         times=times.tolist(),
         seed=seed,
-        chunk_size=min(int(chunk_size), n),
+        chunk_size=min(chunk_size, n),
         device=run_device,
         dtype=dtype,
         noise_shape=stepper.noise_shape(tuple(windows.shape[2:])),
+        on_nonfinite=on_nonfinite,
     )
     attrs = {"stepper": type(stepper).__name__, "seed": seed, "dt": dt, "n_steps": n_steps}
     labels = _Labels(times, mu, coords, param_names, attrs)
@@ -695,7 +942,8 @@ def rollout(
 def _execute(job: _Job, chunks: list[tuple[int, int]], sink, step, progress: bool) -> None:
     """Run ``chunks`` into ``sink`` with the stepper on the run device, in eval mode.
 
-    The stepper is handed back on its own device and in its own train/eval mode.
+    The stepper is handed back on its own device and in its own train/eval mode, with
+    its own weights also when the run or the move back fails.
     """
     stepper = job.stepper
     home_device, _ = stepper.param_device_dtype()
@@ -703,10 +951,45 @@ def _execute(job: _Job, chunks: list[tuple[int, int]], sink, step, progress: boo
     n_work = sum(hi - lo for lo, hi in chunks) * job.n_steps
     bar = tqdm(total=n_work, disable=not progress, desc="rollout", unit="traj-step")
     drain_shape = (job.chunk_size, job.n_steps + 1, *job.state_shape)
-    stepper.to(job.device).eval()
+    check = None if job.on_nonfinite == "ignore" else _NonFiniteCheck(job.on_nonfinite, job.times)
+    held = _held_tensors(stepper)  # references, no copies
     try:
-        drain = _HostDrain(sink, job.device, drain_shape, job.dtype)
+        stepper.to(job.device).eval()
+        drain = _HostDrain(sink, job.device, drain_shape, job.dtype, on_nonfinite=check)
         _generate(job, chunks, drain, step, bar)
     finally:
-        stepper.to(home_device).train(was_training)
+        try:
+            stepper.to(home_device)
+        except Exception:
+            # The weights could not come back (a device that lost them, a move cut short):
+            # the stepper's own tensors, held since before the move, are put back instead.
+            # Whatever failed in the run still propagates; the stepper is as it was.
+            _put_back(held)
+        stepper.train(was_training)
         bar.close()
+
+
+def _held_tensors(module: torch.nn.Module) -> list[tuple]:
+    """Every parameter and buffer slot of ``module``, with the tensor, data and grad in it."""
+    held = []
+    for m in module.modules():
+        for slots in (m._parameters, m._buffers):
+            for name, t in slots.items():
+                if t is not None:
+                    grad = t.grad
+                    held.append((slots, name, t, t.data, grad, None if grad is None else grad.data))
+    return held
+
+
+def _put_back(held: list[tuple]) -> None:
+    """Undo ``Module.to`` on the slots of :func:`_held_tensors`.
+
+    ``Module.to`` either swaps a tensor's ``.data`` (and its grad's) or puts a new tensor
+    in the slot (e.g. to or from ``meta``): restore both.
+    """
+    for slots, name, t, data, grad, grad_data in held:
+        t.data = data
+        if grad is not None:
+            grad.data = grad_data
+        t.grad = grad
+        slots[name] = t

@@ -75,7 +75,7 @@ class Stepper(nn.Module, ABC):
     ------
     ValueError
         If ``state_shape`` is empty, has no channel size or a size below one, or if
-        ``history < 1`` or ``n_params < 0``.
+        ``history < 1``, ``n_params < 0``, or ``dt`` is neither nan nor finite and > 0.
     """
 
     evals_per_step: int = 1
@@ -104,6 +104,9 @@ class Stepper(nn.Module, ABC):
             raise ValueError(f"history must be >= 1, got {history}")
         if int(n_params) < 0:
             raise ValueError(f"n_params must be >= 0, got {n_params}")
+        if not (math.isnan(float(dt)) or (math.isfinite(float(dt)) and float(dt) > 0)):
+            # a zero, negative or infinite step makes degenerate time coordinates
+            raise ValueError(f"dt must be a finite step > 0, or nan when unknown; got {dt}")
         self.state_shape = state_shape
         self.history = int(history)
         self.n_params = int(n_params)

@@ -13,14 +13,23 @@ each global batch, DDP averages the gradients, and each rank's loss is weighted 
 share, so step ``i`` optimises the same loss on the same examples as a single process
 (up to float round-off). Checkpoints hold no rank-specific state: a run may resume
 with another number of processes.
+
+A resume continues the same run or refuses: the checkpoint records the settings, a
+fingerprint of the data (its length, the label seed, a digest of a fixed sample of its
+examples with their labels) and of the stepper (class and plain hyperparameters of
+every submodule, among them a flow-matching noise seed), and any difference is an error
+naming it. While a run writes into ``checkpoint_dir`` it holds a lock there, so a second
+run into the same folder fails at once instead of overwriting the first one's file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,12 +42,14 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (
     CheckpointError,
+    check_model_state,
     load_checkpoint,
     load_model_state,
+    lock_checkpoint_dir,
     save_checkpoint,
     tensor_state,
 )
-from .distributed import barrier, is_main_process, shard_bounds, world
+from .distributed import fail_together, is_main_process, shard_bounds, world
 from .labels import hash_seed
 from .protocols import DrawnBatches, IndexedBatches, ShardableBatches
 from .selection import HeldOut, held_out_score
@@ -161,6 +172,145 @@ def _batches(
         yield from zip(loader, (share for _, share in shards), strict=True)
 
 
+# A data fingerprint reads at most this many examples and about this many values (4 MB
+# of float32), so that it costs next to nothing beside an epoch even for large fields.
+_FINGERPRINT_EXAMPLES = 64
+_FINGERPRINT_VALUES = 2**20
+
+
+def _sample_of(dataset: Dataset, batch_size: int) -> list[Mapping[str, object]]:
+    """A fixed sample of ``dataset``: evenly spaced examples, first and last included.
+
+    As many examples as fit in ``_FINGERPRINT_VALUES`` values (2 to
+    ``_FINGERPRINT_EXAMPLES``); a dataset that draws its own batches gives its first
+    batch under a fixed seed.
+    """
+    if isinstance(dataset, DrawnBatches):
+        return [next(iter(dataset.iter_batches(batch_size, torch.Generator().manual_seed(0))))]
+
+    def fetch(index: Tensor) -> list[Mapping[str, object]]:
+        if isinstance(dataset, IndexedBatches):
+            return [dataset.get_batch(index)]
+        items = (dataset[i] for i in index.tolist())
+        return [item if isinstance(item, Mapping) else _as_mapping(item) for item in items]
+
+    first = fetch(torch.tensor([0]))
+    per_example = sum(v.numel() for s in first for v in s.values() if torch.is_tensor(v))
+    n = len(dataset)
+    k = min(n, _FINGERPRINT_EXAMPLES, max(2, _FINGERPRINT_VALUES // max(per_example, 1)))
+    return fetch(torch.linspace(0, n - 1, k).round().long().unique())
+
+
+def _as_mapping(item: object) -> Mapping[str, object]:
+    """A tuple or list item (a ``TensorDataset``'s) keyed by position, so that its tensors
+    enter the digest; anything else under one key."""
+    if isinstance(item, tuple | list):
+        return {str(i): value for i, value in enumerate(item)}
+    return {"item": item}
+
+
+def _digest(samples: list[Mapping[str, object]]) -> str:
+    """SHA-256 of the tensors (dtype, shape, bytes) and plain numbers of ``samples``."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        for key in sorted(sample, key=str):
+            value = sample[key]
+            if torch.is_tensor(value):
+                flat = value.detach().reshape(-1)
+                digest.update(f"{key}:{flat.dtype}:{tuple(value.shape)}".encode())
+                stride = math.ceil(flat.numel() / _FINGERPRINT_VALUES)
+                flat = flat[::stride].cpu().contiguous() if stride > 1 else flat.cpu()
+                digest.update(flat.view(torch.uint8).numpy().tobytes())
+            elif isinstance(value, int | float | str):
+                digest.update(f"{key}={value!r}".encode())
+    return digest.hexdigest()[:24]
+
+
+def _data_fingerprint(
+    dataset: Dataset, batch_size: int, held_out: HeldOut | None
+) -> dict[str, object]:
+    """What identifies the training data of a run, cheaply (see the module docstring).
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The training set; its ``labels`` (if any) are part of the sampled examples.
+    batch_size : int
+        The batch a dataset that draws its own batches is sampled with.
+    held_out : HeldOut or None
+        Its data are fingerprinted too: selection on other data is another run.
+
+    Returns
+    -------
+    dict of str to object
+        Plain values, compared key by key on resume.
+    """
+    labels = getattr(dataset, "labels", None)
+    facts: dict[str, object] = {
+        "examples": len(dataset),
+        "label seed": getattr(labels, "seed", None),
+        "sampled examples digest": _digest(_sample_of(dataset, batch_size)),
+    }
+    if held_out is not None:
+        facts["held-out examples digest"] = _digest(_sample_of(held_out.data, batch_size))
+    return facts
+
+
+def _plain(value: object) -> object:
+    """``value`` as plain data that compares equal to itself (NaN does not, "nan" does)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _is_plain(value: object) -> bool:
+    """None, a number, a string, or a (short) sequence of those."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return True
+    return isinstance(value, tuple | list) and len(value) <= 64 and all(map(_is_plain, value))
+
+
+def _stepper_fingerprint(stepper: nn.Module) -> dict[str, object]:
+    """Class and plain public attributes of ``stepper`` and every submodule, flattened.
+
+    The hyperparameters that the weights' shapes do not reveal (a noise seed, the
+    residual form, a label injection, an activation's name) are what this adds to the
+    key and shape check of the state dict.
+    """
+    facts: dict[str, object] = {}
+    for name, module in stepper.named_modules():
+        prefix = f"{name}." if name else ""
+        facts[f"{prefix}class"] = type(module).__qualname__
+        for key, value in sorted(vars(module).items()):
+            if not key.startswith("_") and key != "training" and _is_plain(value):
+                facts[prefix + key] = _plain(value)
+    return facts
+
+
+def _differences(stored: object, current: dict[str, object]) -> list[str]:
+    """``key: stored vs current`` for every key whose values differ."""
+    stored = stored if isinstance(stored, dict) else {}
+    absent = "(not recorded)"
+    return [
+        f"{key}: {stored.get(key, absent)!r} in the checkpoint, {current.get(key, absent)!r} now"
+        for key in sorted(set(stored) | set(current), key=str)
+        if stored.get(key, absent) != current.get(key, absent)
+    ]
+
+
+@contextmanager
+def _holding(checkpoint_dir: str | os.PathLike | None, rank: int) -> Iterator:
+    """Hold ``checkpoint_dir`` for the run (rank 0 takes its lock). Whatever stops rank 0
+    (a held folder, an unwritable one) stops every rank with the cause, not at a barrier."""
+    with ExitStack() as stack:
+        with fail_together("taking the lock of checkpoint_dir"):
+            if checkpoint_dir is not None and rank == 0:
+                stack.enter_context(lock_checkpoint_dir(checkpoint_dir))
+        yield
+
+
 class _LossOf(nn.Module):
     """``forward(batch) = stepper.loss(batch)``.
 
@@ -240,6 +390,9 @@ class _Run:
         Filled in as the run goes (losses, resumed epoch).
     best_model : dict of str to Tensor or None
         With held-out selection: a CPU copy of the best epoch's weights so far.
+    fingerprint : dict
+        With checkpoints: ``{"data": ..., "stepper": ...}``, stored in and checked
+        against checkpoints (see :func:`_data_fingerprint`, :func:`_stepper_fingerprint`).
     """
 
     stepper: Stepper
@@ -253,6 +406,7 @@ class _Run:
     world_size: int
     result: FitResult = field(default_factory=FitResult)
     best_model: dict[str, Tensor] | None = None
+    fingerprint: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 def _check_arguments(
@@ -366,10 +520,70 @@ def _setup(
     return _Run(stepper, params, optimizer, scheduler, config, ckpt_path, device, rank, world_size)
 
 
+def _check_same_run(run: _Run, state: dict, path: Path) -> None:
+    """Raise unless checkpoint ``state`` was written by this very run (settings, data,
+    stepper), naming what differs and how to start afresh."""
+    afresh = f"to start afresh use another checkpoint_dir, delete {path}, or pass resume=False"
+    if state.get("config") != run.config:
+        raise CheckpointError(
+            f"checkpoint {path} was written with {state.get('config')}, "
+            f"cannot resume with {run.config}; use another checkpoint_dir or resume=False"
+        )
+    stored = state.get("fingerprint")
+    if not isinstance(stored, dict):
+        raise CheckpointError(
+            f"checkpoint {path} does not record the data and stepper it was trained with "
+            f"(an older slift_plugin wrote it), so cannot resume a run it may not belong to; "
+            f"{afresh}"
+        )
+    for part, what in (("data", "other data or labels"), ("stepper", "another stepper")):
+        differing = _differences(stored.get(part), run.fingerprint[part])
+        if differing:
+            raise CheckpointError(
+                f"checkpoint {path} cannot resume this run: it was trained on {what} "
+                f"({'; '.join(differing[:6])}); pass the same to continue it, or {afresh}"
+            )
+
+
+def _restore(run: _Run, state: dict, path: Path) -> None:
+    """Load model, optimiser, schedule and record from a checked ``state``.
+
+    Raises
+    ------
+    CheckpointError
+        If an entry is missing or malformed (naming it), or the weights do not fit.
+    """
+    try:
+        epoch, losses = state["epoch"], list(state["losses"])
+        if not isinstance(epoch, int) or not 0 <= epoch <= run.config["epochs"]:
+            raise ValueError(f"epoch must be an int in [0, {run.config['epochs']}], got {epoch!r}")
+        if len(losses) != epoch or not all(isinstance(v, float | int) for v in losses):
+            raise ValueError(f"losses must be {epoch} numbers, got {losses[:5]!r}...")
+        check_model_state(run.stepper, state["model"], path)
+        if state.get("best_model") is not None:
+            check_model_state(run.stepper, state["best_model"], path)
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        if "held_out" in run.config:
+            run.result.held_out_scores = list(state["held_out_scores"])
+            run.result.best_epoch = state["best_epoch"]
+            run.result.stopped_early = bool(state["stopped_early"])
+            run.best_model = state["best_model"]
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is malformed ({type(exc).__name__}: {exc}): damaged, or not "
+            "written by fit(); use another checkpoint_dir or resume=False"
+        ) from exc
+    load_model_state(run.stepper, state["model"], path)
+    run.result.losses = losses
+    run.result.resumed_from_epoch = epoch
+
+
 def _resume(run: _Run, resume: bool) -> None:
     """Continue from ``run.ckpt_path`` if it exists and ``resume`` is set.
 
-    Restores the model, the optimiser, the schedule, the losses so far and the epoch.
+    Restores the model, the optimiser, the schedule, the losses so far and the epoch,
+    after checking that the checkpoint belongs to this run.
 
     Parameters
     ----------
@@ -381,31 +595,21 @@ def _resume(run: _Run, resume: bool) -> None:
     Raises
     ------
     CheckpointError
-        If the checkpoint was written with another ``config`` or does not fit the stepper.
+        If the checkpoint was written with another ``config``, other data or labels, or
+        another stepper, or is malformed or does not fit the stepper.
     RuntimeError
-        If the ranks disagree on the config or on whether there is a checkpoint.
+        If the ranks disagree on the config, the fingerprints or on whether there is a
+        checkpoint.
     """
     path = run.ckpt_path
     resuming = path is not None and resume and path.exists()
-    _check_ranks_agree({"config": run.config, "resume from a checkpoint": resuming}, run.world_size)
+    facts = {"config": run.config, "fingerprint": run.fingerprint}
+    _check_ranks_agree({**facts, "resume from a checkpoint": resuming}, run.world_size)
     if not resuming:
         return
     state = load_checkpoint(path, map_location=run.device)
-    if state.get("config") != run.config:
-        raise CheckpointError(
-            f"checkpoint {path} was written with {state.get('config')}, "
-            f"cannot resume with {run.config}; use another checkpoint_dir or resume=False"
-        )
-    load_model_state(run.stepper, state["model"], path)
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.result.losses = list(state["losses"])
-    run.result.resumed_from_epoch = int(state["epoch"])
-    if "held_out_scores" in state:
-        run.result.held_out_scores = list(state["held_out_scores"])
-        run.result.best_epoch = state["best_epoch"]
-        run.result.stopped_early = bool(state["stopped_early"])
-        run.best_model = state["best_model"]
+    _check_same_run(run, state, path)
+    _restore(run, state, path)
 
 
 def _train_epoch(
@@ -513,24 +717,27 @@ def _write_checkpoint(run: _Run, epoch: int) -> None:
     epoch : int
         Epochs completed, the epoch a resume starts from.
     """
-    if is_main_process():
-        payload = {
-            "model": tensor_state(run.stepper),
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
-            "epoch": epoch,
-            "losses": run.result.losses,
-            "config": run.config,
-        }
-        if "held_out" in run.config:
-            payload |= {
-                "held_out_scores": run.result.held_out_scores,
-                "best_epoch": run.result.best_epoch,
-                "stopped_early": run.result.stopped_early,
-                "best_model": run.best_model,
+    # Leaving together also keeps any rank from reading the file before it is whole; a
+    # failed write on rank 0 fails every rank, instead of leaving them at the next barrier.
+    with fail_together(f"writing the checkpoint of epoch {epoch}"):
+        if is_main_process():
+            payload = {
+                "model": tensor_state(run.stepper),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "epoch": epoch,
+                "losses": run.result.losses,
+                "config": run.config,
+                "fingerprint": run.fingerprint,
             }
-        save_checkpoint(run.ckpt_path, payload)
-    barrier()  # no rank runs ahead (or returns and reads it) before the file is whole
+            if "held_out" in run.config:
+                payload |= {
+                    "held_out_scores": run.result.held_out_scores,
+                    "best_epoch": run.result.best_epoch,
+                    "stopped_early": run.result.stopped_early,
+                    "best_model": run.best_model,
+                }
+            save_checkpoint(run.ckpt_path, payload)
 
 
 def fit(
@@ -582,11 +789,14 @@ def fit(
         Write ``checkpoint_dir/last.pt`` atomically every ``checkpoint_every`` epochs and
         at the end (rank 0 only; the others wait); with ``resume=True`` an existing one is
         continued by every rank, so ``checkpoint_dir`` must be on a shared filesystem.
+        The folder is created, checked and locked (a lock file removed at the end) before
+        any work, so one folder serves one run at a time.
     checkpoint_every : int
         Epochs between checkpoints.
     resume : bool
-        Continue from an existing ``checkpoint_dir/last.pt`` (written with the same
-        settings); False starts afresh.
+        Continue from an existing ``checkpoint_dir/last.pt``, which must have been
+        written with the same settings, data (length, label seed, sampled values) and
+        stepper (class and hyperparameters, seeds included); False starts afresh.
     progress : bool
         Show a progress bar (on rank 0), labelled ``description``.
     description : str
@@ -611,9 +821,11 @@ def fit(
         Under a process group, for a dataset that draws its own batches but cannot
         shard them.
     CheckpointError
-        When resuming a checkpoint written with other settings or for another model.
+        Before training, when ``checkpoint_dir`` is a file, cannot be written, or is
+        held by another live run; when resuming a checkpoint written with other
+        settings, on other data or labels, for another stepper, or malformed.
     RuntimeError
-        When the ranks disagree on the settings or on the checkpoint.
+        When the ranks disagree on the settings, the data or on the checkpoint.
     FloatingPointError
         On every rank, when a batch's loss is not finite.
     """
@@ -631,16 +843,66 @@ def fit(
     }
     if held_out is not None:
         config["held_out"] = held_out.facts()
-    run = _setup(
-        stepper,
-        dataset,
-        config,
-        device=device,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every=checkpoint_every,
-    )
-    _resume(run, resume)
-    result = run.result
+    rank, world_size = world()
+    # The folder is checked and held before any work, so that a bad or busy one fails
+    # before the first step rather than at the first checkpoint.
+    with _holding(checkpoint_dir, rank):
+        # Taken before prepare() and training can change the stepper's attributes.
+        stepper_facts = _stepper_fingerprint(stepper) if checkpoint_dir is not None else {}
+        run = _setup(
+            stepper,
+            dataset,
+            config,
+            device=device,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+        )
+        if run.ckpt_path is not None:
+            data_facts = _data_fingerprint(dataset, batch_size, held_out)
+            run.fingerprint = {"data": data_facts, "stepper": stepper_facts}
+        _resume(run, resume)
+        return _train(
+            run,
+            dataset,
+            held_out,
+            checkpoint_every=checkpoint_every,
+            progress=progress,
+            description=description,
+        )
+
+
+def _train(
+    run: _Run,
+    dataset: Dataset,
+    held_out: HeldOut | None,
+    *,
+    checkpoint_every: int,
+    progress: bool,
+    description: str,
+) -> FitResult:
+    """The epochs of :func:`fit` after setup and resume: train, select, checkpoint.
+
+    Parameters
+    ----------
+    run : _Run
+        The set-up (possibly resumed) run.
+    dataset : Dataset
+        The training set.
+    held_out : HeldOut or None
+        Held-out selection, as for :func:`fit`.
+    checkpoint_every : int
+        Epochs between checkpoints (and one at the end), when ``run.ckpt_path`` is set.
+    progress : bool
+        Show a progress bar (on rank 0).
+    description : str
+        Its label.
+
+    Returns
+    -------
+    FitResult
+        The whole run's record.
+    """
+    stepper, result, epochs = run.stepper, run.result, run.config["epochs"]
     # DDP only under a process group: one process keeps the plain, hook-free stepper.
     loss_of = stepper.loss if run.world_size == 1 else _data_parallel(stepper, run.device)
     start = time.perf_counter()

@@ -22,6 +22,7 @@ import torch
 import torchrun_worker as worker
 
 from slift_plugin import SnapshotDataset, TransitionDataset, fit, rollout
+from slift_plugin.distributed import fail_together, init_from_env
 from slift_plugin.train import _check_shardable, _index_shards
 
 WORKER = Path(__file__).with_name("torchrun_worker.py")
@@ -29,10 +30,8 @@ N_PROC = 2
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> list[dict]:
-    """Run the worker under torchrun once; the results of rank 0 and rank 1."""
-    out = tmp_path_factory.mktemp("torchrun")
+def launch(out: Path, mode: str, timeout: float) -> list[dict]:
+    """Run the worker's ``mode`` under torchrun; the results of rank 0 and rank 1."""
     cmd = [
         sys.executable,
         "-m",
@@ -41,15 +40,30 @@ def ranks(tmp_path_factory) -> list[dict]:
         "--standalone",
         str(WORKER),
         str(out),
+        mode,
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as err:
-        pytest.fail(f"torchrun did not finish in 180 s (a rank hung?)\n{_output(err)}")
+        pytest.fail(f"torchrun did not finish in {timeout} s (a rank hung?)\n{_output(err)}")
     if proc.returncode != 0:
         pytest.fail(f"torchrun exited with {proc.returncode}\n{_output(proc)}")
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(N_PROC)]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    """The training scenarios, run once."""
+    return launch(tmp_path_factory.mktemp("torchrun"), "training", timeout=180)
+
+
+@pytest.fixture(scope="module")
+def failures(tmp_path_factory) -> list[dict]:
+    """The fail_together scenarios, run once. Every collective there times out after
+    GROUP_TIMEOUT (20 s) and the scenarios sleep 4 s in all: 120 s, slow imports
+    included, is a hang."""
+    return launch(tmp_path_factory.mktemp("failures"), "failures", timeout=120)
 
 
 def _output(proc) -> str:
@@ -204,3 +218,105 @@ def test_sharded_rollout_equals_the_single_process_rollout(ranks, name):
     stepper.load_state_dict(scenario(ranks, "sl")[0]["params"])
     single = rollout(stepper, torch.zeros(1), **worker.ROLLOUT)
     assert torch.equal(results[0]["values"], torch.as_tensor(single.values))
+
+
+# -- failures ---------------------------------------------------------------------------------
+# Without fail_together, the rank that did not raise waits at the next collective until the
+# group's timeout (20 s here, 30 min by default) and then fails without the cause.
+PROMPT = 10.0  # seconds: a rank learns of another's failure at once, not after a timeout
+DISK_FULL = "OSError: [Errno 28] No space left on device (planted)"
+
+
+def test_a_failure_of_rank_zero_fails_the_other_rank_at_once_with_the_cause(failures):
+    rank0, rank1 = scenario(failures, "rank0_fails")
+    assert rank0["error"] == "OSError" and "No space left on device" in rank0["message"]
+    assert rank0["notes"] == []  # rank 1 did not fail
+    assert rank1["error"] == "RankFailedError"
+    assert rank1["message"] == (
+        f"rank 0 failed while writing the checkpoint: {DISK_FULL} (seen from rank 1)"
+    )
+    assert "in write_planted_failure" in rank1["cause"]  # rank 0's traceback
+    assert rank1["seconds"] < PROMPT
+
+
+def test_a_failure_of_another_rank_fails_rank_zero(failures):
+    rank0, rank1 = scenario(failures, "rank1_fails")
+    assert rank1["error"] == "ValueError" and rank1["message"] == "planted failure on rank 1"
+    assert rank0["error"] == "RankFailedError"
+    assert rank0["message"] == (
+        "rank 1 failed while checking the store: ValueError: planted failure on rank 1 "
+        "(seen from rank 0)"
+    )
+    assert rank0["seconds"] < PROMPT
+
+
+def test_ranks_that_fail_together_keep_their_own_errors_and_note_the_others(failures):
+    rank0, rank1 = scenario(failures, "both_fail")
+    assert rank0["error"] == "OSError"
+    assert rank0["notes"] == [
+        "rank 1 also failed while creating the store: ValueError: planted failure on rank 1"
+    ]
+    assert rank1["error"] == "ValueError"
+    assert rank1["notes"] == [f"rank 0 also failed while creating the store: {DISK_FULL}"]
+
+
+def test_after_failures_the_ranks_are_still_in_step_and_leave_blocks_together(failures):
+    rank0, rank1 = scenario(failures, "lockstep")
+    assert rank0["error"] is None and rank1["error"] is None
+    # rank 0 slept 1 s in the block: rank 1 left only after rank 0's body was done
+    assert rank1["left_at"] >= rank0["body_done_at"]
+    assert rank1["seconds"] >= 0.9
+    assert rank0["sum_of_ranks_plus_one"] == rank1["sum_of_ranks_plus_one"] == 3.0
+
+
+def test_a_rank_that_waits_past_the_timeout_fails_with_a_timeout(failures):
+    rank0, rank1 = scenario(failures, "timeout")
+    assert rank1["error"] == "TimeoutError"
+    assert "(timeout 0.5 s) for the other ranks to finish a slow block" in rank1["message"]
+    # it gave up after the timeout, well before rank 0 woke up
+    assert worker.FAILURE_TIMEOUT <= rank1["seconds"] < worker.SLOW_RANK_SLEEP - 0.5
+    assert rank0["error"] is None  # rank 0 found rank 1's (timed-out) gather waiting
+
+
+@pytest.mark.parametrize(
+    ("name", "what"),
+    [
+        ("fit_checkpoint_fails", "writing the checkpoint of epoch 3"),  # the last of 3
+        ("store_creation_fails", "creating or repairing the zarr store"),
+    ],
+)
+def test_rank_zero_failing_in_fit_or_rollout_fails_the_other_rank_with_the_cause(
+    failures, name, what
+):
+    # The call sites: rank 0's checkpoint write in fit() and its creation of the zarr store
+    # in rollout() fail (a full disk); rank 1 must not wait at a barrier for the group's
+    # timeout, but fail at once, naming rank 0's error.
+    rank0, rank1 = scenario(failures, name)
+    assert rank0["error"] == "OSError" and "No space left on device" in rank0["message"]
+    assert rank1["error"] == "RankFailedError"
+    assert rank1["message"].startswith(f"rank 0 failed while {what}")
+    assert DISK_FULL in rank1["message"]
+    assert rank1["seconds"] < PROMPT + 15  # includes building and training the small model
+
+
+def test_fail_together_in_one_process_runs_the_block_as_it_is():
+    ran = []
+    with fail_together("nothing"):
+        ran.append(True)
+    assert ran == [True]
+    with pytest.raises(KeyError, match="own"), fail_together("raising"):
+        raise KeyError("own")
+
+
+@pytest.mark.parametrize(
+    "call, expected",
+    [
+        (lambda: fail_together(""), "what must be a non-empty description, got ''"),
+        (lambda: fail_together("x", timeout=0), "timeout must be a number of seconds > 0"),
+        (lambda: init_from_env("gloo", timeout=-1.0), "timeout must be .* got -1.0"),
+    ],
+)
+def test_bad_failure_arguments_are_refused(call, expected):
+    with pytest.raises(ValueError, match=expected):
+        with call():
+            pass

@@ -273,3 +273,15 @@ def test_noise_field_labels_on_a_mismatched_grid_are_rejected():
     batch = TransitionDataset(states, labels=labels).get_batch(torch.arange(2))
     with pytest.raises(ValueError, match=r"label must have shape \(2, 2, 64\)"):
         sl.loss(batch)
+
+
+def test_from_checkpoint_of_a_model_built_with_positional_arguments(tmp_path):
+    """BaseModel records positional arguments under 'args' *and* fills the defaults of
+    the same names in as keywords: the positional values must win, not clash."""
+    model = SLFNO(2, (6,), 10, 2, 3)  # in_channels, n_modes, hidden, n_layers, label_dim
+    model.save_checkpoint(tmp_path, "p")
+    restored = SLFNO.from_checkpoint(tmp_path, "p")
+    assert restored.backbone.operator.hidden_channels == 10 and restored.label_dim == 3
+    x, lab = torch.randn(2, 2, GRID), torch.randn(2, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x, lab), model(x, lab))

@@ -3,6 +3,7 @@ engine (in-place noise, history views, per-step op budget, CUDA-graph plumbing, 
 
 import collections
 import importlib
+import warnings
 
 import numpy as np
 import pytest
@@ -279,3 +280,127 @@ def test_staged_drain_hands_chunks_over_one_behind_and_intact():
     assert sorted(received) == [(0, 4), (4, 8), (8, 10)]
     for i, key in enumerate(sorted(received)):
         assert (received[key] == float(i)).all() and received[key].shape[0] == key[1] - key[0]
+
+
+# -- blow-ups: on_nonfinite -------------------------------------------------------------------
+class BlowUp(Stepper):
+    """State ``(count, when)``: ``count`` goes up by one per step and turns into ``value``
+    at step ``when`` (each sample carries its own ``when`` in ``x0``); no noise, no BLAS."""
+
+    def __init__(self, value=float("inf")):
+        super().__init__((2,), dt=0.5)
+        self.register_buffer("value", torch.tensor(value))
+
+    def noise_shape(self, grid_shape):
+        return None
+
+    def step(self, window, noise=None, *, mu=None, t=None):
+        count, when = window[:, 0] + 1, window[:, 1]
+        count = torch.where(count == when, self.value, count)
+        return torch.stack([count, when], 1)
+
+    def loss(self, batch):
+        raise TypeError("a fixed test stepper: nothing to train")
+
+
+def blow_up_x0(n, when):
+    """``x0`` of :class:`BlowUp`: sample ``i`` blows up at step ``when.get(i)`` (or never)."""
+    return torch.tensor([[0.0, float(when.get(i, 10**6))] for i in range(n)])
+
+
+# sample 6 is the first to blow up (step 3, with sample 7; sample 5 only at step 4)
+EARLY = {5: 4, 6: 3, 7: 3}
+BLOW = dict(n_steps=6, chunk_size=4, t0=1.0)  # chunks [0, 4), [4, 8), [8, 10)
+
+
+@pytest.mark.parametrize("value", [float("inf"), -float("inf"), float("nan")])
+def test_a_blow_up_raises_naming_the_first_step_and_global_sample(value):
+    with pytest.raises(FloatingPointError) as err:
+        rollout(BlowUp(value), blow_up_x0(10, EARLY), **BLOW)
+    message = str(err.value)
+    assert "first at step 3 (time 2.5) of sample 6" in message, message
+    assert "(the earliest in samples [4, 8), 3 of which hold NaN/Inf)" in message, message
+    assert "Samples [4, 8) were not kept" in message, message
+
+
+def test_large_finite_values_are_not_a_blow_up():
+    big = torch.finfo(torch.float32).max  # a sum or a difference of these would overflow
+    ens = rollout(BlowUp(big), blow_up_x0(10, EARLY), **BLOW)
+    assert np.isfinite(ens.values).all() and ens.values.max() == big
+
+
+def test_warn_warns_once_and_keeps_the_values():
+    when = {**EARLY, 9: 2}  # the last chunk blows up too: not reported again
+    with pytest.warns(RuntimeWarning) as record:
+        ens = rollout(BlowUp(), blow_up_x0(10, when), on_nonfinite="warn", **BLOW)
+    assert len(record) == 1, [str(w.message) for w in record]
+    assert "first at step 3 (time 2.5) of sample 6" in str(record[0].message)
+    # the values are those of the stepper, blown up exactly where it blew up
+    bad = ~np.isfinite(ens.values[:, :, 0])
+    expected = np.zeros_like(bad)
+    for sample, step in when.items():
+        expected[sample, step:] = True
+    assert np.array_equal(bad, expected)
+
+
+def test_ignore_is_silent_and_returns_the_same_values():
+    x0 = blow_up_x0(10, EARLY)
+    with pytest.warns(RuntimeWarning):
+        warned = rollout(BlowUp(), x0, on_nonfinite="warn", **BLOW)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ignored = rollout(BlowUp(), x0, on_nonfinite="ignore", **BLOW)
+    xr.testing.assert_identical(ignored, warned)
+
+
+class StagedDrain(rollout_module._HostDrain):
+    """The CUDA hand-over (a chunk reaches the sink one chunk late), here on the CPU."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "staged": True})
+
+
+@pytest.mark.parametrize(
+    "staged, done",
+    # staged: chunk [8, 10) is in flight when chunk [4, 8) is refused, and is written
+    [(False, [True, False, False]), (True, [True, False, True])],
+)
+def test_a_blow_up_leaves_a_zarr_store_resumable(tmp_path, monkeypatch, staged, done):
+    import zarr
+
+    from slift_plugin.store import DONE
+
+    if staged:
+        monkeypatch.setattr(rollout_module, "_HostDrain", StagedDrain)
+    path, x0 = tmp_path / "ens.zarr", blow_up_x0(10, EARLY)
+    with pytest.raises(FloatingPointError, match="step 3 .* of sample 6"):
+        rollout(BlowUp(), x0, out=path, **BLOW)
+    assert zarr.open_array(path / DONE)[:].tolist() == done
+    assert np.isnan(zarr.open_array(path / "state")[4:8]).all()  # never written
+    # the same generation resumes (on_nonfinite is no part of it) and keeps the values
+    with pytest.warns(RuntimeWarning, match="sample 6"):
+        resumed = rollout(BlowUp(), x0, out=path, on_nonfinite="warn", **BLOW)
+    with pytest.warns(RuntimeWarning):
+        xr.testing.assert_identical(
+            resumed.load(), rollout(BlowUp(), x0, on_nonfinite="warn", **BLOW)
+        )
+
+
+@pytest.mark.parametrize("action, per_chunk", [("raise", 1), ("warn", 1), ("ignore", 0)])
+def test_the_check_is_one_device_reduction_per_chunk(action, per_chunk):
+    """Not per step: the count is the same for 2 and 12 steps (and none for 'ignore')."""
+    for steps in (2, 12):
+        with OpCounter() as c:
+            rollout(Echo(), torch.zeros(2), steps, n_samples=30, chunk_size=10, on_nonfinite=action)
+        assert c.ops["aminmax"] == 3 * per_chunk, (steps, c.ops["aminmax"])
+
+
+def test_sdeint_inherits_the_default_raise():
+    from slift_plugin.adapters.torchsde import sdeint
+
+    y0 = blow_up_x0(3, {1: 2})
+    with pytest.raises(FloatingPointError, match="first at step 2 .* of sample 1"):
+        sdeint(BlowUp(), y0, torch.arange(5) * 0.5)
+    # torchsde's own behaviour (NaN paths returned silently) on request
+    ys = sdeint(BlowUp(), y0, torch.arange(5) * 0.5, on_nonfinite="ignore")
+    assert not torch.isfinite(ys[2:, 1]).all() and torch.isfinite(ys[:, [0, 2]]).all()

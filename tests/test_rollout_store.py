@@ -2,6 +2,12 @@
 fingerprints of bounded memory."""
 
 import importlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +223,73 @@ def test_bad_paths_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not a zarr store written by rollout"):
         generate(plain_dir)
     assert a_file.read_text() == "not a store"  # nothing was touched
+
+
+def killed_in_child(path, kill_where):
+    """Run ``generate(path)`` in a child process that SIGKILLs itself at ``kill_where``."""
+    code = f"""
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import zarr
+        from test_rollout_store import generate
+
+        def die(*args, **kwargs):
+            os.kill(os.getpid(), 9)
+        {textwrap.indent(textwrap.dedent(kill_where), " " * 8).strip()}
+        generate({str(path)!r})
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, env=env, timeout=300
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-3000:]
+
+
+def files_under(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_store_killed_while_being_created_is_created_by_the_next_run(tmp_path):
+    path = tmp_path / "ens.zarr"
+    killed_in_child(path, "zarr.Group.create_array = die  # the skeleton is half built")
+    (orphan,) = tmp_path.iterdir()  # the temporary store, never renamed into place
+    assert orphan.name.startswith(".ens.zarr.") and orphan.name.endswith(".tmp")
+    assert orphan.is_dir() and files_under(orphan)  # the coords were written
+    other_target = tmp_path / ".ens2.zarr.host_1_0123456789abcdef.tmp"  # not ours to remove
+    other_target.mkdir()
+
+    xr.testing.assert_identical(generate(path).load(), generate())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other_target.name, "ens.zarr"]
+
+
+def test_a_store_killed_while_writing_a_chunk_resumes_and_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "ens.zarr"
+    # zarr writes each chunk file through a temporary "<key>.<uuid>.partial": die in chunk
+    # 3's, after half of its bytes
+    killed_in_child(
+        path,
+        """
+        import zarr.storage._local as local
+        put = local._put
+        def put_or_die(file, value, exclusive=False):
+            if file.parts[-5:] == ("state", "c", "3", "0", "0"):
+                file.parent.mkdir(parents=True, exist_ok=True)
+                with local._atomic_write(file, "wb") as f:
+                    f.write(value.as_buffer_like()[: len(value) // 2])
+                    f.flush()
+                    die()
+            return put(file, value, exclusive)
+        local._put = put_or_die
+        """,
+    )
+    partial = [f for f in files_under(path) if f.endswith(".partial")]
+    assert len(partial) == 1 and partial[0].startswith("state/c/3/0/0.")
+    assert zarr.open_array(path / DONE)[:].tolist() == [True] * 3 + [False] * 3
+
+    counted = []
+    stepper = make_stepper()
+    stepper.backbone.register_forward_pre_hook(lambda m, a: counted.append(a[0].shape[0]))
+    xr.testing.assert_identical(generate(path, stepper).load(), generate())
+    assert counted == [CHUNK] * 2 * STEPS + [N - 5 * CHUNK] * STEPS  # chunks 3, 4 and 5
+    assert [p.name for p in tmp_path.iterdir()] == ["ens.zarr"]
+    assert not [f for f in files_under(path) if f.endswith((".partial", ".tmp"))]

@@ -8,7 +8,13 @@ import torch
 import torchsde
 
 from slift_plugin import DICE, MLP, PotentialMLP, StochasticLifting, rollout
-from slift_plugin.adapters.torchsde import GridBrownian, SDEStepper, dice_sde, sdeint
+from slift_plugin.adapters.torchsde import (
+    GridBrownian,
+    SDEStepper,
+    dice_sde,
+    integrate_sde,
+    sdeint,
+)
 from slift_plugin.systems import Lorenz63SDE, OrnsteinUhlenbeckSDE, ou_transition_moments
 
 
@@ -156,3 +162,50 @@ def test_sdeint_accepts_float32_time_grids_over_long_horizons():
     assert out.shape == (401, 2, 2)
     ens = rollout(sl, torch.zeros(2, 2), 400, seed=0)
     torch.testing.assert_close(out[-1], torch.as_tensor(ens.values[:, -1]))
+
+
+@pytest.mark.parametrize(
+    "y0",
+    [
+        torch.tensor([[1, 2], [3, 4]]),  # int64: the path used to come back truncated to ints
+        torch.tensor([[1.0, 2.0], [3.0, 4.0]]) * (1 + 1j),  # complex: imaginary part lost
+        torch.zeros(2, 2, dtype=torch.bool),
+    ],
+    ids=["int64", "complex64", "bool"],
+)
+def test_sdeint_refuses_non_real_floating_y0(y0):
+    with pytest.raises(ValueError, match=f"real floating-point tensor; got dtype {y0.dtype}"):
+        sdeint(lifting(), y0, torch.tensor([0.0, 0.1, 0.2]), seed=0)
+
+
+def test_sdeint_computes_in_the_stepper_dtype_and_returns_y0_dtype():
+    sl = lifting()  # float32 parameters
+    y0 = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = sdeint(sl, y0, torch.tensor([0.0, 0.1, 0.2]), seed=1)
+    assert out.dtype == torch.float64
+    # the float32 rollout, widened: the path is the stepper's, not a float64 recomputation
+    expected = torch.as_tensor(rollout(sl, y0.float(), 2, seed=1).values).transpose(0, 1)
+    assert expected.dtype == torch.float32
+    torch.testing.assert_close(out, expected.double(), rtol=0, atol=0)
+
+
+def test_sdeint_and_integrate_sde_accept_ts_as_a_list():
+    sl = lifting()
+    y0 = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    as_tensor = sdeint(sl, y0, torch.tensor([0.0, 0.1, 0.3]), seed=2)
+    torch.testing.assert_close(sdeint(sl, y0, [0.0, 0.1, 0.3], seed=2), as_tensor)
+    torch.testing.assert_close(sdeint(sl, y0, (0, 0.1, 0.3), seed=2), as_tensor)
+    with pytest.raises(ValueError, match="ts must be a 1-D tensor or a list of numbers"):
+        sdeint(sl, y0, [0.0, "0.1"], seed=2)
+    with pytest.raises(ValueError, match="ts must be a 1-D tensor or a list of numbers"):
+        sdeint(sl, y0, [0.0, True], seed=2)
+    with pytest.raises(ValueError, match="at least two times"):
+        sdeint(sl, y0, [0.0], seed=2)
+    sde, x0 = OrnsteinUhlenbeckSDE(), torch.ones(3, 1, dtype=torch.float64)
+    ts = torch.tensor([0.0, 0.1, 0.2], dtype=torch.float64)
+    torch.testing.assert_close(
+        integrate_sde(sde, x0, [0.0, 0.1, 0.2], dt=0.01, seed=0),
+        integrate_sde(sde, x0, ts, dt=0.01, seed=0),
+        rtol=0,
+        atol=0,
+    )

@@ -1,6 +1,10 @@
 """fit(): convergence, atomic checkpoints, exact resume, corrupt checkpoints, bad data."""
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -257,3 +261,187 @@ def test_epoch_loss_weights_batches_by_the_steppers_example_count():
     assert plain == pytest.approx(sum(v * n for v, n in plain_steps) / 5, rel=1e-6)
     assert counted == pytest.approx(sum(v * n for v, n in counted_steps) / 14, rel=1e-6)
     assert counted != pytest.approx(plain, rel=1e-3)
+
+
+# -- resume belongs to the same run: seeds, data, stepper; one run per folder -------------------
+def labelled(seed=0, data_seed=0):
+    """A labelled SL stepper and its data; the data differ in values, not in length."""
+    sl = make(label_dim=2)
+    states = linear_data()
+    if data_seed:
+        states = states + 0.01 * torch.randn(
+            states.shape, generator=torch.Generator().manual_seed(1)
+        )
+    return sl, TransitionDataset(states, labels=sl.fixed_labels(seed))
+
+
+RESUME = dict(epochs=2, batch_size=16, progress=False, checkpoint_every=1)
+
+
+def one_epoch_checkpoint(folder, sl, data):
+    """A checkpoint after epoch 1 of 2: the run died at the first step of epoch 2."""
+    interrupt_fit(sl, data, math.ceil(len(data) / 16), checkpoint_dir=folder, **RESUME)
+    assert torch.load(folder / "last.pt", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("finished", [False, True], ids=["interrupted", "finished"])
+@pytest.mark.parametrize(
+    "other, differs",
+    [
+        (dict(seed=1), "label seed: 0 in the checkpoint, 1 now"),
+        (dict(data_seed=1), "sampled examples digest"),
+    ],
+    ids=["label_seed", "same_length_data"],
+)
+def test_resume_refuses_other_labels_or_data(tmp_path, finished, other, differs):
+    sl, data = labelled()
+    if finished:
+        fit(sl, data, checkpoint_dir=tmp_path, **RESUME)
+    else:
+        one_epoch_checkpoint(tmp_path, sl, data)
+    new_sl, new_data = labelled(**other)
+    assert len(new_data) == len(data)
+    before = [p.detach().clone() for p in new_sl.parameters()]
+    with pytest.raises(CheckpointError, match="trained on other data or labels") as info:
+        fit(new_sl, new_data, checkpoint_dir=tmp_path, **RESUME)
+    assert differs in str(info.value) and "resume=False" in str(info.value)
+    for p, q in zip(before, new_sl.parameters(), strict=True):
+        assert torch.equal(p, q)  # neither loaded nor trained
+    # the data of the checkpoint itself still resumes
+    again, same = labelled()
+    assert fit(again, same, checkpoint_dir=tmp_path, **RESUME).resumed_from_epoch >= 1
+
+
+def test_resume_refuses_another_flow_matching_noise_seed(tmp_path):
+    from slift_plugin import FlowMatching
+
+    def flow(seed):
+        torch.manual_seed(0)
+        net = MLP(4, 2, label_dim=0, n_cond=1, hidden=16, depth=2)
+        return FlowMatching(net, (2,), n_euler=2, seed=seed)
+
+    data = TransitionDataset(linear_data())
+    one_epoch_checkpoint(tmp_path, flow(0), data)
+    with pytest.raises(
+        CheckpointError, match=r"another stepper \(seed: 0 in the checkpoint, 7 now"
+    ):
+        fit(flow(7), data, checkpoint_dir=tmp_path, **RESUME)
+    assert fit(flow(0), data, checkpoint_dir=tmp_path, **RESUME).resumed_from_epoch == 1
+
+
+def test_resume_refuses_other_stored_labels_and_a_checkpoint_without_fingerprint(tmp_path):
+    """Coupled labels live in a table: the digest covers them as it covers seeded ones."""
+    from slift_plugin import StoredLabels
+
+    g = torch.Generator().manual_seed(0)
+    table = StoredLabels(torch.randn(192, 2, generator=g))
+    other = StoredLabels(table.values + 0.5)
+    fit(
+        make(label_dim=2),
+        TransitionDataset(linear_data(), labels=table),
+        checkpoint_dir=tmp_path,
+        **RESUME,
+    )
+    with pytest.raises(CheckpointError, match="other data or labels"):
+        fit(
+            make(label_dim=2),
+            TransitionDataset(linear_data(), labels=other),
+            checkpoint_dir=tmp_path,
+            **RESUME,
+        )
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    del state["fingerprint"]  # as an older version wrote it
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="does not record the data and stepper"):
+        fit(
+            make(label_dim=2),
+            TransitionDataset(linear_data(), labels=table),
+            checkpoint_dir=tmp_path,
+            **RESUME,
+        )
+
+
+def test_a_second_fit_into_a_held_folder_fails_and_the_first_finishes(tmp_path):
+    """The second run starts while the first one trains (from inside its loss): refused."""
+    data = TransitionDataset(linear_data())
+    first, errors = make(), []
+    loss = first.loss
+
+    def loss_and_a_rival(batch):
+        if not errors:
+            rival = make()
+            before = [p.detach().clone() for p in rival.parameters()]
+            with pytest.raises(CheckpointError, match="is in use by another fit") as info:
+                fit(rival, data, checkpoint_dir=tmp_path, **RESUME)
+            errors.append(str(info.value))
+            assert all(torch.equal(p, q) for p, q in zip(before, rival.parameters(), strict=True))
+        return loss(batch)
+
+    first.loss = loss_and_a_rival
+    result = fit(first, data, checkpoint_dir=tmp_path, **RESUME)
+    assert f"process {os.getpid()}" in errors[0] and ".fit.lock" in errors[0]
+    assert result.epochs == 2 and (tmp_path / "last.pt").is_file()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["last.pt"]  # the lock is gone
+
+
+HOLD_LOCK = """
+import sys, time
+from slift_plugin.checkpoint import lock_checkpoint_dir
+with lock_checkpoint_dir(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_lock_of_another_live_process_is_respected_until_it_is_killed(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        sl = make()
+        before = [p.detach().clone() for p in sl.parameters()]
+        with pytest.raises(CheckpointError, match=f"process {holder.pid} on host"):
+            fit(sl, TransitionDataset(linear_data()), checkpoint_dir=tmp_path, **RESUME)
+        assert all(torch.equal(p, q) for p, q in zip(before, sl.parameters(), strict=True))
+        assert (tmp_path / ".fit.lock").is_file() and not (tmp_path / "last.pt").exists()
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs, the lock file stays with its record
+        holder.wait()
+    assert json.loads((tmp_path / ".fit.lock").read_text())["pid"] == holder.pid
+    result = fit(make(), TransitionDataset(linear_data()), checkpoint_dir=tmp_path, **RESUME)
+    assert result.epochs == 2
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",  # a holder killed between creating the file and writing its record
+        '{"pid": 1, "host": "another-host.example"}',  # a run requeued onto another node
+        '{"pid": 2',  # a half-written record
+    ],
+)
+def test_a_lock_file_that_nobody_holds_is_taken_over(tmp_path, content):
+    (tmp_path / ".fit.lock").write_text(content)
+    result = fit(make(), TransitionDataset(linear_data()), checkpoint_dir=tmp_path, **RESUME)
+    assert result.epochs == 2
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_an_interrupted_fit_releases_its_lock(tmp_path):
+    one_epoch_checkpoint(tmp_path, *labelled())
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_the_data_digest_sees_the_tensors_of_tuple_items():
+    # A TensorDataset yields tuples: their tensors must enter the resume fingerprint, or
+    # different data of the same length would resume silently.
+    from torch.utils.data import TensorDataset
+
+    from slift_plugin.train import _digest, _sample_of
+
+    x = torch.arange(12.0).reshape(6, 2)
+    same = [_digest(_sample_of(TensorDataset(x.clone(), x + 1), 4)) for _ in range(2)]
+    other = _digest(_sample_of(TensorDataset(x, x + 2), 4))
+    assert same[0] == same[1] != other

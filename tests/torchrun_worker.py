@@ -3,7 +3,12 @@
 Run under torchrun (pytest does not collect this file)::
 
     python -m torch.distributed.run --nproc_per_node=2 --standalone \\
-        tests/torchrun_worker.py OUT_DIR
+        tests/torchrun_worker.py OUT_DIR [training | failures | nccl]
+
+``training`` (the default) runs fit() and rollout() scenarios; ``failures`` runs blocks of
+:func:`slift_plugin.distributed.fail_together` in which ranks raise, sleep or time out, in
+a launch of their own so that a hang there cannot take the other scenarios with it;
+``nccl`` (one GPU per rank) gathers rows and fails together over NCCL.
 
 Every rank writes ``OUT_DIR/rank{r}.pt`` (tensors, lists and strings only, readable with
 ``weights_only=True``). A scenario that raises records its traceback under ``errors``
@@ -16,6 +21,7 @@ from __future__ import annotations
 import math
 import shutil
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -37,9 +43,18 @@ from slift_plugin import (
     fit,
     rollout,
 )
+from slift_plugin import store as store_module
 from slift_plugin import train as train_module
 from slift_plugin.checkpoint import tensor_state
-from slift_plugin.distributed import barrier, init_from_env, is_main_process, world
+from slift_plugin.distributed import (
+    all_gather_rows,
+    barrier,
+    fail_together,
+    init_from_env,
+    is_main_process,
+    shard_bounds,
+    world,
+)
 from slift_plugin.systems import ornstein_uhlenbeck
 
 FIT = dict(epochs=3, batch_size=32, lr=3e-3, weight_decay=0.0, seed=5, progress=False)
@@ -188,13 +203,135 @@ def refusals() -> dict[str, str]:
     return messages
 
 
-def main(out_dir: Path) -> None:
-    torch.set_num_threads(1)
-    if not init_from_env("gloo"):
-        raise SystemExit("run me under torchrun (RANK and WORLD_SIZE are not set)")
+# -- failures -------------------------------------------------------------------------------
+FAILURE_TIMEOUT = 0.5  # seconds; the "timeout" scenario's rank 0 sleeps SLOW_RANK_SLEEP
+SLOW_RANK_SLEEP = 3.0
+GROUP_TIMEOUT = 20.0  # any collective of the failures launch: a hang ends as an error
+
+
+def write_planted_failure(rank: int) -> None:
+    """Fail as a full disk (rank 0) or a bad argument (rank 1) would."""
+    if rank == 0:
+        raise OSError(28, "No space left on device (planted)")
+    raise ValueError(f"planted failure on rank {rank}")
+
+
+def outcome_of(body: Callable[[], object]) -> dict:
+    """What this rank raised out of ``body`` (nothing: error None), and when it left."""
+    outcome: dict = {"error": None, "message": "", "cause": "", "notes": []}
+    start = time.monotonic()
+    try:
+        body()
+    except Exception as err:
+        outcome["error"] = type(err).__name__
+        outcome["message"] = str(err)
+        outcome["cause"] = str(err.__cause__ or "")
+        outcome["notes"] = list(getattr(err, "__notes__", []))
+    outcome["seconds"] = time.monotonic() - start
+    outcome["left_at"] = time.time()
+    return outcome
+
+
+def failing_block(
+    what: str,
+    fail_on: tuple[int, ...],
+    *,
+    sleep_on: int | None = None,
+    sleep: float = 0.0,
+    timeout: float | None = None,
+) -> dict:
+    """One fail_together block: what this rank raised out of it, and when it left."""
     rank = world()[0]
-    results: dict = {"errors": {}}
-    scenarios: dict[str, Callable[[], object]] = {
+    times: dict = {}
+
+    def block() -> None:
+        with fail_together(what, timeout=timeout):
+            if rank == sleep_on:
+                time.sleep(sleep)
+            times["body_done_at"] = time.time()
+            if rank in fail_on:
+                write_planted_failure(rank)
+
+    return outcome_of(block) | times
+
+
+def rank0_write_fails(module: object, name: str, run: Callable[[], object]) -> dict:
+    """``run()`` on every rank while ``module.name`` (a write only rank 0 does) fails there."""
+    original = getattr(module, name)
+    if world()[0] == 0:
+        setattr(module, name, lambda *args, **kwargs: write_planted_failure(0))
+    try:
+        return outcome_of(run)
+    finally:
+        setattr(module, name, original)
+
+
+def call_site_failures(out_dir: Path) -> dict[str, Callable[[], object]]:
+    """Rank 0 fails inside fit's checkpoint write and inside the zarr store's creation."""
+    state = tensor_state(sl_stepper())
+
+    def fit_run() -> None:
+        fit(*sl_problem(), checkpoint_dir=out_dir / "ckpt", **FIT)
+
+    def store_run() -> None:
+        sl = sl_stepper()
+        sl.load_state_dict(state)
+        rollout(sl, torch.zeros(1), out=out_dir / "ens.zarr", **ROLLOUT)
+
+    return {
+        "fit_checkpoint_fails": lambda: rank0_write_fails(train_module, "save_checkpoint", fit_run),
+        "store_creation_fails": lambda: rank0_write_fails(store_module, "_create", store_run),
+    }
+
+
+def in_lockstep() -> dict:
+    """After the failures: a block that waits for slow rank 0, then a collective."""
+    outcome = failing_block("waiting for rank 0", (), sleep_on=0, sleep=1.0)
+    total = torch.tensor([float(world()[0] + 1)])
+    torch.distributed.all_reduce(total)
+    outcome["sum_of_ranks_plus_one"] = float(total)
+    return outcome
+
+
+FAILURE_SCENARIOS: dict[str, Callable[[], object]] = {
+    "rank0_fails": lambda: failing_block("writing the checkpoint", (0,)),
+    "rank1_fails": lambda: failing_block("checking the store", (1,)),
+    "both_fail": lambda: failing_block("creating the store", (0, 1)),
+    "lockstep": in_lockstep,
+    # last: the timed-out gather of rank 1 completes only when rank 0 wakes up
+    "timeout": lambda: failing_block(
+        "a slow block", (), sleep_on=0, sleep=SLOW_RANK_SLEEP, timeout=FAILURE_TIMEOUT
+    ),
+}
+
+
+def failure_scenarios(out_dir: Path) -> dict[str, Callable[[], object]]:
+    """FAILURE_SCENARIOS with the call-site failures before the timeout, which stays last."""
+    blocks = dict(FAILURE_SCENARIOS)
+    last = blocks.pop("timeout")
+    return blocks | call_site_failures(out_dir) | {"timeout": last}
+
+
+def nccl_gather() -> dict:
+    """Rows 0..4 in blocks of 2, gathered from host and from device tensors over NCCL."""
+    lo, hi = shard_bounds(5, world()[0], world()[1], 2)
+    rows = torch.arange(lo, hi, dtype=torch.float32).reshape(-1, 1)
+    on_device = all_gather_rows(rows.cuda(), 5, 2)
+    return {
+        "from_host": all_gather_rows(rows, 5, 2),
+        "from_device": on_device.cpu(),
+        "device": str(on_device.device),
+    }
+
+
+NCCL_SCENARIOS: dict[str, Callable[[], object]] = {
+    "gather": nccl_gather,
+    "rank0_fails": lambda: failing_block("writing the checkpoint", (0,)),
+}
+
+
+def training_scenarios(out_dir: Path, results: dict) -> dict[str, Callable[[], object]]:
+    return {
         "sl": lambda: run_fit(sl_problem)[1],
         "generic": lambda: run_fit(generic_problem)[1],
         "dice": lambda: run_fit(dice_problem, batch_size=16, epochs=2)[1],
@@ -205,6 +342,23 @@ def main(out_dir: Path) -> None:
         "rollout": lambda: rollout_scenario(results["sl"]["params"]),
         "rollout_zarr": lambda: rollout_scenario(results["sl"]["params"], out_dir / "ens.zarr"),
     }
+
+
+def main(out_dir: Path, mode: str = "training") -> None:
+    torch.set_num_threads(1)
+    if mode not in ("training", "failures", "nccl"):
+        raise SystemExit(f"mode must be 'training', 'failures' or 'nccl', got {mode!r}")
+    backend = "nccl" if mode == "nccl" else "gloo"
+    timeout = None if mode == "training" else GROUP_TIMEOUT
+    if not init_from_env(backend, timeout=timeout):
+        raise SystemExit("run me under torchrun (RANK and WORLD_SIZE are not set)")
+    rank = world()[0]
+    results: dict = {"errors": {}}
+    scenarios = {
+        "training": lambda: training_scenarios(out_dir, results),
+        "failures": lambda: failure_scenarios(out_dir),
+        "nccl": lambda: NCCL_SCENARIOS,
+    }[mode]()
     for name, scenario in scenarios.items():
         try:
             results[name] = scenario()
@@ -215,4 +369,4 @@ def main(out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:3])
