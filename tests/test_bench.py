@@ -20,10 +20,13 @@ from slift_plugin.bench import methods as M
 from slift_plugin.bench.memory import TensorMemoryTracker, peak_memory
 from slift_plugin.bench.methods import parse_method
 from slift_plugin.bench.problems import (
+    LORENZ96_TEST_FORCING,
     PROBLEM_KINDS,
     PROBLEMS,
     autocorrelation,
     build_problem,
+    spatial_autocovariance,
+    spatial_autocovariance_error,
     spectrum_error,
     well_occupancy_error,
 )
@@ -133,7 +136,8 @@ def test_default_methods_follow_from_the_families():
         "dice",
     )
     assert M.default_methods("double_well") == vector
-    assert M.default_methods("lorenz63") == vector
+    # DICE's point start on Lorenz-63 is outside its regime: not run there
+    assert M.default_methods("lorenz63") == vector[:-1]
     assert M.default_methods("allen_cahn") == (
         "solver",
         "sl-channels",
@@ -144,8 +148,33 @@ def test_default_methods_follow_from_the_families():
         "cfm5",
         "cfm20",
         "es",
+        "dice",
     )
     assert M.default_methods("vlasov") == ("solver", "dice")
+    assert M.default_methods("lorenz96") == ("solver", "cfm5", "cfm20", "dice")
+
+
+def test_dice_is_not_run_outside_its_regime():
+    lorenz96 = build_problem("lorenz96", quick=True, seed=0)
+    lorenz63 = dataclasses.replace(lorenz96, name="lorenz63", kind="vector")
+    dice, cfm = parse_method("dice"), parse_method("cfm5")
+    assert not M.applies(dice, lorenz63) and M.applies(cfm, lorenz63)
+    assert M.not_applicable_reason(dice, lorenz63).startswith("outside DICE's regime")
+    assert M.applies(dice, lorenz96) and M.not_applicable_reason(dice, lorenz96) == ""
+    assert M.not_applicable_reason(parse_method("sl"), lorenz96) == (
+        "not applicable to population problems"
+    )
+    # the runner records the reason with the skipped pair
+    config = BenchConfig(problems=["lorenz63"], methods=["dice"], seeds=(0,), quick=True)
+    result = run_bench(config, progress=False)
+    assert not result.runs
+    assert result.skipped == [
+        {
+            "problem": "lorenz63",
+            "method": "dice",
+            "reason": M.FAMILIES["dice"].outside_regime["lorenz63"],
+        }
+    ]
 
 
 def test_sl_injections_are_the_adapters(monkeypatch):
@@ -333,6 +362,60 @@ def test_spectrum_error_sees_a_smoother_field():
     assert spectrum_error(xr.DataArray(smooth, dims=dims), ref) > 0.5
 
 
+def test_spatial_autocovariance_of_a_ring_moving_average():
+    # x_i = z_i + a z_{i+1} on a ring, z iid N(0, 1): C(0) = 1 + a^2, C(1) = a, C(r > 1) = 0
+    rng = np.random.default_rng(1)
+    a = 0.6
+    z = rng.normal(size=(4000, 3, 16))
+    c = spatial_autocovariance(z + a * np.roll(z, -1, axis=2) + 5.0)
+    assert c.shape == (3, 9)
+    expected = np.r_[1 + a**2, a, np.zeros(7)]
+    np.testing.assert_allclose(c, np.broadcast_to(expected, (3, 9)), atol=0.03)
+
+
+def test_spatial_autocovariance_error_sees_lost_correlations():
+    rng = np.random.default_rng(2)
+    dims = ("sample", "time", "channel")
+
+    def ring(n):
+        z = rng.normal(size=(n, 2, 16))
+        return xr.DataArray(
+            z + 0.8 * np.roll(z, -1, axis=2) + 0.5 * np.roll(z, 1, axis=2), dims=dims
+        )
+
+    ref = ring(2000)
+    assert spatial_autocovariance_error(ring(2000), ref) < 0.05  # same law, other draw
+    # the same marginal at every site, the sites shuffled in each sample: no correlations
+    shuffled = np.take_along_axis(
+        ring(2000).values, rng.permuted(np.tile(np.arange(16), (2000, 2, 1)), axis=2), axis=2
+    )
+    assert spatial_autocovariance_error(xr.DataArray(shuffled, dims=dims), ref) > 0.5
+    # dims in another order are read by name
+    assert spatial_autocovariance_error(ref.transpose("channel", "sample", "time"), ref) == 0.0
+
+
+def test_lorenz96_problem_holds_out_the_forcing():
+    problem = build_problem("lorenz96", quick=True, seed=0)
+    assert (problem.kind, problem.mu, problem.param_names) == (
+        "population",
+        [LORENZ96_TEST_FORCING],
+        ["forcing"],
+    )
+    trained_on = set(np.unique(problem.train["mu_forcing"].values))
+    assert (
+        trained_on == set(problem.extras["train_forcing"])
+        and LORENZ96_TEST_FORCING not in trained_on
+    )
+    np.testing.assert_array_equal(problem.reference["mu_forcing"].values, LORENZ96_TEST_FORCING)
+    # the learned methods start from a population (one state per trajectory)
+    assert problem.x0.shape == (problem.n_generate, *problem.state_shape)
+    assert problem.solver_evals_per_step == 4 * 5  # RK4 with 5 internal steps per output step
+    # the population changes over the horizon: marginals are not stationary
+    spread = problem.reference.std(["sample", "channel"]).values
+    assert spread.max() > 2 * spread[0]
+    assert problem.period is None
+
+
 # -- the quick suite end to end ---------------------------------------------------------------
 
 
@@ -386,3 +469,38 @@ def test_sl_coupled_trains_on_its_teachers_labels_of_the_state_shape():
     assert torch.equal(again.get_batch(torch.arange(len(data)))["label"], labels)
     other = M.training_data(spec, stepper, problem, seed=1)  # another teacher
     assert not torch.equal(other.get_batch(torch.arange(len(data)))["label"], labels)
+    # vectors are inverted with INVERSION_STEPS["vector"] Euler steps (the recipe study:
+    # 20 steps shrink the labels, 160 do not), not with the teacher's sampling steps
+    from slift_plugin import TransitionDataset, teacher_labels
+
+    transitions = TransitionDataset.from_xarray(problem.train)
+    teacher = M.FAMILIES["sl-coupled"]._trained_teacher(problem, transitions, 0)
+    steps = M.INVERSION_STEPS["vector"]
+    assert steps > M.COUPLING_STEPS
+    assert torch.equal(teacher_labels(teacher, transitions, n_steps=steps).values, labels)
+    assert not torch.equal(teacher_labels(teacher, transitions, n_steps=20).values, labels)
+
+
+def test_quick_dice_and_cfm_runs_on_lorenz96_and_dice_on_allen_cahn_fields():
+    config = BenchConfig(
+        problems=["lorenz96"], methods=["solver", "dice", "cfm5"], seeds=(0,), quick=True
+    )
+    result = run_bench(config, progress=False)
+    fields = run_bench(
+        BenchConfig(problems=["allen_cahn"], methods=["dice"], seeds=(0,), quick=True),
+        progress=False,
+    )
+    assert not result.skipped and not fields.skipped
+    rows = {r["method"]: r for r in result.runs}
+    rows["dice on fields"] = fields.runs[0]
+    # cost: DICE's gradient evaluations (its Euler sub-steps) against the solver's drift
+    # evaluations (RK4: 4 per internal step) and CFM's Euler steps
+    steps = {name: row["evals_per_step"] for name, row in rows.items()}
+    assert steps == {"solver": 20, "dice": 4, "cfm5": 5, "dice on fields": 4}
+    for name, row in rows.items():
+        numbers = [v for k, v in row.items() if k.startswith(("ed_ratio", "sliced_w2"))]
+        assert np.isfinite(numbers).all(), name
+        assert math.isfinite(row["quantity_error"]), name
+    assert math.isfinite(rows["dice"]["train_loss"]) and math.isfinite(rows["cfm5"]["train_loss"])
+    # the solver against an independent reference of the same law: at the noise floor
+    assert max(rows["solver"][f"ed_ratio_{h}"] for h in ("short", "middle", "final")) < 5

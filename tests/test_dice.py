@@ -33,7 +33,7 @@ class Shifted(torch.nn.Module):
         return self.potential(x, t, cond) + self.c(t)
 
 
-def make_dice(dim=3, sigma=0.0, laplacian="exact", n_params=0):
+def make_dice(dim=3, sigma=0.0, laplacian="exact", n_params=0, kinetic_on_neighbours=0.0):
     torch.manual_seed(0)
     d = DICE(
         PotentialMLP(dim, n_params=n_params, hidden=16, depth=2),
@@ -41,6 +41,7 @@ def make_dice(dim=3, sigma=0.0, laplacian="exact", n_params=0):
         sigma=sigma,
         laplacian=laplacian,
         n_params=n_params,
+        kinetic_on_neighbours=kinetic_on_neighbours,
     )
     return d.double()
 
@@ -51,17 +52,20 @@ def make_dice(dim=3, sigma=0.0, laplacian="exact", n_params=0):
     t0=st.floats(-3, 3),
     coeffs=st.tuples(st.floats(-50, 50), st.floats(0.1, 10), st.floats(-5, 5)),
     sigma=st.sampled_from([0.0, 0.7]),
+    lam=st.sampled_from([0.0, 0.5, 1.0]),
     seed=st.integers(0, 10_000),
 )
-def test_loss_is_exactly_invariant_to_adding_a_function_of_time(gaps, t0, coeffs, sigma, seed):
+def test_loss_is_exactly_invariant_to_adding_a_function_of_time(gaps, t0, coeffs, sigma, lam, seed):
+    """Also with the kinetic energy on neighbouring populations (``lam``): it only sees
+    ``grad_x s``. The ``alpha`` regulariser is not invariant (test_dice_regime.py)."""
     a, b, q = coeffs
     times = torch.tensor(np.cumsum([t0, *gaps]), dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(len(times), 7, 3, generator=g, dtype=torch.float64) * 2
-    dice = make_dice(sigma=sigma)
+    dice = make_dice(sigma=sigma, kinetic_on_neighbours=lam)
     batch = {"x": x, "t": times}
     base = dice.loss(batch)
-    shifted = make_dice(sigma=sigma)
+    shifted = make_dice(sigma=sigma, kinetic_on_neighbours=lam)
     shifted.potential = Shifted(shifted.potential, lambda t: a * torch.sin(b * t) + q * t**2)
     moved = shifted.loss(batch)
     # rounding only: the shift is O(|a| + |q| t^2), the loss differences must vanish

@@ -41,6 +41,17 @@ def test_energy_distance_matches_dcor_unequal_sizes(dim):
     assert ours > 0
 
 
+@pytest.mark.parametrize("dim", [2, 40])
+def test_energy_distance_matches_dcor_over_many_cpu_tiles(dim):
+    # 700 x 650 pairs: the CPU forms each block in row tiles of about 65k distances, with
+    # the exact zero diagonal of the symmetric blocks restored tile by tile
+    x = _randn(700, dim, seed=40) * 2.0 + 5.0
+    y = _randn(650, dim, seed=41) + 5.2
+    ours = float(energy_distance(x, y))
+    assert ours == pytest.approx(dcor.energy_distance(x.numpy(), y.numpy()), rel=1e-9)
+    assert abs(float(energy_distance(x, x))) < 1e-9 * float(torch.cdist(x, x).mean())
+
+
 def test_energy_distance_is_square_of_scipy_in_1d():
     x = _randn(200, seed=3)
     y = _randn(157, seed=4) * 1.3 + 0.2
@@ -139,6 +150,99 @@ def test_energy_distance_bad_input():
         energy_distance(x.numpy(), x)
 
 
+# -- periodic coordinates --------------------------------------------------------------------
+
+
+def _energy_distance_brute_force(x: np.ndarray, y: np.ndarray, period: list) -> float:
+    """Independent reference: all pairs at once in numpy, the circle distance by mod."""
+
+    def mean_distance(u, v):
+        d = np.abs(u[:, None, :] - v[None, :, :])
+        for i, length in enumerate(period):
+            if length is not None:
+                r = np.mod(d[..., i], length)
+                d[..., i] = np.minimum(r, length - r)
+        return np.sqrt((d**2).sum(-1)).mean()
+
+    return 2 * mean_distance(x, y) - mean_distance(x, x) - mean_distance(y, y)
+
+
+def test_periodic_energy_distance_by_hand():
+    # one point at 0.05 and one at L - 0.05 on a circle of length L = 1: 0.1 apart, not 0.9
+    x, y = torch.tensor([[0.05]], dtype=torch.float64), torch.tensor([[0.95]], dtype=torch.float64)
+    assert float(energy_distance(x, y)) == pytest.approx(2 * 0.9, rel=1e-12)
+    assert float(energy_distance(x, y, period=1.0)) == pytest.approx(2 * 0.1, rel=1e-12)
+    assert float(energy_distance(x, y, period=[None])) == pytest.approx(2 * 0.9, rel=1e-12)
+    # (position, velocity) with only the position periodic: sqrt(0.1^2 + 0.3^2)
+    x2 = torch.tensor([[0.05, 0.0]], dtype=torch.float64)
+    y2 = torch.tensor([[0.95, 0.3]], dtype=torch.float64)
+    got = float(energy_distance(x2, y2, period=[1.0, None]))
+    assert got == pytest.approx(2 * np.sqrt(0.1**2 + 0.3**2), rel=1e-12)
+    # a whole number of turns is no distance; half a turn is the largest one
+    assert float(energy_distance(x2, x2 + torch.tensor([3.0, 0.0]), period=[1.0, None])) == (
+        pytest.approx(0.0, abs=1e-12)
+    )
+    half = float(energy_distance(x2, x2 + torch.tensor([2.5, 0.0]), period=[1.0, None]))
+    assert half == pytest.approx(2 * 0.5, rel=1e-12)
+
+
+def test_periodic_energy_distance_is_the_plain_one_away_from_the_boundary():
+    # every pair is less than L/2 apart on the line: the circle changes no distance
+    length = 10.0
+    x = _randn(120, 3, seed=30) * 0.3 + 4.0
+    y = _randn(90, 3, seed=31) * 0.4 + 4.5
+    plain = float(energy_distance(x, y))
+    for period in (length, [length, None, length], [None, None, None]):
+        assert float(energy_distance(x, y, period=period)) == pytest.approx(plain, rel=1e-10)
+    # ... and whole turns added to some samples change nothing on the circle only
+    turns = torch.randint(-3, 4, x.shape, generator=torch.Generator().manual_seed(1))
+    wound = x + length * turns
+    assert float(energy_distance(wound, y, period=length)) == pytest.approx(plain, rel=1e-10)
+    assert float(energy_distance(wound, y)) > 10 * plain
+
+
+@pytest.mark.parametrize("block_size", [7, 2048])
+@pytest.mark.parametrize(
+    "period", [2.0, [2.0, None, 3.0], [None, 0.5, None], [None, 1.0, None, None, None, None]]
+)
+def test_periodic_energy_distance_matches_brute_force(period, block_size):
+    d = len(period) if isinstance(period, list) else 3
+    lengths = period if isinstance(period, list) else [period] * d
+    # values on both sides of [0, L) and far from it
+    x = _randn(70, d, seed=32) * 2.0 + 0.5
+    y = _randn(53, d, seed=33) * 3.0 - 1.0
+    ours = float(energy_distance(x, y, period=period, block_size=block_size))
+    brute = _energy_distance_brute_force(x.numpy(), y.numpy(), lengths)
+    assert ours == pytest.approx(brute, rel=1e-10, abs=1e-13)
+    assert ours != pytest.approx(float(energy_distance(x, y)), rel=1e-3)
+
+
+def test_periodic_energy_distance_with_many_plain_coordinates():
+    # more plain coordinates than are formed one at a time: those go through cdist
+    period = [1.5] + [None] * 7
+    x, y = _randn(60, 8, seed=34), _randn(45, 8, seed=35) + 0.2
+    brute = _energy_distance_brute_force(x.numpy(), y.numpy(), period)
+    assert float(energy_distance(x, y, period=period)) == pytest.approx(brute, rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("period", "match"),
+    [
+        (0.0, r"period\[0\] must be None or a finite number > 0"),
+        (-1.0, r"period\[0\] must be None or a finite number > 0"),
+        (float("inf"), r"period\[0\] must be None or a finite number > 0"),
+        ([1.0, None], r"one entry per coordinate of the flattened state \(D=3\), got 2"),
+        ([1.0, "a", None], r"period\[1\] must be None or a finite number > 0"),
+        ([1.0, True, None], r"period\[1\] must be None or a finite number > 0"),
+        ("x", "period must be None, a number .* or a sequence"),
+    ],
+)
+def test_periodic_energy_distance_bad_period(period, match):
+    x = _randn(10, 3)
+    with pytest.raises(ValueError, match=match):
+        energy_distance(x, x, period=period)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_metrics_on_cuda_match_cpu():
     x = _randn(500, 10, seed=15)
@@ -147,6 +251,10 @@ def test_metrics_on_cuda_match_cpu():
     gpu = energy_distance(x.cuda(), y.cuda(), block_size=128)
     assert gpu.device.type == "cuda"
     assert float(gpu) == pytest.approx(cpu, rel=1e-9)
+    period = [2.0] + [None] * 8 + [1.0]  # the periodic path: whole blocks on a GPU
+    cpu_periodic = float(energy_distance(x, y, period=period, block_size=128))
+    gpu_periodic = energy_distance(x.cuda(), y.cuda(), period=period, block_size=128)
+    assert float(gpu_periodic) == pytest.approx(cpu_periodic, rel=1e-9)
     sw_cpu = float(sliced_wasserstein2(x, y, seed=3))
     sw_gpu = float(sliced_wasserstein2(x.cuda(), y.cuda(), seed=3))
     assert sw_gpu == pytest.approx(sw_cpu, rel=1e-9)
@@ -364,6 +472,44 @@ def test_evaluate_vector_states_and_transposed_reference():
     ds_t = evaluate(gen, ref.transpose("channel", "time", "sample"))
     xr.testing.assert_allclose(ds, ds_t)
     assert np.all(ds["ed_ratio"] < 5)
+
+
+def _particles(n, seed, length, wrap=True):
+    """(x, v) particles, x a normal around the box edge 0 (wrapped into [0, L) or not)."""
+    rng = np.random.default_rng(seed)
+    values = np.stack([rng.normal(0.0, 1.0, (n, 2)), rng.normal(0.0, 1.0, (n, 2))], axis=-1)
+    if wrap:
+        values[..., 0] = np.mod(values[..., 0], length)
+    return xr.DataArray(
+        values,
+        dims=("sample", "time", "channel"),
+        coords={"time": [0.0, 1.0], "channel": ["x", "v"]},
+    )
+
+
+def test_evaluate_periodic_positions():
+    length = 10.0
+    ref, gen = _particles(400, 41, length), _particles(200, 42, length, wrap=False)
+    period = [length, None]  # (x, v): only the position is periodic
+    periodic, plain = evaluate(gen, ref, period=period), evaluate(gen, ref)
+    # the same law on the circle, but the unwrapped positions are far apart on the line
+    assert np.all(periodic["ed_ratio"] < 3) and np.all(plain["ed_ratio"] > 20)
+    assert periodic.attrs["periodic_coordinates"] == [0]
+    assert periodic.attrs["periods"] == [length]
+    assert plain.attrs["periodic_coordinates"] == [] and plain.attrs["periods"] == []
+    # A rotation of the box moves no particle on the circle: the distance and its noise
+    # floor stay, while on the line the wrapped cloud splits in two.
+    rotated = [e.copy(data=e.values + np.array([length / 2, 0.0])) for e in (gen, ref)]
+    rotated = [e.copy(data=np.where(e["channel"] == "x", np.mod(e, length), e)) for e in rotated]
+    again = evaluate(*rotated, period=period)
+    for var in ("energy_distance", "noise_floor"):
+        np.testing.assert_allclose(again[var], periodic[var], rtol=1e-9)
+    assert not np.allclose(evaluate(*rotated)["noise_floor"], plain["noise_floor"], rtol=0.1)
+    # the moments and the sliced distances stay Euclidean
+    for var in ("sliced_w2", "mean_rel_error", "std_rel_error"):
+        np.testing.assert_array_equal(periodic[var], plain[var])
+    with pytest.raises(ValueError, match=r"one entry per coordinate .*\(D=2\), got 1"):
+        evaluate(gen, ref, period=[length])
 
 
 def test_evaluate_time_subset_and_tolerance(reference):

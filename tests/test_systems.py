@@ -6,14 +6,18 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from scipy.integrate import solve_ivp
 
 from slift_plugin.adapters.torchsde import integrate_sde
 from slift_plugin.systems import (
+    Lorenz96SDE,
     OrnsteinUhlenbeckSDE,
     allen_cahn,
     allen_cahn_initial_conditions,
     double_well,
     lorenz63,
+    lorenz96,
+    lorenz96_drift,
     ornstein_uhlenbeck,
     ou_transition_moments,
 )
@@ -158,6 +162,106 @@ def test_lorenz63_without_noise_is_deterministic_and_per_sample_x0():
     np.testing.assert_allclose(c.values[:, 0], np.tile([1.0, 2.0, 3.0], (3, 1)))
 
 
+# ---------------------------------------------------------------------------- Lorenz-96
+
+
+def _lorenz96_rhs_loop(x: np.ndarray, forcing: float) -> np.ndarray:
+    """The textbook drift, one site at a time (independent of the vectorised one)."""
+    d = x.size
+    return np.array(
+        [(x[(i + 1) % d] - x[(i - 2) % d]) * x[(i - 1) % d] - x[i] + forcing for i in range(d)]
+    )
+
+
+def test_lorenz96_drift_is_the_textbook_one():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 4.0, (3, 7))
+    forcing = np.array([6.0, 8.0, 10.0])
+    got = lorenz96_drift(torch.as_tensor(x), torch.as_tensor(forcing)).numpy()
+    want = np.stack([_lorenz96_rhs_loop(x[b], forcing[b]) for b in range(3)])
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    # the SDE module: the same drift, additive noise, one forcing for all
+    sde = Lorenz96SDE(8.0, noise=0.3)
+    np.testing.assert_allclose(
+        sde.f(None, torch.as_tensor(x)).numpy(),
+        np.stack([_lorenz96_rhs_loop(row, 8.0) for row in x]),
+        rtol=1e-12,
+    )
+    assert torch.equal(
+        sde.g(None, torch.as_tensor(x)), torch.full((3, 7), 0.3, dtype=torch.float64)
+    )
+
+
+def test_lorenz96_deterministic_trajectories_match_solve_ivp():
+    forcing = np.array([6.0, 8.0, 10.0])
+    errors = []
+    for h in (0.01, 0.005):
+        ens = lorenz96(3, 10, 0.1, dim=12, forcing=forcing, dt_internal=h, seed=4)  # t = 0..1
+        x0 = ens.values[:, 0].astype(np.float64)  # the float32 start the integration used
+        worst = 0.0
+        for b in range(3):
+            ref = solve_ivp(
+                lambda t, x, f=forcing[b]: _lorenz96_rhs_loop(x, f),
+                (0.0, 1.0),
+                x0[b],
+                t_eval=ens["time"].values,
+                method="DOP853",
+                rtol=1e-12,
+                atol=1e-12,
+            )
+            worst = max(worst, np.abs(ens.values[b].T - ref.y).max() / np.abs(ref.y).max())
+        errors.append(worst)
+    # RK4: about 1e-3 of the range at h = 0.01 through the violent transient of F = 10
+    # (measured 1.1e-3; an Euler step of 0.01 is off by about 1), and fourth order: halving
+    # the step divides the error by about 16 (measured 14)
+    assert errors[0] < 2e-3 and errors[1] < 2e-4
+    assert errors[0] / errors[1] > 8
+
+
+@pytest.mark.parametrize("noise", [0.0, 1.0])
+def test_lorenz96_energy_budget_and_climatology(noise):
+    # On the attractor E[x_i^2] = F E[x_i] + noise^2 / 2 exactly (the advection conserves
+    # energy); F = 8 has mean about 2.3 and standard deviation about 3.6 per site.
+    ens = lorenz96(256, 40, 0.5, dim=20, noise=noise, burn_in=10.0, seed=1)
+    x = ens.values.astype(np.float64)
+    budget = (x**2).mean() - 8.0 * x.mean()
+    assert budget == pytest.approx(noise**2 / 2, abs=0.15)
+    assert 2.1 < x.mean() < 2.6 and 3.3 < x.std() < 3.9
+
+
+def test_lorenz96_population_parameters_and_seeds():
+    forcing = np.array([7.0, 7.0, 9.0, 9.0])
+    a = lorenz96(4, 3, dim=6, forcing=forcing, init_std=0.5, seed=2)
+    np.testing.assert_array_equal(a["mu_forcing"].values, forcing)
+    assert a.attrs["forcing"] == "per-sample (coord mu_forcing)"
+    np.testing.assert_array_equal(
+        a.values, lorenz96(4, 3, dim=6, forcing=forcing, init_std=0.5, seed=2).values
+    )
+    assert not np.allclose(
+        a.values, lorenz96(4, 3, dim=6, forcing=forcing, init_std=0.5, seed=3).values
+    )
+    # without burn-in the start is F + init_std N(0, 1) per sample
+    start = lorenz96(2000, 1, dim=6, forcing=np.repeat([7.0, 9.0], 1000), init_std=0.5).values[:, 0]
+    np.testing.assert_allclose(start[:1000].mean(), 7.0, atol=0.02)
+    np.testing.assert_allclose(start[1000:].mean(), 9.0, atol=0.02)
+    np.testing.assert_allclose(start[:1000].std(axis=0), 0.5, rtol=0.08)
+    # a burn-in integrates before t0: the output starts where a longer run is at t = 0.2
+    late = lorenz96(3, 2, 0.1, dim=6, burn_in=0.2, seed=5)
+    early = lorenz96(3, 4, 0.1, dim=6, seed=5)
+    np.testing.assert_allclose(late.values, early.values[:, 2:], rtol=1e-6, atol=1e-6)
+    assert late.attrs["burn_in"] == pytest.approx(0.2)
+    # a given start, shared by every sample
+    x0 = np.arange(6.0)
+    given = lorenz96(2, 1, dim=6, x0=x0)
+    np.testing.assert_array_equal(given.values[:, 0], np.tile(x0, (2, 1)))
+    assert "mu_forcing" not in given.coords and given.attrs["forcing"] == 8.0
+
+
+def test_lorenz96_blow_up_is_reported():
+    with pytest.raises(FloatingPointError, match="dt_internal"):
+        lorenz96(2, 3, 1.0, dim=6, dt_internal=1.0, x0=np.array([50.0, -50, 30, -20, 10, 0]))
+
+
 # ---------------------------------------------------------------------------- Allen-Cahn
 
 
@@ -254,6 +358,12 @@ def test_allen_cahn_initial_conditions():
             ["x"],
             ["eps", "sigma", "n_grid", "length", "u0"],
         ),
+        (
+            lambda: lorenz96(5, 2, dim=4, seed=1),
+            ["x0", "x1", "x2", "x3"],
+            [],
+            ["forcing", "noise", "dim", "x0", "init_std", "burn_in", "scheme"],
+        ),
     ],
 )
 def test_layout(make, channels, grid, keys, tmp_path):
@@ -266,7 +376,7 @@ def test_layout(make, channels, grid, keys, tmp_path):
     np.testing.assert_allclose(da.time.values, da.attrs["t0"] + dt * np.arange(3))
     for key in ["system", "dt", "dt_internal", "n_steps", "seed", "t0", "n_samples", *keys]:
         assert key in da.attrs, key
-    if da.attrs["system"] != "allen_cahn":
+    if da.attrs["system"] not in ("allen_cahn", "lorenz96"):  # those two are not torchsde's
         assert da.attrs["method"] == "euler"
     # attrs are netCDF-safe
     path = tmp_path / "state.nc"
@@ -312,6 +422,17 @@ def test_time_offset():
         (lambda: allen_cahn(4, sigma=float("inf")), "sigma must be finite"),
         (lambda: allen_cahn_initial_conditions(0), "n must be a positive int"),
         (lambda: allen_cahn_initial_conditions(2, amplitude=-1.0), "amplitude"),
+        (lambda: lorenz96(4, dim=3), "dim must be >= 4"),
+        (lambda: lorenz96(4, forcing=np.ones(3)), "length n_samples=4"),
+        (lambda: lorenz96(4, forcing=np.array([1.0, np.nan, 1.0, 1.0])), "forcing must be finite"),
+        (lambda: lorenz96(4, forcing="8"), "forcing must be a number or a 1-D array"),
+        (lambda: lorenz96(4, noise=-0.1), "noise must be >= 0"),
+        (lambda: lorenz96(4, init_std=-1.0), "init_std must be >= 0"),
+        (lambda: lorenz96(4, burn_in=0.015), "whole number of internal steps"),
+        (lambda: lorenz96(4, burn_in=-0.1), "burn_in must be >= 0"),
+        (lambda: lorenz96(4, x0=np.zeros(3)), "x0 must be"),
+        (lambda: lorenz96(4, x0=1.0), "x0 must be None or an array"),
+        (lambda: lorenz96(4, dt=0.05, dt_internal=0.03), "integer"),
     ],
 )
 def test_bad_parameters_raise(call, match):

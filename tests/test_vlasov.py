@@ -279,3 +279,30 @@ def test_fit_growth_rate_bad_inputs():
     t = np.linspace(0, 20, 201)
     gamma, _, _ = fit_growth_rate(t, 1e-6 * np.exp(2 * 0.3 * t))
     assert gamma == pytest.approx(0.3, rel=1e-9)
+
+
+# ---------------------------------------------------------------------------- bench problem
+
+
+def test_bench_problem_scores_positions_on_the_circle():
+    from slift_plugin import evaluate
+    from slift_plugin.bench.problems import build_problem
+    from slift_plugin.bench.runner import BenchResult, _score
+
+    problem = build_problem("vlasov", quick=True, seed=0)
+    assert list(problem.reference["channel"].values) == ["x", "v"]
+    assert problem.period == [DEFAULT_LENGTH, None]  # positions periodic, velocities not
+    # an independent PIC run of the test law, scored as the bench scores every method
+    generated = problem.solve(300, 7)
+    result = BenchResult()
+    _score({"method": "solver"}, generated, problem, 0, result)
+    (row,) = result.runs
+    wrapped = problem.postprocess(generated).assign_coords(time=problem.reference["time"].values)
+    final = problem.horizons[-1]
+    on_circle = evaluate(wrapped, problem.reference, seed=0, period=[DEFAULT_LENGTH, None])
+    on_line = evaluate(wrapped, problem.reference, seed=0)
+    assert row["ed_ratio_final"] == pytest.approx(float(on_circle["ed_ratio"][final]), rel=1e-12)
+    assert row["ed_ratio_final"] != pytest.approx(float(on_line["ed_ratio"][final]), rel=1e-3)
+    # (over-time rows too)
+    ratios = [r["ed_ratio"] for r in result.over_time]
+    np.testing.assert_allclose(ratios, on_circle["ed_ratio"].values, rtol=1e-12)

@@ -23,7 +23,10 @@ builds its stepper, what it trains on and how it samples. A method name is parse
     label, of the state's shape (``noise_field`` injection on fields); sampling is SL's,
     one evaluation per step. The teacher's training and inversion show as ``data_seconds``;
 ``dice``
-    DICE on unpaired populations (diffusion variant with the system's known sigma);
+    DICE on unpaired populations (diffusion variant with the system's known sigma; on
+    fields the potential is a neural operator, :func:`slift_plugin.adapters.neuralop.
+    operator_potential`, with a Hutchinson Laplacian). Not run on Lorenz-63, whose
+    point start is outside the method's regime (:attr:`MethodFamily.outside_regime`);
 ``<method>-bf16``
     a transition method (SL, MSE, CFM, ES) sampled under bfloat16 autocast, with the
     float32 run's trained model: how much bf16 moves the accuracy.
@@ -66,6 +69,7 @@ __all__ = [
     "BF16_SUFFIX",
     "BUDGETS",
     "COUPLING_STEPS",
+    "INVERSION_STEPS",
     "DEFAULT_INJECTION",
     "DEFAULT_LABEL_DIM",
     "DICE_TIMES_PER_BATCH",
@@ -80,6 +84,7 @@ __all__ = [
     "build_seeded",
     "build_stepper",
     "default_methods",
+    "not_applicable_reason",
     "parse_method",
     "register_family",
     "set_sampling",
@@ -92,7 +97,13 @@ DEFAULT_INJECTION = "channels"
 ES_MEMBERS = 2
 DICE_TIMES_PER_BATCH = 8
 BF16_SUFFIX = "-bf16"
-COUPLING_STEPS = 20  # Euler steps of the teacher's backward flow (the issue's prototype)
+COUPLING_STEPS = 20  # Euler steps per output step of the flow-matching teacher's sampler
+# Euler steps of the teacher's backward flow that gives the labels, by problem kind. On the
+# double well 20 steps left the short horizon at ED ratio 5.0 (pooled 3.2) and 160 steps
+# brought it to 2.3 (pooled 1.1), mid and final unchanged (benchmarks/recipe_study.py,
+# 3 seeds); the inversion is a one-off pass, 160 steps cost about 10 s there. Fields keep
+# 20: their short horizon was already at 1.3, and an FNO inversion pass costs 8x more.
+INVERSION_STEPS = {"vector": 160, "field": 20}
 
 
 @dataclass(frozen=True)
@@ -109,12 +120,19 @@ class Budget:
         Peak learning rate.
     hidden : int
         MLP width / FNO hidden channels.
+    snapshot_epochs : int or None
+        Epochs of the methods trained on snapshots (DICE); None: ``epochs``. An epoch of
+        snapshots has one batch per ``batch_size`` samples of the largest population,
+        where an epoch of transitions has one per ``batch_size`` transitions (``n_steps``
+        times more): problems with long trajectories give DICE more epochs, so that it
+        gets a comparable number of optimisation steps.
     """
 
     epochs: int
     batch_size: int
     lr: float
     hidden: int  # MLP width / FNO hidden channels
+    snapshot_epochs: int | None = None
 
 
 BUDGETS: dict[tuple[str, bool], Budget] = {
@@ -127,6 +145,11 @@ BUDGETS: dict[tuple[str, bool], Budget] = {
     ("allen_cahn", True): Budget(epochs=2, batch_size=32, lr=2e-3, hidden=8),
     ("vlasov", False): Budget(epochs=15, batch_size=256, lr=3e-4, hidden=128),
     ("vlasov", True): Budget(epochs=3, batch_size=256, lr=3e-4, hidden=64),
+    # CFM: 2048 x 40 transitions = 320 steps per epoch; DICE: 2048 / 256 = 8 per epoch
+    ("lorenz96", False): Budget(
+        epochs=10, batch_size=256, lr=1e-3, hidden=128, snapshot_epochs=100
+    ),
+    ("lorenz96", True): Budget(epochs=3, batch_size=128, lr=2e-3, hidden=64, snapshot_epochs=30),
 }
 
 
@@ -185,12 +208,15 @@ class MethodFamily(ABC):
         Whether its names take the ``-bf16`` suffix (sampling under bfloat16 autocast).
     shared_training : bool
         Whether all its variants share one trained model per seed.
+    outside_regime : dict of str to str
+        Problems of a kind it applies to that it is not run on, each with the reason.
     """
 
     name: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]]
     bf16: ClassVar[bool] = False
     shared_training: ClassVar[bool] = False
+    outside_regime: ClassVar[dict[str, str]] = {}
 
     @property
     def syntax(self) -> str:
@@ -378,7 +404,12 @@ def default_methods(problem: str) -> tuple[str, ...]:
     tuple of str
     """
     kind = PROBLEM_KINDS[problem]
-    return tuple(name for family in FAMILIES.values() for name in family.defaults(kind))
+    return tuple(
+        name
+        for family in FAMILIES.values()
+        if problem not in family.outside_regime
+        for name in family.defaults(kind)
+    )
 
 
 def applies(spec: MethodSpec, problem: ProblemData) -> bool:
@@ -394,8 +425,31 @@ def applies(spec: MethodSpec, problem: ProblemData) -> bool:
     Returns
     -------
     bool
+        False also on a problem outside the family's regime.
     """
-    return problem.kind in FAMILIES[spec.family].kinds
+    return not not_applicable_reason(spec, problem)
+
+
+def not_applicable_reason(spec: MethodSpec, problem: ProblemData) -> str:
+    """Why ``spec`` does not run on ``problem``; empty when it does.
+
+    Parameters
+    ----------
+    spec : MethodSpec
+        The method.
+    problem : ProblemData
+        The problem.
+
+    Returns
+    -------
+    str
+        ``"not applicable to <kind> problems"``, the family's reason for a problem outside
+        its regime, or ``""``.
+    """
+    family = FAMILIES[spec.family]
+    if problem.kind not in family.kinds:
+        return f"not applicable to {problem.kind} problems"
+    return family.outside_regime.get(problem.name, "")
 
 
 def budget(problem: ProblemData, quick: bool) -> Budget:
@@ -482,7 +536,8 @@ def train_with_budget(
     seed: int,
     device: str | None = None,
 ) -> FitResult:
-    """``fit`` with the problem's budget, shared by every learned method.
+    """``fit`` with the problem's budget, shared by every learned method (snapshot data
+    gets :attr:`Budget.snapshot_epochs` where the problem sets them).
 
     Parameters
     ----------
@@ -505,10 +560,11 @@ def train_with_budget(
         The training record.
     """
     b = budget(problem, quick)
+    snapshots = isinstance(data, SnapshotDataset) and b.snapshot_epochs is not None
     return fit(
         stepper,
         data,
-        epochs=b.epochs,
+        epochs=b.snapshot_epochs if snapshots else b.epochs,
         batch_size=b.batch_size,
         lr=b.lr,
         weight_decay=0.0,
@@ -594,6 +650,11 @@ def _labelled_backbone(
     return _backbone(problem, quick, label_dim=label_dim, **injection)
 
 
+def _n_params(problem: ProblemData) -> int:
+    """Number of physics parameters the problem's models are conditioned on."""
+    return len(problem.mu) if problem.mu else 0
+
+
 def _state_shape(problem: ProblemData) -> tuple[int | None, ...]:
     # Operators are resolution-agnostic: leave the grid open.
     return (problem.state_shape[0], None) if problem.kind == "field" else problem.state_shape
@@ -610,7 +671,7 @@ def _injections() -> tuple[str, ...]:
 # -- the families -----------------------------------------------------------------------------
 class _Solver(MethodFamily):
     name = "solver"
-    kinds = ("vector", "field", "particles")
+    kinds = ("vector", "field", "particles", "population")
 
     def build(self, spec: MethodSpec, problem: ProblemData, quick: bool, seed: int) -> Stepper:
         raise ValueError(f"{spec.name} is not a learned method")
@@ -661,6 +722,7 @@ class _MeanRegression(TransitionFamily):
 
 class _FlowMatching(TransitionFamily):
     name = "cfm"
+    kinds = ("vector", "field", "population")
     shared_training = True  # K is a sampling option
 
     @property
@@ -679,9 +741,15 @@ class _FlowMatching(TransitionFamily):
         return ("cfm5", "cfm20") if kind in self.kinds else ()
 
     def build(self, spec: MethodSpec, problem: ProblemData, quick: bool, seed: int) -> Stepper:
-        net = _backbone(problem, quick, label_dim=0, history=2, n_cond=1)
+        n_params = _n_params(problem)  # conditioned on [mu, flow time s]
+        net = _backbone(problem, quick, label_dim=0, history=2, n_cond=n_params + 1)
         return FlowMatching(
-            net, _state_shape(problem), n_euler=spec.n_euler, dt=problem.dt, seed=seed
+            net,
+            _state_shape(problem),
+            n_params=n_params,
+            n_euler=spec.n_euler,
+            dt=problem.dt,
+            seed=seed,
         )
 
     def set_sampling(self, stepper: Stepper, spec: MethodSpec) -> None:
@@ -700,26 +768,67 @@ class _EnergyScore(TransitionFamily):
 
 class _DICE(MethodFamily):
     name = "dice"
-    # On fields DICE needs a double backward through an FNO per training step: left out
-    # of the field problem for cost.
-    kinds = ("vector", "particles")
+    kinds = ("vector", "field", "particles", "population")
+    # Every sample of Lorenz-63 starts at one point, which the noise and the chaos stretch
+    # along the attractor: the first populations are nearly a point mass, where X_{k+1}
+    # has mass and X_k has none, the case in which DICE's sampled loss with few snapshot
+    # times runs unbounded below (DESIGN.md, "Regime"). Measured in the bench: ED ratios
+    # of 400 to 30,000 and a training loss of -223. The double well also starts at a
+    # point, but in one dimension, where the known diffusion spreads it (ED ratio 0.7).
+    outside_regime: ClassVar[dict[str, str]] = {
+        "lorenz63": "outside DICE's regime: every sample starts at one point (a point-mass "
+        "first population, stretched by chaos in 3-D)",
+    }
 
     def build(self, spec: MethodSpec, problem: ProblemData, quick: bool, seed: int) -> Stepper:
         b = budget(problem, quick)
+        n_params = _n_params(problem)
+        if problem.kind == "field":
+            return self._field(problem, quick, n_params)
         if problem.kind == "particles":
             potential = PotentialMLP(
                 2,
-                n_params=1,
+                n_params=n_params,
                 hidden=b.hidden,
                 depth=3 if quick else 4,
                 periods=[problem.extras["length"], None],
             )
-            return DICE(potential, (2,), n_params=1, dt=problem.dt, n_substeps=4)
+            return DICE(potential, (2,), n_params=n_params, dt=problem.dt, n_substeps=4)
         d = problem.state_shape[0]
         return DICE(
-            PotentialMLP(d, hidden=b.hidden),
+            PotentialMLP(d, n_params=n_params, hidden=b.hidden),
             (d,),
+            n_params=n_params,
             sigma=problem.sigma,
+            dt=problem.dt,
+            n_substeps=4,
+        )
+
+    @staticmethod
+    def _field(problem: ProblemData, quick: bool, n_params: int) -> Stepper:
+        """An FNO potential (a functional: one output channel averaged over the grid).
+
+        Each DICE training step differentiates the potential twice (the velocity, then
+        the loss), and the Laplacian of the diffusion term is a Hutchinson estimate (one
+        probe): an exact one would take one more backward per grid value.
+        """
+        from ..adapters.neuralop import operator_potential
+
+        n_grid = problem.state_shape[-1]
+        potential = operator_potential(
+            "fno",
+            state_channels=problem.state_shape[0],
+            n_params=n_params,
+            n_modes=(min(16, n_grid // 2),),
+            hidden_channels=budget(problem, quick).hidden,
+            n_layers=2,
+        )
+        return DICE(
+            potential,
+            _state_shape(problem),
+            n_params=n_params,
+            sigma=problem.sigma,
+            laplacian="hutchinson",
             dt=problem.dt,
             n_substeps=4,
         )
@@ -751,7 +860,7 @@ class _CoupledLifting(TransitionFamily):
     ) -> TransitionDataset:
         data = TransitionDataset.from_xarray(problem.train)
         teacher = self._trained_teacher(problem, data, seed)
-        labels = teacher_labels(teacher, data, n_steps=COUPLING_STEPS)
+        labels = teacher_labels(teacher, data, n_steps=INVERSION_STEPS[problem.kind])
         return TransitionDataset.from_xarray(problem.train, labels=labels)
 
     @staticmethod

@@ -4,8 +4,11 @@ Every problem builds, from the suite's data seed:
 
 * ``train``: trajectories of the reference system (SL, MSE, CFM and ES regress their
   transitions; DICE reads them as unpaired populations), all from the test start state;
+  the problems with a physics parameter (Vlasov's beam speed, Lorenz-96's forcing)
+  train at other values than the test's, from populations of the same kind;
 * ``reference``: an independent, larger ensemble from the same start (two disjoint
-  halves of it give the noise floor of :func:`slift_plugin.evaluate`);
+  halves of it give the noise floor of :func:`slift_plugin.evaluate`, with the
+  problem's periodic coordinates, if any, measured on the circle);
 * ``solver``: the reference system itself at its fine internal step, timed on the same
   number of trajectories the learned methods generate. Its cost is the number to beat.
 
@@ -25,11 +28,20 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..systems import allen_cahn, double_well, field_energy, lorenz63, vlasov_two_stream
+from ..systems import (
+    allen_cahn,
+    double_well,
+    field_energy,
+    lorenz63,
+    lorenz96,
+    vlasov_two_stream,
+)
 from ..systems.sdes import LORENZ63_X0
 from ..systems.vlasov import DEFAULT_LENGTH
 
 __all__ = [
+    "LORENZ96_TEST_FORCING",
+    "LORENZ96_TRAIN_FORCING",
     "PROBLEMS",
     "PROBLEM_KINDS",
     "ProblemData",
@@ -39,6 +51,8 @@ __all__ = [
     "field_energy_error",
     "power_spectrum",
     "relative_cost",
+    "spatial_autocovariance",
+    "spatial_autocovariance_error",
     "spectrum_error",
     "timed",
     "well_occupancy_error",
@@ -54,7 +68,8 @@ class ProblemData:
     name : str
         The problem's key in :data:`PROBLEMS`.
     kind : str
-        ``"vector"``, ``"field"`` or ``"particles"`` (:data:`PROBLEM_KINDS`).
+        ``"vector"``, ``"field"``, ``"particles"`` or ``"population"``
+        (:data:`PROBLEM_KINDS`).
     train : xarray.DataArray
         Training trajectories ``(sample, time, channel, *grid)``.
     reference : xarray.DataArray
@@ -89,10 +104,14 @@ class ProblemData:
         Problem-specific settings (e.g. the box length).
     quick : bool
         Built at the quick suite's sizes.
+    period : float or list of (float or None) or None
+        Periodic coordinates of the flattened state, for the energy distances of
+        :func:`slift_plugin.evaluate` (its ``period``): e.g. ``[L, None]`` for particle
+        positions in a box of length ``L`` and their velocities.
     """
 
     name: str
-    kind: str  # "vector", "field" or "particles"
+    kind: str  # "vector", "field", "particles" or "population"
     train: xr.DataArray
     reference: xr.DataArray
     x0: np.ndarray
@@ -109,6 +128,7 @@ class ProblemData:
     postprocess: Callable[[xr.DataArray], xr.DataArray] | None = None
     extras: dict = field(default_factory=dict)
     quick: bool = False  # built at the quick suite's sizes (the budgets differ)
+    period: float | list[float | None] | None = None  # periodic coordinates, for evaluate()
 
     @property
     def state_shape(self) -> tuple[int, ...]:
@@ -243,6 +263,50 @@ def spectrum_error(gen: xr.DataArray, ref: xr.DataArray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def spatial_autocovariance(x: np.ndarray) -> np.ndarray:
+    """Ensemble spatial autocovariance of states on a ring of sites, per time.
+
+    ``C(t, r) = mean over samples and sites i of (x_i - m(t)) (x_{i+r} - m(t))`` with
+    cyclic ``i + r`` and ``m(t)`` the mean over samples and sites (the statistics of a
+    ring are the same at every site). ``C(t, 0)`` is the variance, the energy about the
+    mean.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        States ``(sample, time, site)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(time, site // 2 + 1)``: lags ``0 .. site // 2`` (the others repeat them).
+    """
+    x = x - x.mean(axis=(0, 2), keepdims=True)
+    lags = range(x.shape[2] // 2 + 1)
+    return np.stack([(x * np.roll(x, -r, axis=2)).mean(axis=(0, 2)) for r in lags], axis=1)
+
+
+def spatial_autocovariance_error(gen: xr.DataArray, ref: xr.DataArray) -> float:
+    """The score of the Lorenz-96 problem: relative error of the spatial autocovariance.
+
+    Parameters
+    ----------
+    gen, ref : xarray.DataArray
+        Generated and reference ensembles ``(sample, time, channel)`` over the same times;
+        the channels are the sites of the ring.
+
+    Returns
+    -------
+    float
+        ``||C_gen - C_ref|| / ||C_ref||`` over all times and lags
+        (:func:`spatial_autocovariance`).
+    """
+    order = ("sample", "time", "channel")
+    a = spatial_autocovariance(gen.transpose(*order).values.astype(np.float64))
+    b = spatial_autocovariance(ref.transpose(*order).values.astype(np.float64))
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
 def field_energy_error(length: float, n_grid: int) -> Callable[[xr.DataArray, xr.DataArray], float]:
     """The score of the Vlasov problem: relative L2 error of the curve ``W_E(t)``.
 
@@ -279,6 +343,8 @@ PROBLEM_KINDS: dict[str, str] = {
     "lorenz63": "vector",
     "allen_cahn": "field",
     "vlasov": "particles",
+    # vector states started from a population, with a held-out physics parameter
+    "lorenz96": "population",
 }
 
 
@@ -422,6 +488,7 @@ def _vlasov(quick: bool, seed: int) -> ProblemData:
         ens.loc[{"channel": "x"}] = np.mod(ens.sel(channel="x"), length)
         return ens
 
+    channels = list(reference["channel"].values)  # ("x", "v"): only positions wrap
     return ProblemData(
         name="vlasov",
         kind=PROBLEM_KINDS["vlasov"],
@@ -439,6 +506,59 @@ def _vlasov(quick: bool, seed: int) -> ProblemData:
         param_names=["v0"],
         postprocess=wrap_positions,
         extras={"length": length},
+        period=[length if c == "x" else None for c in channels],
+    )
+
+
+LORENZ96_TRAIN_FORCING = (6.0, 7.0, 9.0, 10.0)
+LORENZ96_TEST_FORCING = 8.0
+
+
+def _lorenz96(quick: bool, seed: int) -> ProblemData:
+    """Lorenz-96 from a broad population, trained on some forcings, tested on another.
+
+    The population starts at ``F + N(0, I)`` and, after a burn-in of 0.2, the test horizon
+    (2 time units, 1 in the quick suite) covers the growth of the instability and the
+    relaxation towards the attractor: the marginals change a lot (see
+    :mod:`slift_plugin.systems.lorenz96`). Deterministic dynamics: the spread is that of
+    the population.
+    """
+    dim, n_steps = (10, 20) if quick else (20, 40)
+    n_train, n_reference, n_generate = (128, 512, 256) if quick else (512, 4096, 2048)
+    train_forcing = (7.0, 9.0) if quick else LORENZ96_TRAIN_FORCING
+    dt, dt_internal = 0.05, 0.01
+
+    def run(n: int, forcing: float, s: int, device: str = "cpu") -> xr.DataArray:
+        return lorenz96(
+            n,
+            n_steps,
+            dt,
+            dim=dim,
+            forcing=np.full(n, forcing),  # per sample: the ensemble carries mu_forcing
+            burn_in=0.2,
+            dt_internal=dt_internal,
+            seed=s,
+            device=device,
+        )
+
+    train = xr.concat([run(n_train, f, seed + i) for i, f in enumerate(train_forcing)], "sample")
+    test = LORENZ96_TEST_FORCING
+    return ProblemData(
+        name="lorenz96",
+        kind=PROBLEM_KINDS["lorenz96"],
+        train=train,
+        reference=run(n_reference, test, seed + 100),
+        x0=run(n_generate, test, seed + 101).isel(time=0).values,
+        n_steps=n_steps,
+        dt=dt,
+        n_generate=n_generate,
+        solve=lambda n, s, device="cpu": run(n, test, s, device),
+        solver_evals_per_step=4 * round(dt / dt_internal),  # RK4: 4 drift evaluations
+        quantity="relative L2 error of the spatial autocovariance C(t, lag) over all times",
+        quantity_error=spatial_autocovariance_error,
+        mu=[test],
+        param_names=["forcing"],
+        extras={"train_forcing": list(train_forcing)},
     )
 
 
@@ -447,6 +567,7 @@ PROBLEMS: dict[str, Callable[[bool, int], ProblemData]] = {
     "lorenz63": _lorenz63,
     "allen_cahn": _allen_cahn,
     "vlasov": _vlasov,
+    "lorenz96": _lorenz96,
 }
 
 

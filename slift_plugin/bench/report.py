@@ -244,14 +244,13 @@ def plot(runs: pd.DataFrame, over_time: pd.DataFrame, out: Path) -> dict[str, Pa
     dict of str to pathlib.Path
         ``plot_<problem>`` -> the PNG written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure, not pyplot: the user's matplotlib backend is never touched.
+    from matplotlib.figure import Figure
 
     paths = {}
     for problem, group in runs.groupby("problem", sort=False):
-        fig, (ax_cost, ax_time) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+        fig = Figure(figsize=(12, 4.5), layout="constrained")
+        ax_cost, ax_time = fig.subplots(1, 2)
         for method, g in group.groupby("method", sort=False):
             x, y = g["sample_ms_per_1k"], g["ed_ratio_final"]
             ax_cost.errorbar(
@@ -282,6 +281,5 @@ def plot(runs: pd.DataFrame, over_time: pd.DataFrame, out: Path) -> dict[str, Pa
         ax_cost.legend(fontsize=8)
         path = out / f"{problem}.png"
         atomic_write(path, lambda p, fig=fig: fig.savefig(p, dpi=90, format="png"))
-        plt.close(fig)
         paths[f"plot_{problem}"] = path
     return paths

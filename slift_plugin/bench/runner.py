@@ -196,7 +196,11 @@ def _run_problem(problem, specs, config, result, bar) -> None:
             if not M.applies(spec, problem):
                 if seed == config.seeds[0]:
                     result.skipped.append(
-                        {"problem": problem.name, "method": spec.name, "reason": "not applicable"}
+                        {
+                            "problem": problem.name,
+                            "method": spec.name,
+                            "reason": M.not_applicable_reason(spec, problem),
+                        }
                     )
                 bar.update()
                 continue
@@ -303,7 +307,7 @@ def _score(row: dict, ens: xr.DataArray, problem: ProblemData, seed: int, result
         )
     # float32 round-off in t0 + k*dt must not make evaluate() miss a time
     ens = ens.assign_coords(time=ref_times)
-    scores = evaluate(ens, problem.reference, seed=seed)
+    scores = evaluate(ens, problem.reference, seed=seed, period=problem.period)
     row = {"problem": problem.name, "seed": seed, **row}
     row["quantity_error"] = problem.quantity_error(ens, problem.reference)
     for label, k in zip(("short", "middle", "final"), problem.horizons, strict=True):

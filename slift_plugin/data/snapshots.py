@@ -26,6 +26,7 @@ def _check_group(
     populations: Sequence[Tensor],
     mu: Tensor | None,
     state_shape: tuple[int, ...] | None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[_Group, tuple[int, ...]]:
     """Validate and convert one group of :class:`SnapshotDataset`.
 
@@ -41,11 +42,13 @@ def _check_group(
         Parameters of the group (flattened to ``(n_params,)``).
     state_shape : tuple of int or None
         State shape of the groups checked so far (None before the first one).
+    dtype : torch.dtype
+        The floating dtype everything is stored in.
 
     Returns
     -------
     group : tuple
-        ``(times (K+1,) float32, populations as float32, mu (n_params,) float32 or None)``.
+        ``(times (K+1,), populations, mu (n_params,) or None)``, all of ``dtype``.
     state_shape : tuple of int
         The state shape every population must share.
 
@@ -55,7 +58,7 @@ def _check_group(
         Fewer than two times, times not increasing, one population per time missing, an
         empty population, a state shape that differs, or NaN/Inf.
     """
-    times = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
+    times = torch.as_tensor(times, dtype=dtype).reshape(-1)
     if times.numel() < 2:
         raise ValueError(
             f"group {g}: DICE needs populations at two or more times, got {times.numel()}"
@@ -66,7 +69,7 @@ def _check_group(
         raise ValueError(f"group {g}: {len(populations)} populations for {times.numel()} times")
     pops = []
     for k, pop in enumerate(populations):
-        pop = torch.as_tensor(pop, dtype=torch.float32)
+        pop = torch.as_tensor(pop, dtype=dtype)
         if pop.ndim < 2 or pop.shape[0] == 0:
             raise ValueError(
                 f"group {g}, time {k}: population must be (n_samples >= 1, *state), "
@@ -82,13 +85,13 @@ def _check_group(
         _check_finite(pop, f"group {g}, time {k} population")
         pops.append(pop)
     if mu is not None:
-        mu = torch.as_tensor(mu, dtype=torch.float32).reshape(-1)
+        mu = torch.as_tensor(mu, dtype=dtype).reshape(-1)
         _check_finite(mu, f"group {g} mu")
     return (times, pops, mu), state_shape
 
 
 def _populations(
-    data: xr.DataArray | Sequence[xr.DataArray],
+    data: xr.DataArray | Sequence[xr.DataArray], dtype: torch.dtype = torch.float32
 ) -> tuple[Tensor, list[Tensor], list[Tensor | None]]:
     """Split xarray snapshots into one population per time.
 
@@ -97,13 +100,16 @@ def _populations(
     data : xarray.DataArray or sequence of xarray.DataArray
         A trajectory ensemble ``(sample, time, channel, *grid)``, or one population
         ``(sample, channel, *grid)`` per time, each with a scalar ``time`` coord.
+    dtype : torch.dtype
+        The floating dtype of the times and populations (read from the values directly,
+        so float64 keeps every digit of float64 data).
 
     Returns
     -------
     times : torch.Tensor
-        ``(n_times,)`` float32.
+        ``(n_times,)`` of ``dtype``.
     per_time : list of torch.Tensor
-        ``n_times`` populations ``(n_k, channel, *grid)`` float32.
+        ``n_times`` populations ``(n_k, channel, *grid)`` of ``dtype``.
     per_time_mu : list of torch.Tensor or None
         The ``(n_k, n_params)`` parameters of each population, or None.
 
@@ -114,8 +120,10 @@ def _populations(
         DataArray with dims ``("sample", "channel", *grid)`` and a scalar ``time`` coord.
     """
     if isinstance(data, xr.DataArray):
-        states, mu = ensemble_to_tensor(data, "snapshots")
-        times = torch.as_tensor(np.asarray(data["time"].values, dtype=np.float32))
+        states, mu = ensemble_to_tensor(data, "snapshots")  # checks the layout
+        if dtype != states.dtype:  # from the values, not from float32
+            states = torch.as_tensor(np.asarray(data.values), dtype=dtype)
+        times = torch.tensor(np.asarray(data["time"].values, dtype=np.float64), dtype=dtype)
         per_time = [states[:, k] for k in range(states.shape[1])]
         return times, per_time, [mu] * len(per_time)
     if not data:
@@ -129,10 +137,10 @@ def _populations(
             )
         if "time" not in pop.coords or pop["time"].ndim != 0:
             raise ValueError(f"population {k} needs a scalar 'time' coord")
-        per_time.append(torch.as_tensor(np.asarray(pop.values, dtype=np.float32)))
+        per_time.append(torch.as_tensor(np.asarray(pop.values), dtype=dtype))
         per_time_mu.append(ensemble_params(pop, f"population {k}"))
         t.append(float(pop["time"]))
-    return torch.tensor(t), per_time, per_time_mu
+    return torch.tensor(t, dtype=dtype), per_time, per_time_mu
 
 
 def _group_by_params(
@@ -187,7 +195,7 @@ def _group_by_params(
             (
                 times[present],
                 [torch.cat(b[k]) for k in present],
-                torch.tensor(key) if key else None,
+                torch.tensor(key, dtype=torch.float64) if key else None,
             )
         )
     return groups
@@ -206,19 +214,27 @@ class SnapshotDataset:
     n_times : int, optional
         Times per training batch: a random sorted subset that keeps both endpoints
         (default: all times); at least 2 and at most the fewest times of a group.
+    dtype : torch.dtype
+        Floating dtype of the stored times, populations and parameters, and so of the
+        batches (float64 for the authors' regime; the DICE loss casts a batch to the
+        stepper's dtype either way).
 
     Raises
     ------
     ValueError
         No group, an invalid group (see the messages), groups with different numbers of
-        parameters, or ``n_times`` out of range.
+        parameters, ``n_times`` out of range, or a ``dtype`` that is not floating.
 
     Notes
     -----
     Batches of :meth:`iter_batches` are dicts ``{"x": (n_times, B, *state), "t":
     (n_times,), "mu": (n_params,), "probe_seed": ()}``: an independent minibatch of ``B``
     samples at each chosen time, all from one randomly chosen parameter value;
-    ``probe_seed`` seeds the Hutchinson probes of the DICE loss.
+    ``probe_seed`` seeds the Hutchinson probes of the DICE loss. Because both endpoints
+    are always chosen, the trapezoid weights the loss puts on the chosen times are a
+    quadrature of the whole span ``[t_0, t_K]`` (they sum to ``t_K - t_0`` for every
+    draw), whichever interior times were drawn. The authors' regime is ``n_times=256``
+    and ``batch_size=256`` over thousands of times.
     """
 
     def __init__(
@@ -226,13 +242,16 @@ class SnapshotDataset:
         groups: Sequence[tuple[Tensor, Sequence[Tensor], Tensor | None]],
         *,
         n_times: int | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         if not groups:
             raise ValueError("SnapshotDataset needs at least one group of populations")
         checked = []
         state_shape = None
         for g, (times, populations, mu) in enumerate(groups):
-            group, state_shape = _check_group(g, times, populations, mu, state_shape)
+            group, state_shape = _check_group(g, times, populations, mu, state_shape, dtype)
             checked.append(group)
         n_params = {0 if mu is None else mu.numel() for _, _, mu in checked}
         if len(n_params) != 1:
@@ -244,6 +263,7 @@ class SnapshotDataset:
         if n_times is not None and not 2 <= n_times <= min_times:
             raise ValueError(f"n_times must be in [2, {min_times}], got {n_times}")
         self.n_times = n_times
+        self.dtype = dtype
 
     @classmethod
     def from_xarray(
@@ -252,6 +272,7 @@ class SnapshotDataset:
         *,
         n_times: int | None = None,
         exclude_params: Sequence[Sequence[float]] = (),
+        dtype: torch.dtype = torch.float32,
     ) -> SnapshotDataset:
         """Snapshots from xarray, grouped by the ``mu_<name>`` coords.
 
@@ -266,6 +287,8 @@ class SnapshotDataset:
         exclude_params : sequence of sequence of float
             Parameter vectors held out (e.g. for testing generalisation in ``mu``),
             compared after rounding to 6 decimals.
+        dtype : torch.dtype
+            Floating dtype of the stored data, as for the constructor.
 
         Returns
         -------
@@ -276,11 +299,11 @@ class SnapshotDataset:
         TypeError, ValueError
             Invalid input (see :class:`SnapshotDataset`), or every parameter value excluded.
         """
-        times, per_time, per_time_mu = _populations(data)
+        times, per_time, per_time_mu = _populations(data, dtype)
         groups = _group_by_params(times, per_time, per_time_mu, exclude_params)
         if not groups:
             raise ValueError("every parameter value was excluded: no data left")
-        return cls(groups, n_times=n_times)
+        return cls(groups, n_times=n_times, dtype=dtype)
 
     @property
     def params(self) -> list[Tensor | None]:

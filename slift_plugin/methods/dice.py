@@ -2,21 +2,40 @@
 
 A scalar potential ``s_theta(x, t, mu)`` defines the velocity ``v = grad_x s``. It is
 trained from unpaired sample sets ``X_0 .. X_K`` at times ``t_0 < ... < t_K`` with the
-discrete inverse continuity equation loss (trapezoid weights ``w_k``)::
+discrete inverse continuity equation loss (trapezoid weights ``w_k``, gaps
+``d_k = t_{k+1} - t_k``)::
 
     L = sum_k w_k 1/2 E_k |v(x, t_k)|^2
         - sum_{k<K} 1/2 (E_{k+1}[s(., t_k) + s(., t_{k+1})] - E_k[s(., t_k) + s(., t_{k+1})])
-        + sigma^2/2 sum_k w_k E_k[laplacian_x s(x, t_k)]        (diffusion variant)
+        + sigma^2/2 sum_k w_k E_k[laplacian_x s(x, t_k)]        (entropic variant)
+        + alpha sum_k d_k/4 (E_k + E_{k+1})[s(., t_k)^2 + s(., t_{k+1})^2]   (optional)
 
-Adding any ``c(t)`` to ``s`` leaves ``L`` unchanged exactly: the boundary terms compare
-the same constant under two expectations. Generation is Euler (plus Euler-Maruyama noise
-in the diffusion variant) in physical time: one gradient evaluation per (sub-)step.
+Adding any ``c(t)`` to ``s`` leaves ``L`` unchanged exactly when ``alpha == 0``: the
+boundary terms compare the same constant under two expectations, and every other term
+sees only ``x``-derivatives of ``s``. Generation is Euler (Euler-Maruyama with the same
+``sigma`` in the entropic variant) in physical time: one gradient evaluation per
+(sub-)step.
+
+With few snapshot times the sampled loss is unbounded below: ``s(., t_k)`` enters the
+boundary term on ``X_{k+1}`` but its kinetic energy is measured on ``X_k`` only, so where
+``X_{k+1}`` has mass and ``X_k`` has none the potential can grow without cost. Two
+regularisers act on it (see :class:`DICE`): ``kinetic_on_neighbours`` (kinetic energy
+of ``s(., t_k)`` also on ``X_{k-1}`` and ``X_{k+1}``; keeps the ``c(t)`` invariance and
+tends to the same continuum loss as the gaps shrink, but bounds the loss only where the
+populations of neighbouring times overlap) and ``alpha`` (a quadratic in ``s`` on every
+evaluation of the boundary term: a hard bound ``L >= -sum_k 1/(alpha d_k)`` when
+``sigma == 0``, but it breaks the invariance and biases the minimiser).
 
 Fields ``(C, *grid)`` are functions on a unit domain with cell volume ``h = 1/n_points``:
 the potential is a functional (the grid average of an operator's output), the velocity is
 its functional derivative ``(1/h) d s / d u``, kinetic energies use the ``L2`` norm
 ``h sum_i v_i^2``, and the noise is space-time white (per-cell variance ``dt / h``). With
 ``h = 1`` this is the vector case. DICE matches marginals, not sample paths.
+
+Precision: the loss casts each batch to the dtype of the stepper's parameters, so a DICE
+over a :class:`slift_plugin.PotentialMLP` trains and samples in float64 after
+``.double()`` (the authors' regime); neuraloperator potentials refuse the cast and stay
+float32.
 """
 
 from __future__ import annotations
@@ -66,6 +85,23 @@ def trapezoid_weights(times: Tensor) -> Tensor:
     return w
 
 
+def _mixed_quadrature(t: Tensor, here: Tensor, across: Tensor | None, lam: float) -> Tensor:
+    """Trapezoid rule in time of a per-sample quantity ``f(x, t_k)``, mixed across gaps.
+
+    ``here`` is ``f_k`` on ``X_k`` ``(K+1, B)``; ``across`` stacks ``f_{k+1}`` on ``X_k``
+    and then ``f_k`` on ``X_{k+1}`` ``(2K, B)``. On each gap the trapezoid
+    ``d_k/2 (E_k f_k + E_{k+1} f_{k+1})`` gives a ``lam`` share to
+    ``d_k/2 (E_{k+1} f_k + E_k f_{k+1})``: ``lam = 0`` is the plain rule (``across``
+    unused, may be None), ``lam = 0.5`` measures both ``f_k`` and ``f_{k+1}`` on the
+    mixture of ``X_k`` and ``X_{k+1}``.
+    """
+    plain = (trapezoid_weights(t) * here.mean(1)).sum()
+    if lam == 0:
+        return plain
+    forward, backward = across.mean(1).chunk(2)
+    return (1 - lam) * plain + lam * (0.5 * (t[1:] - t[:-1]) * (forward + backward)).sum()
+
+
 class DICE(NormalizedStepper):
     """DICE stepper around a potential ``s(x_normalised, t_normalised, mu_normalised)``.
 
@@ -80,7 +116,10 @@ class DICE(NormalizedStepper):
     n_params : int
         Number of physics parameters ``mu``.
     sigma : float
-        Known diffusion (0: the deterministic variant).
+        Known diffusion (0: the deterministic variant). With ``sigma > 0`` (the entropic
+        variant) the loss gains ``sigma^2/2 sum_k w_k E_k[laplacian s]`` and :meth:`step`
+        adds Euler-Maruyama noise of the same ``sigma``: the two belong together, the
+        velocity learnt is the drift of an SDE with this diffusion.
     laplacian : str
         ``"exact"`` (one extra backward per dimension) or ``"hutchinson"`` (Rademacher
         probes, ``n_probes`` of them) for the diffusion term.
@@ -92,16 +131,46 @@ class DICE(NormalizedStepper):
     n_substeps : int
         Euler(-Maruyama) steps of ``dt / n_substeps`` per output step
         (:attr:`evals_per_step`).
+    kinetic_on_neighbours : float
+        ``lam`` in ``[0, 1]``: on each gap ``[t_k, t_{k+1}]`` the kinetic energy of
+        ``s(., t_k)`` is measured on ``(1 - lam) X_k + lam X_{k+1}`` and that of
+        ``s(., t_{k+1})`` on ``(1 - lam) X_{k+1} + lam X_k`` (0: the plain trapezoid
+        rule; 0.5: both on the mixture of the two populations; 1 leaves the own
+        population out and does not bound anything). With ``0 < lam < 1`` the loss of
+        continuous populations is bounded from below when ``X_{k+1}`` has mass where
+        ``X_k`` has none, as long as the two overlap; on a minibatch with an unsampled
+        gap between them it is not (use ``alpha``). It only involves ``grad_x s``, so
+        the exact ``c(t)`` invariance is kept, and it changes the quadrature by
+        ``O(d_k)``: the same continuum loss as the gaps shrink. It costs a double
+        backward on the neighbour evaluations (about 1.5 times the work of a loss).
+    alpha : float
+        Weight, ``>= 0``, of ``alpha sum_k d_k/4 (E_k + E_{k+1})[s(., t_k)^2 +
+        s(., t_{k+1})^2]``: the square of every potential value the boundary term uses,
+        the cross-time ones included (on those an unregularised ``s`` runs away). By
+        Cauchy-Schwarz the loss is then at least ``-sum_k 1/(alpha d_k)`` when
+        ``sigma == 0``, for any minibatch, but the term pins the free additive ``c(t)``
+        (the loss is no longer invariant to it) and biases the minimiser: on an OU
+        population the sampled mean is off by 0.01-0.03 marginal std at ``alpha = 0.01``
+        (0.00-0.01 without) and 0.12-0.17 at 0.1. The scale of ``s`` depends on the
+        normalisation, so ``alpha`` is problem-specific.
 
     Raises
     ------
     TypeError
         If ``potential`` is not a :class:`~slift_plugin.protocols.Potential`.
     ValueError
-        If ``laplacian`` is not one of :data:`LAPLACIANS`, ``sigma`` is negative or not
-        finite, ``n_substeps`` or ``n_probes`` is below one, ``potential.n_cond !=
-        n_params``, or ``state_shape``/``n_params`` is invalid for
-        :class:`slift_plugin.Stepper`.
+        If ``laplacian`` is not one of :data:`LAPLACIANS`, ``sigma`` or ``alpha`` is
+        negative or not finite, ``kinetic_on_neighbours`` is outside ``[0, 1]``,
+        ``n_substeps`` or ``n_probes`` is below one, ``potential.n_cond != n_params``,
+        or ``state_shape``/``n_params`` is invalid for :class:`slift_plugin.Stepper`.
+
+    Notes
+    -----
+    The authors' working regime (their Vlasov runs) is hundreds to thousands of snapshot
+    times, batches of 256 times x 256 particles with both endpoints kept
+    (:class:`slift_plugin.SnapshotDataset` with ``n_times``), a width-128 depth-6 SiLU
+    :class:`slift_plugin.PotentialMLP`, Adam at 5e-4 with cosine decay for about 25k
+    iterations, float64 (``.double()``) and an entropic ``sigma`` kept at sampling.
     """
 
     requires_grad_in_step = True  # the velocity is a gradient of the potential
@@ -117,12 +186,19 @@ class DICE(NormalizedStepper):
         n_probes: int = 1,
         dt: float = math.nan,
         n_substeps: int = 1,
+        kinetic_on_neighbours: float = 0.0,
+        alpha: float = 0.0,
     ) -> None:
         super().__init__(state_shape, history=1, n_params=n_params, dt=dt)
         if laplacian not in LAPLACIANS:
             raise ValueError(f"laplacian must be one of {LAPLACIANS}, got {laplacian!r}")
-        if sigma < 0 or not math.isfinite(sigma):
-            raise ValueError(f"sigma must be finite and >= 0, got {sigma}")
+        for name, value in (("sigma", sigma), ("alpha", alpha)):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        if not 0.0 <= kinetic_on_neighbours <= 1.0:
+            raise ValueError(
+                f"kinetic_on_neighbours must be in [0, 1], got {kinetic_on_neighbours}"
+            )
         if int(n_substeps) < 1 or int(n_probes) < 1:
             raise ValueError(f"n_substeps and n_probes must be >= 1, got {n_substeps}, {n_probes}")
         if not isinstance(potential, Potential):
@@ -140,6 +216,8 @@ class DICE(NormalizedStepper):
         self.laplacian = laplacian
         self.n_probes = int(n_probes)
         self.n_substeps = int(n_substeps)
+        self.kinetic_on_neighbours = float(kinetic_on_neighbours)
+        self.alpha = float(alpha)
 
     @property
     def evals_per_step(self) -> int:  # type: ignore[override]
@@ -293,13 +371,62 @@ class DICE(NormalizedStepper):
         """
         return int(batch["x"].shape[1])
 
+    def _batch_inputs(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(x, t, mu)`` of a snapshot batch, checked and cast to the parameters' dtype.
+
+        The cast is what lets a float64 stepper train on a float32 dataset (and the
+        reverse): the velocity is a gradient with respect to ``x``, so ``x`` must already
+        carry the precision the stepper computes in.
+        """
+        device, dtype = self.param_device_dtype()
+        x = batch["x"].to(device=device, dtype=dtype)
+        t = batch["t"].to(device=device, dtype=dtype)
+        if x.ndim < 3 or t.ndim != 1 or x.shape[0] != t.shape[0]:
+            raise ValueError(
+                "x must be (n_times, batch, *state) with n_times = len(t) and t 1-D, got x "
+                f"{tuple(x.shape)} and t {tuple(t.shape)}"
+            )
+        mu = batch.get("mu")
+        return x, t, None if mu is None else mu.to(device=device, dtype=dtype)
+
+    def _terms(
+        self,
+        x: Tensor,
+        t: Tensor,
+        mu: Tensor | None,
+        *,
+        kinetic: bool,
+        laplacian: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """Per-sample ``s``, ``1/2 h |v|^2`` and ``(1/h) laplacian s`` of ``x`` at ``t``.
+
+        ``x`` is ``(n, B, *state)``, ``t`` is ``(n,)``; every output is ``(n, B)``. All
+        ``n`` times go through the potential in one batch of ``n B`` states: with the
+        hundreds of times per batch of the authors' regime a loop over times would be
+        Python-bound. ``kinetic`` asks for ``energy`` (with the graph for a double
+        backward), ``laplacian`` also for ``laplacian``.
+        """
+        n, b = x.shape[:2]
+        flat = x.reshape(n * b, *x.shape[2:]).detach().requires_grad_(kinetic)
+        times = t.repeat_interleave(b)
+        mu_b = None if mu is None else mu.reshape(1, -1).expand(n * b, -1)
+        if not kinetic:
+            return {"s": self.potential_value(flat, times, mu_b).reshape(n, b)}
+        v, s = self.velocity(flat, times, mu_b, create_graph=True)
+        energy = 0.5 * self.cell_volume(flat) * v.reshape(n * b, -1).pow(2).sum(1)
+        out = {"s": s.reshape(n, b), "energy": energy.reshape(n, b)}
+        if laplacian:
+            out["laplacian"] = self._laplacian(flat, v, generator).reshape(n, b)
+        return out
+
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         """DICE loss of one batch ``{"x": (K+1, B, *state), "t": (K+1,), "mu"?: (P,)}``.
 
         ``x[k]`` is a minibatch of the population at time ``t[k]`` (sorted). Hutchinson
         probes are drawn from a generator seeded with ``batch["probe_seed"]``
         (:class:`slift_plugin.SnapshotDataset` supplies a fresh one per batch; 0 when
-        absent).
+        absent). ``x``, ``t`` and ``mu`` are cast to the dtype of the parameters.
 
         Parameters
         ----------
@@ -313,7 +440,8 @@ class DICE(NormalizedStepper):
         -------
         Tensor
             The scalar loss (kinetic minus boundary terms, plus the Laplacian term when
-            ``sigma > 0``), with a graph to the potential's parameters.
+            ``sigma > 0`` and the ``alpha`` term when ``alpha > 0``), with a graph to the
+            potential's parameters.
 
         Raises
         ------
@@ -323,46 +451,32 @@ class DICE(NormalizedStepper):
             do not fit ``state_shape``, or if ``mu`` is missing, unexpected or not of
             ``n_params`` values.
         """
-        x, t = batch["x"], batch["t"]
-        if x.ndim < 3 or x.shape[0] != t.shape[0]:
-            raise ValueError(
-                f"x must be (n_times, batch, *state) with n_times = len(t) = {t.shape[0]}, "
-                f"got {tuple(x.shape)}"
-            )
+        x, t, mu = self._batch_inputs(batch)
         weights = trapezoid_weights(t)
-        mu = batch.get("mu")
-        b = x.shape[1]
-        mu_b = None if mu is None else mu.reshape(1, -1).expand(b, -1)
         generator = None
         if self.sigma and self.laplacian == "hutchinson":
             seed = int(batch["probe_seed"]) if "probe_seed" in batch else 0
             generator = torch.Generator().manual_seed(seed)
-        kinetic = x.new_zeros(())
-        diffusion = x.new_zeros(())
-        s_here = []  # s(X_k, t_k)
-        s_next = []  # s(X_k, t_{k+1}) and s(X_k, t_{k-1}) as needed
-        for k in range(t.shape[0]):
-            xk = x[k].detach().requires_grad_(True)
-            v, s = self.velocity(xk, t[k], mu_b, create_graph=True)
-            h = self.cell_volume(xk)
-            kinetic = kinetic + weights[k] * 0.5 * (h * v.reshape(b, -1).pow(2).sum(1)).mean()
-            if self.sigma:
-                lap = self._laplacian(xk, v, generator)
-                diffusion = diffusion + weights[k] * 0.5 * self.sigma**2 * lap.mean()
-            s_here.append(s.mean())
-            neighbours = {}
-            if k + 1 < t.shape[0]:
-                neighbours["next"] = self.potential_value(xk, t[k + 1], mu_b).mean()
-            if k > 0:
-                neighbours["prev"] = self.potential_value(xk, t[k - 1], mu_b).mean()
-            s_next.append(neighbours)
-        boundary = x.new_zeros(())
-        for k in range(t.shape[0] - 1):
-            # E_{k+1}[s(t_k) + s(t_{k+1})] - E_k[s(t_k) + s(t_{k+1})]
-            later = s_next[k + 1]["prev"] + s_here[k + 1]
-            earlier = s_here[k] + s_next[k]["next"]
-            boundary = boundary + 0.5 * (later - earlier)
-        return kinetic - boundary + diffusion
+        here = self._terms(x, t, mu, kinetic=True, laplacian=bool(self.sigma), generator=generator)
+        # s(X_k, t_{k+1}) and s(X_{k+1}, t_k) for k < K, in one evaluation
+        lam = self.kinetic_on_neighbours
+        across = self._terms(
+            torch.cat([x[:-1], x[1:]]), torch.cat([t[1:], t[:-1]]), mu, kinetic=lam > 0
+        )
+        s_here = here["s"].mean(1)
+        s_forward, s_backward = across["s"].mean(1).chunk(2)
+        # E_{k+1}[s(t_k) + s(t_{k+1})] - E_k[s(t_k) + s(t_{k+1})], one entry per gap
+        boundary = 0.5 * ((s_backward + s_here[1:]) - (s_here[:-1] + s_forward)).sum()
+        kinetic = _mixed_quadrature(t, here["energy"], across.get("energy"), lam)
+        total = kinetic - boundary
+        if self.sigma:
+            total = total + 0.5 * self.sigma**2 * (weights * here["laplacian"].mean(1)).sum()
+        if self.alpha:
+            # on every evaluation the boundary term uses, the cross-time ones included:
+            # those are where an unregularised s runs away
+            squares = _mixed_quadrature(t, here["s"].pow(2), across["s"].pow(2), 0.5)
+            total = total + self.alpha * squares
+        return total
 
     # -- generation -----------------------------------------------------------------------
     def noise_shape(self, grid_shape: tuple[int, ...]) -> tuple[int, ...] | None:

@@ -1,6 +1,7 @@
 """Reference stochastic systems that generate ground-truth ensembles as xarray DataArrays."""
 
 from .allen_cahn import allen_cahn, allen_cahn_initial_conditions
+from .lorenz96 import Lorenz96SDE, lorenz96, lorenz96_drift
 from .sdes import (
     DoubleWellSDE,
     Lorenz63SDE,
@@ -15,6 +16,7 @@ from .vlasov import field_energy, fit_growth_rate, two_stream_growth_rate, vlaso
 __all__ = [
     "DoubleWellSDE",
     "Lorenz63SDE",
+    "Lorenz96SDE",
     "OrnsteinUhlenbeckSDE",
     "allen_cahn",
     "field_energy",
@@ -24,6 +26,8 @@ __all__ = [
     "allen_cahn_initial_conditions",
     "double_well",
     "lorenz63",
+    "lorenz96",
+    "lorenz96_drift",
     "ornstein_uhlenbeck",
     "ou_transition_moments",
 ]
