@@ -65,8 +65,9 @@ class DemoConfig:
         Peak learning rate.
     seed : int
         Seeds the data, the weight initialisation, the training and the rollouts.
-    threads : int
-        CPU threads torch uses during the demo.
+    threads : int or None
+        CPU threads torch uses during the demo; None keeps torch's own setting (which
+        honours ``OMP_NUM_THREADS``), so a shared machine is not oversubscribed.
     """
 
     n_train: int = 128  # training trajectories (20 transitions each)
@@ -83,7 +84,7 @@ class DemoConfig:
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0
-    threads: int = 2
+    threads: int | None = None
 
     @classmethod
     def quick(cls) -> DemoConfig:
@@ -207,7 +208,8 @@ def run_demo(out: str | os.PathLike = "demo_output", cfg: DemoConfig | None = No
     """
     cfg = cfg or DemoConfig()
     threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     try:
         return _run_demo(Path(out), cfg)
     finally:

@@ -1,4 +1,9 @@
-"""Figures for ensembles and their metrics (matplotlib, Agg backend, files only)."""
+"""Figures for ensembles and their metrics.
+
+The figures are built as bare :class:`matplotlib.figure.Figure` objects, not through pyplot:
+importing this module or calling its functions never selects or changes the user's
+matplotlib backend, and no figure is left registered with pyplot.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
-
-from .data import atomic_write  # noqa: E402
+from .data import atomic_write
 
 __all__ = ["field_ensemble_figure"]
 
@@ -22,11 +24,11 @@ def field_ensemble_figure(
     reference: xr.DataArray,
     models: Mapping[str, xr.DataArray],
     metrics: Mapping[str, xr.Dataset],
-    path: str | os.PathLike,
+    path: str | os.PathLike | None = None,
     *,
     n_trajectories: int = 3,
     title: str = "",
-) -> Path:
+) -> Figure:
     """Space-time samples, mean/std over time and energy distance vs the noise floor.
 
     Parameters
@@ -38,8 +40,8 @@ def field_ensemble_figure(
     metrics : Mapping[str, xarray.Dataset]
         :func:`slift_plugin.evaluate` results keyed like ``models`` (with
         ``energy_distance`` and ``noise_floor`` per time).
-    path : str or os.PathLike
-        The PNG file to write (atomically).
+    path : str or os.PathLike, optional
+        A PNG file to write (atomically); None writes nothing.
     n_trajectories : int
         Space-time samples shown per ensemble.
     title : str
@@ -47,12 +49,19 @@ def field_ensemble_figure(
 
     Returns
     -------
-    pathlib.Path
-        The file written.
+    matplotlib.figure.Figure
+        The figure (also in a notebook: display it, or ``fig.savefig(...)`` it yourself).
+
+    Raises
+    ------
+    ValueError
+        If ``metrics`` is not keyed like ``models`` (and non-empty), or an ensemble lacks
+        the ``sample``/``time`` dims or has fewer than ``n_trajectories`` samples.
     """
+    _check_inputs(reference, models, metrics, n_trajectories)
     names = ["reference", *models]
     ensembles = {"reference": reference, **models}
-    fig = plt.figure(figsize=(4.2 * max(3, len(names)), 9.5), layout="constrained")
+    fig = Figure(figsize=(4.2 * max(3, len(names)), 9.5), layout="constrained")
     grid = fig.add_gridspec(2 + 1, max(3, len(names)))
     t = reference["time"].values
     x = reference[reference.dims[-1]].values
@@ -94,10 +103,31 @@ def field_ensemble_figure(
     if title:
         fig.suptitle(title)
 
-    def write(tmp: Path) -> None:
-        fig.savefig(tmp, format="png", dpi=90)
+    if path is not None:
 
-    try:
-        return atomic_write(path, write)
-    finally:
-        plt.close(fig)
+        def write(tmp: Path) -> None:
+            fig.savefig(tmp, format="png", dpi=90)
+
+        atomic_write(path, write)
+    return fig
+
+
+def _check_inputs(
+    reference: xr.DataArray,
+    models: Mapping[str, xr.DataArray],
+    metrics: Mapping[str, xr.Dataset],
+    n_trajectories: int,
+) -> None:
+    if not models or set(metrics) != set(models):
+        raise ValueError(
+            "metrics must hold one evaluate() result per model, keyed like models: got "
+            f"models {sorted(models)} and metrics {sorted(metrics)}"
+        )
+    for name, ens in {"reference": reference, **models}.items():
+        if not {"sample", "time"} <= set(ens.dims):
+            raise ValueError(f"ensemble {name!r} needs dims (sample, time, ...), got {ens.dims}")
+        if ens.sizes["sample"] < n_trajectories:
+            raise ValueError(
+                f"ensemble {name!r} has {ens.sizes['sample']} samples, fewer than "
+                f"n_trajectories={n_trajectories}"
+            )
