@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torchsde
 
@@ -40,6 +41,56 @@ def _brownian_dim(sde: torch.nn.Module, d: int) -> int:
     if noise_type == "scalar":
         return 1
     raise ValueError(f"sde.noise_type must be one of {_NOISE_TYPES}; got {noise_type!r}")
+
+
+# torchsde.sdeint's integrator options, with the values that keep its meaning here.
+_INTEGRATOR_OPTIONS = ("method", "dt", "adaptive", "rtol", "atol", "dt_min", "options")
+_REFUSED_OPTIONS = {
+    "logqp": "the KL term of a latent SDE needs a drift and a diffusion; a learned stepper "
+    "has neither",
+    "extra": "there is no solver state to return: the stepper is the integrator",
+    "extra_solver_state": "there is no solver state to resume: the stepper is the integrator",
+    "names": "it renames the drift/diffusion methods of an SDE module; a stepper has none",
+}
+
+
+def _check_solver_options(options: Mapping[str, object]) -> None:
+    """Refuse what would change the result; check the integrator options as torchsde does."""
+    for key, value in options.items():
+        if key in _REFUSED_OPTIONS:
+            if value in (None, False):  # torchsde's defaults: nothing asked for
+                continue
+            raise ValueError(f"sdeint({key}=...) is not supported: {_REFUSED_OPTIONS[key]}")
+        if key not in _INTEGRATOR_OPTIONS:
+            raise TypeError(
+                f"sdeint() got an unexpected keyword argument {key!r} (torchsde's options: "
+                f"{', '.join(_INTEGRATOR_OPTIONS + tuple(_REFUSED_OPTIONS))}, bm)"
+            )
+    method = options.get("method")
+    methods = sorted(v for k, v in vars(torchsde.settings.METHODS).items() if k[0] != "_")
+    if method is not None and method not in methods:
+        raise ValueError(f"method must be one of torchsde's {methods}, got {method!r}")
+    if options.get("adaptive", False):
+        raise ValueError(
+            "sdeint(adaptive=True) is not supported: the stepper takes fixed steps of "
+            "stepper.dt (one network call each); there is no error estimate to adapt to"
+        )
+
+
+def _seed_from(generator: torch.Generator | None, bm: object) -> int:
+    """The rollout seed when none is given: see the "Randomness" paragraph of sdeint."""
+    if generator is not None:
+        return int(torch.randint(2**62, (), generator=generator))
+    if bm is not None:
+        # torchsde keeps the entropy on the interval (BrownianTree and BrownianPath wrap one)
+        entropy = getattr(bm, "_entropy", getattr(getattr(bm, "_interval", None), "_entropy", None))
+        if not isinstance(entropy, int):
+            raise ValueError(
+                f"cannot read an entropy from bm ({type(bm).__name__}); pass seed= or a "
+                "torchsde.BrownianInterval/BrownianTree"
+            )
+        return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 2)
+    return int(torch.randint(2**62, ()))  # torch's global generator: torch.manual_seed
 
 
 def _as_times(ts: object) -> object:
@@ -181,16 +232,31 @@ def sdeint(
     grid_shape: tuple[int, ...] | None = None,
     chunk_size: int = 65536,
     on_nonfinite: str = "raise",
-    **unused: object,
+    bm: object = None,
+    **solver_options: object,
 ) -> torch.Tensor:
     """Run a learned slift stepper with the call shape and output layout of ``torchsde.sdeint``.
 
     ``y0`` is ``(batch, state_size)``; field states ``(C, *grid)`` are passed flattened to
     ``C * prod(grid)`` as torchsde requires (give ``grid_shape`` for resolution-agnostic
     steppers). ``ts`` must be ``ts[0] + k * stepper.dt`` for increasing integers ``k``: one
-    stepper call per ``dt``, never resampled. Randomness comes from ``seed`` or from one draw
-    of ``generator``. Solver options of torchsde (``method``, ``dt``, ``bm``, ...) are
-    accepted and ignored, so that switching a script is a one-line import change.
+    stepper call per ``dt``, never resampled.
+
+    Randomness, as in torchsde, is fresh per call unless fixed: ``seed`` fixes it; else one
+    draw of ``generator``; else ``bm``'s entropy (a ``torchsde.BrownianInterval`` or
+    ``BrownianTree`` built with ``entropy=``: the same ``bm`` gives the same ensemble,
+    another entropy another one; the learned noise is not ``bm``'s Brownian path); else
+    one draw of torch's global generator, so ``torch.manual_seed`` reproduces a call and
+    successive calls differ.
+
+    torchsde options: those that only choose or tune torchsde's numerical integrator
+    (``method``, ``dt``, ``adaptive=False``, ``rtol``, ``atol``, ``dt_min``, ``options``)
+    have no counterpart, because the stepper is the integrator (one network call per
+    ``stepper.dt``): they are checked as torchsde checks them (a method torchsde does not
+    know is refused) and otherwise have no effect, so that switching a script changes the
+    import and the first argument only. Options that change what is computed or returned
+    (``adaptive=True``, ``logqp``, ``extra``, ``extra_solver_state``, ``names``) and any
+    keyword torchsde does not have are refused with the reason.
 
     Dtypes: the stepper computes in its own dtype (that of its parameters), ``y0`` cast to
     it; the result is cast back to the dtype of ``y0``, as ``torchsde.sdeint`` returns.
@@ -224,8 +290,11 @@ def sdeint(
         What a NaN/Inf state does (see :func:`slift_plugin.rollout`): ``"raise"`` (the
         default, naming the first step and sample), ``"warn"`` or ``"ignore"``.
         ``torchsde.sdeint`` returns NaN paths silently; pass ``"ignore"`` for that.
-    **unused : object
-        torchsde solver options (``method``, ``dt``, ``bm``, ...), ignored.
+    bm : torchsde.BrownianInterval, BrownianTree or None
+        Used for its entropy only (see above).
+    **solver_options : object
+        torchsde's integrator options (``method``, ``dt``, ``adaptive``, ``rtol``,
+        ``atol``, ``dt_min``, ``options``), checked and without effect (see above).
 
     Returns
     -------
@@ -260,9 +329,9 @@ def sdeint(
             f"y0 has state size {y0.shape[1]}, but the stepper's state {state_shape} flattens "
             f"to {math.prod(state_shape)}"
         )
+    _check_solver_options(solver_options)
     if seed is None:
-        gen = generator if generator is not None else torch.Generator().manual_seed(0)
-        seed = int(torch.randint(2**62, (), generator=gen))
+        seed = _seed_from(generator, bm)
     ens = rollout(
         stepper,
         y0.detach().reshape(y0.shape[0], *state_shape),

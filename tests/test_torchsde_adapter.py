@@ -209,3 +209,52 @@ def test_sdeint_and_integrate_sde_accept_ts_as_a_list():
         rtol=0,
         atol=0,
     )
+
+
+def test_sdeint_randomness_follows_torchsdes_conventions():
+    # Fresh paths per call unless fixed; torch.manual_seed or bm's entropy fix them.
+    sl = lifting()
+    y0, ts = torch.zeros(64, 2), [0.0, 0.1, 0.2]
+    torch.manual_seed(11)
+    first, second = sdeint(sl, y0, ts), sdeint(sl, y0, ts)
+    assert not torch.allclose(first[1:], second[1:])  # successive calls differ
+    torch.manual_seed(11)
+    torch.testing.assert_close(sdeint(sl, y0, ts), first)  # the global seed reproduces
+    # bm: the same entropy gives the same ensemble, whatever the global RNG did since
+    tree = dict(t0=0.0, w0=torch.zeros(64, 2), t1=0.2)
+    a = sdeint(sl, y0, ts, bm=torchsde.BrownianTree(**tree, entropy=5))
+    torch.manual_seed(99)
+    b = sdeint(sl, y0, ts, bm=torchsde.BrownianInterval(0.0, 0.2, size=(64, 2), entropy=5))
+    c = sdeint(sl, y0, ts, bm=torchsde.BrownianTree(**tree, entropy=6))
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a[1:], c[1:])
+    with pytest.raises(ValueError, match="cannot read an entropy from bm"):
+        sdeint(sl, y0, ts, bm=object())
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"logqp": True}, ValueError, "logqp=.* is not supported: the KL term"),
+        ({"extra": True}, ValueError, "extra=.* is not supported"),
+        ({"extra_solver_state": (torch.zeros(1),)}, ValueError, "no solver state to resume"),
+        ({"names": {"drift": "h"}}, ValueError, "renames the drift/diffusion"),
+        ({"adaptive": True}, ValueError, "adaptive=True.* no error estimate"),
+        ({"method": "not-a-method"}, ValueError, "method must be one of torchsde's"),
+        ({"stepsize": 0.1}, TypeError, "unexpected keyword argument 'stepsize'"),
+    ],
+)
+def test_sdeint_refuses_what_it_cannot_honour(options, error, message):
+    sl = lifting()
+    with pytest.raises(error, match=message):
+        sdeint(sl, torch.zeros(4, 2), [0.0, 0.1], seed=0, **options)
+
+
+def test_sdeint_accepts_torchsdes_integrator_options_and_defaults():
+    # A torchsde call keeps working when only the import and the first argument change.
+    sl = lifting()
+    y0, ts = torch.zeros(4, 2), [0.0, 0.1]
+    plain = sdeint(sl, y0, ts, seed=0)
+    call = dict(method="euler", dt=1e-3, adaptive=False, rtol=1e-5, atol=1e-4, dt_min=1e-5)
+    defaults = dict(options=None, names=None, logqp=False, extra=False, extra_solver_state=None)
+    torch.testing.assert_close(sdeint(sl, y0, ts, seed=0, **call, **defaults), plain)
