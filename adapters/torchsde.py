@@ -265,6 +265,11 @@ def sdeint(
     both are refused rather than promoted. ``ts`` may be a tensor or, as in torchsde, a
     list or tuple of numbers (read in float64).
 
+    Gradients: none. The ensemble is generated under ``torch.inference_mode`` (see
+    :func:`slift_plugin.rollout`) from ``y0.detach()``, so the result never requires
+    grad, even when ``y0`` does; unlike ``torchsde.sdeint``, it cannot be backpropagated
+    through (train a stepper with :func:`slift_plugin.fit` instead).
+
     Parameters
     ----------
     stepper : Stepper

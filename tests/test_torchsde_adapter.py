@@ -258,3 +258,11 @@ def test_sdeint_accepts_torchsdes_integrator_options_and_defaults():
     call = dict(method="euler", dt=1e-3, adaptive=False, rtol=1e-5, atol=1e-4, dt_min=1e-5)
     defaults = dict(options=None, names=None, logqp=False, extra=False, extra_solver_state=None)
     torch.testing.assert_close(sdeint(sl, y0, ts, seed=0, **call, **defaults), plain)
+
+
+def test_sdeint_gives_no_gradients_as_its_docstring_says():
+    sl = lifting()
+    y0 = torch.zeros(4, 2, requires_grad=True)
+    ys = sdeint(sl, y0, [0.0, 0.1], seed=0)
+    assert not ys.requires_grad and ys.grad_fn is None
+    torch.testing.assert_close(ys, sdeint(sl, y0.detach(), [0.0, 0.1], seed=0))
