@@ -42,7 +42,7 @@ from ._xarray import (
     output_times,
     state_array,
 )
-from .sdes import _initial_state
+from .sdes import _AdditiveNoiseSDE, _initial_state
 
 __all__ = ["Lorenz96SDE", "lorenz96", "lorenz96_drift"]
 
@@ -72,7 +72,7 @@ def lorenz96_drift(x: torch.Tensor, forcing: float | torch.Tensor) -> torch.Tens
     )
 
 
-class Lorenz96SDE(torch.nn.Module):
+class Lorenz96SDE(_AdditiveNoiseSDE):
     """Lorenz-96 with additive diagonal noise, in torchsde's interface (Ito, diagonal).
 
     Parameters
@@ -87,9 +87,6 @@ class Lorenz96SDE(torch.nn.Module):
     ValueError
         If ``forcing`` is a tensor that is not 1-D.
     """
-
-    noise_type = "diagonal"
-    sde_type = "ito"
 
     def __init__(self, forcing: float | torch.Tensor = 8.0, noise: float = 0.0):
         super().__init__()
@@ -121,22 +118,10 @@ class Lorenz96SDE(torch.nn.Module):
         """
         return lorenz96_drift(y, self.forcing)
 
-    def g(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Diagonal diffusion: ``noise`` on every component.
-
-        Parameters
-        ----------
-        t : torch.Tensor
-            Time (unused).
-        y : torch.Tensor
-            States ``(batch, d)``.
-
-        Returns
-        -------
-        torch.Tensor
-            ``(batch, d)``, filled with ``noise``.
-        """
-        return torch.full_like(y, self.noise)
+    @property
+    def amplitude(self) -> float:
+        """The additive noise amplitude, ``noise``."""
+        return self.noise
 
 
 def _forcing(forcing: object, n_samples: int) -> tuple[np.ndarray, bool]:

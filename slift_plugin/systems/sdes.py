@@ -58,7 +58,37 @@ LORENZ63_X0 = (13.79, 12.95, 34.90)
 # ----------------------------------------------------------------------------------------
 
 
-class OrnsteinUhlenbeckSDE(torch.nn.Module):
+class _AdditiveNoiseSDE(torch.nn.Module):
+    """torchsde's interface (Ito, diagonal noise) with one noise amplitude on every
+    component: a subclass gives the drift ``f`` and the :attr:`amplitude`."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    @property
+    def amplitude(self) -> float:
+        """The additive noise amplitude."""
+        raise NotImplementedError
+
+    def g(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Diagonal diffusion: :attr:`amplitude` on every component.
+
+        Parameters
+        ----------
+        t : torch.Tensor
+            Time (unused).
+        y : torch.Tensor
+            States ``(batch, d)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(batch, d)``, filled with the amplitude.
+        """
+        return torch.full_like(y, self.amplitude)
+
+
+class OrnsteinUhlenbeckSDE(_AdditiveNoiseSDE):
     """Ornstein-Uhlenbeck process ``dX = -theta (X - center) dt + sigma dW`` (Ito, diagonal).
 
     States have shape ``(batch, d)`` for any ``d``.
@@ -78,9 +108,6 @@ class OrnsteinUhlenbeckSDE(torch.nn.Module):
     ValueError
         If ``theta`` is a tensor that is not 1-D.
     """
-
-    noise_type = "diagonal"
-    sde_type = "ito"
 
     def __init__(self, theta: float | torch.Tensor = 1.0, center: float = 0.0, sigma: float = 0.5):
         super().__init__()
@@ -116,25 +143,13 @@ class OrnsteinUhlenbeckSDE(torch.nn.Module):
         """
         return -self._rate(y) * (y - self.center)
 
-    def g(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Diagonal diffusion: ``sigma`` on every component.
-
-        Parameters
-        ----------
-        t : torch.Tensor
-            Time (unused).
-        y : torch.Tensor
-            States ``(batch, d)``.
-
-        Returns
-        -------
-        torch.Tensor
-            ``(batch, d)``, filled with ``sigma``.
-        """
-        return torch.full_like(y, self.sigma)
+    @property
+    def amplitude(self) -> float:
+        """The additive noise amplitude, ``sigma``."""
+        return self.sigma
 
 
-class DoubleWellSDE(torch.nn.Module):
+class DoubleWellSDE(_AdditiveNoiseSDE):
     """Double-well diffusion ``dX = (X - X^3) dt + sigma dW`` (Ito, diagonal).
 
     The drift is ``-V'(X)`` for the potential ``V(x) = (x^2 - 1)^2 / 4``, with wells at
@@ -145,9 +160,6 @@ class DoubleWellSDE(torch.nn.Module):
     sigma : float
         Noise amplitude (>= 0).
     """
-
-    noise_type = "diagonal"
-    sde_type = "ito"
 
     def __init__(self, sigma: float = 0.5):
         super().__init__()
@@ -170,25 +182,13 @@ class DoubleWellSDE(torch.nn.Module):
         """
         return y - y**3
 
-    def g(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Diagonal diffusion: ``sigma`` on every component.
-
-        Parameters
-        ----------
-        t : torch.Tensor
-            Time (unused).
-        y : torch.Tensor
-            States ``(batch, d)``.
-
-        Returns
-        -------
-        torch.Tensor
-            ``(batch, d)``, filled with ``sigma``.
-        """
-        return torch.full_like(y, self.sigma)
+    @property
+    def amplitude(self) -> float:
+        """The additive noise amplitude, ``sigma``."""
+        return self.sigma
 
 
-class Lorenz63SDE(torch.nn.Module):
+class Lorenz63SDE(_AdditiveNoiseSDE):
     """Stochastic Lorenz-63 with additive diagonal noise (Ito), state ``(x, y, z)``::
 
     dx = s (y - x) dt       + noise dW_1
@@ -202,9 +202,6 @@ class Lorenz63SDE(torch.nn.Module):
     noise : float
         Additive noise amplitude (>= 0).
     """
-
-    noise_type = "diagonal"
-    sde_type = "ito"
 
     def __init__(self, s: float = 10.0, r: float = 28.0, b: float = 8.0 / 3.0, noise: float = 1.0):
         super().__init__()
@@ -233,22 +230,10 @@ class Lorenz63SDE(torch.nn.Module):
             (self.s * (x2 - x1), x1 * (self.r - x3) - x2, x1 * x2 - self.b * x3), dim=-1
         )
 
-    def g(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Diagonal diffusion: ``noise`` on every component.
-
-        Parameters
-        ----------
-        t : torch.Tensor
-            Time (unused).
-        y : torch.Tensor
-            States ``(batch, 3)``.
-
-        Returns
-        -------
-        torch.Tensor
-            ``(batch, 3)``, filled with ``noise``.
-        """
-        return torch.full_like(y, self.noise)
+    @property
+    def amplitude(self) -> float:
+        """The additive noise amplitude, ``noise``."""
+        return self.noise
 
 
 # ----------------------------------------------------------------------------------------
