@@ -293,6 +293,22 @@ ALL_STEPPERS: list[StepperCase] = [
         snapshots(_ou),
         lambda s: s.potential,
     ),
+    StepperCase(  # both regularisers of the authors' regime on (issue 12)
+        "dice_mlp_regularised",
+        _seeded(
+            lambda: DICE(
+                PotentialMLP(1, hidden=16, depth=2),
+                (1,),
+                sigma=0.5,
+                dt=0.1,
+                n_substeps=2,
+                kinetic_on_neighbours=0.5,
+                alpha=0.01,
+            )
+        ),
+        snapshots(_ou),
+        lambda s: s.potential,
+    ),
     StepperCase(
         "gaussian_template",
         _seeded(lambda: gaussian_stepper_class()(_mlp(1, 2, label_dim=0), (1,), dt=0.5)),
