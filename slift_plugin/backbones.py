@@ -36,6 +36,10 @@ class MLP(nn.Module):
         Width and number of hidden layers.
     activation : callable
         Builds the activation module after each hidden layer (default ``nn.SiLU``).
+        Checkpoints record it by name when it is one of
+        :data:`slift_plugin.config.ACTIVATIONS` with its default arguments; any other
+        makes the stepper not describable (its weights still save, and
+        ``load_stepper(path, stepper)`` loads them).
 
     Raises
     ------

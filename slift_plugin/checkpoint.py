@@ -8,6 +8,10 @@ put other objects there (neuraloperator's ``_metadata``) are rebuilt from code, 
 A state is checked in full (tensors, keys, shapes, finite values, positive spreads)
 before anything is copied into a model.
 
+:func:`save_stepper` (and :func:`slift_plugin.fit`) also record the stepper's constructor
+configuration as a JSON text under :data:`CONFIG_KEY` (:mod:`slift_plugin.config`), so
+that ``load_stepper(path)`` rebuilds the stepper without the code that built it.
+
 :func:`lock_checkpoint_dir` gives one training run a checkpoint folder to itself.
 """
 
@@ -25,9 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import ConfigError, NotDescribableError, build_stepper, stepper_record
 from .data import atomic_write
+from .stepper import Stepper
 
 __all__ = [
+    "CONFIG_KEY",
     "LOCK_NAME",
     "CheckpointError",
     "check_model_state",
@@ -37,11 +44,14 @@ __all__ = [
     "load_stepper",
     "save_checkpoint",
     "save_stepper",
+    "stepper_record",
     "tensor_state",
 ]
 
 
 LOCK_NAME = ".fit.lock"
+# Not "config": fit() stores its own settings there, and callers pass their own (the demo).
+CONFIG_KEY = "stepper_config"
 
 
 class CheckpointError(RuntimeError):
@@ -127,7 +137,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def save_stepper(path: str | os.PathLike, stepper: nn.Module, **extra: Any) -> Path:
-    """Save a stepper's weights and buffers (plus ``extra`` metadata) atomically.
+    """Save a stepper's weights and buffers, its configuration and ``extra`` atomically.
+
+    The configuration is :func:`slift_plugin.config.stepper_record`'s JSON text, under
+    :data:`CONFIG_KEY`: the constructor arguments of the stepper and its backbone, so
+    that ``load_stepper(path)`` can rebuild it; for a stepper that cannot be described
+    (a user's own class, an SDE wrapper) it records why, and only
+    ``load_stepper(path, stepper)`` loads the file.
 
     Parameters
     ----------
@@ -142,39 +158,118 @@ def save_stepper(path: str | os.PathLike, stepper: nn.Module, **extra: Any) -> P
     -------
     pathlib.Path
         The file written.
+
+    Raises
+    ------
+    ValueError
+        If ``extra`` holds ``"model"`` or :data:`CONFIG_KEY`.
     """
-    return save_checkpoint(path, {"model": tensor_state(stepper), **extra})
+    taken = sorted({"model", CONFIG_KEY} & extra.keys())
+    if taken:
+        raise ValueError(f"save_stepper stores the stepper itself under {taken}; rename them")
+    payload = {"model": tensor_state(stepper), CONFIG_KEY: stepper_record(stepper), **extra}
+    return save_checkpoint(path, payload)
 
 
 def load_stepper(
-    path: str | os.PathLike, stepper: nn.Module, map_location: str | torch.device = "cpu"
-) -> dict:
-    """Load weights saved by :func:`save_stepper` or :func:`slift_plugin.fit` into ``stepper``.
+    path: str | os.PathLike,
+    stepper: Stepper | None = None,
+    map_location: str | torch.device = "cpu",
+) -> Stepper:
+    """Load a stepper saved by :func:`save_stepper` or :func:`slift_plugin.fit`.
+
+    Without ``stepper`` it is rebuilt from the configuration the checkpoint records:
+    the configuration is checked (known classes only, plain values of the right types
+    within sane sizes), the stepper it describes is built on the ``meta`` device (no
+    memory) and must fit the stored weights key for key, shape for shape and dtype for
+    dtype, and only then is it allocated and loaded. With ``stepper`` the weights are
+    loaded into it in place.
 
     Parameters
     ----------
     path : str or os.PathLike
         The checkpoint file.
-    stepper : torch.nn.Module
-        Receives the weights in place; every key and shape must match.
+    stepper : Stepper or None
+        Receives the weights in place (every key and shape must match); None rebuilds
+        the stepper from the checkpoint.
     map_location : str or torch.device
-        Where to load the tensors before copying them into ``stepper``.
+        Where to load the tensors (and build a rebuilt stepper).
 
     Returns
     -------
-    dict
-        The whole checkpoint payload (``"model"`` and any metadata saved with it).
+    Stepper
+        ``stepper``, or the rebuilt stepper (in training mode, like any new module). A
+        stepper trained with a custom criterion comes back with the default one and a
+        warning (see :mod:`slift_plugin.config`); the file's other entries are read with
+        :func:`load_checkpoint`.
 
     Raises
     ------
     CheckpointError
         If the checkpoint is missing or unreadable, or its state does not pass
         :func:`check_model_state` (non-tensor values, other keys, shapes or dtypes,
-        NaN/Inf, a non-positive spread); ``stepper`` is then left untouched.
+        NaN/Inf, a non-positive spread), and ``stepper`` is then left untouched; without
+        ``stepper``, also if the checkpoint records no configuration (an older file), the
+        stepper could not be described when it was saved (naming why), or the
+        configuration is malformed, names an unknown class or does not fit the weights:
+        then pass the stepper, built as it was trained.
     """
     payload = load_checkpoint(path, map_location)
+    if stepper is None:
+        return _rebuilt(payload, path, map_location)
     load_model_state(stepper, payload["model"], path)
-    return payload
+    return stepper
+
+
+def _rebuilt(payload: dict, path: str | os.PathLike, map_location: object) -> Stepper:
+    """The stepper ``payload`` describes, checked on the meta device, then loaded."""
+    config = payload.get(CONFIG_KEY)
+    pass_it = "build the stepper as it was trained and pass it: load_stepper(path, stepper)"
+    if config is None:
+        raise CheckpointError(
+            f"checkpoint {path} does not record its stepper's configuration (written by an "
+            f"older slift_plugin, or without save_stepper or fit); {pass_it}"
+        )
+    try:
+        probe = build_stepper(config, device="meta")
+    except NotDescribableError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} holds the weights of a stepper that could not be recorded "
+            f"as data: {exc}. To load it, {pass_it}"
+        ) from exc
+    except ConfigError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} records a stepper configuration that cannot be built: {exc}. "
+            f"To load its weights anyway, {pass_it}"
+        ) from exc
+    _check_fits_description(probe, payload["model"], path)
+    device = map_location if isinstance(map_location, str | torch.device) else None
+    stepper = build_stepper(config, device=device)
+    load_model_state(stepper, payload["model"], path)
+    return stepper
+
+
+def _check_fits_description(probe: nn.Module, state: object, path: str | os.PathLike) -> None:
+    """:func:`check_model_state`, and the same dtypes: the description records them."""
+    way_out = "to load the weights anyway, pass the stepper: load_stepper(path, stepper)"
+    try:
+        check_model_state(probe, state, path)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{exc} (the stepper was built from the configuration the checkpoint records; "
+            f"the configuration and the weights disagree); {way_out}"
+        ) from exc
+    expected = tensor_state(probe)
+    other = [
+        f"{k}: stored {v.dtype}, recorded {expected[k].dtype}"
+        for k, v in state.items()
+        if k in expected and v.dtype != expected[k].dtype
+    ]
+    if other:
+        raise CheckpointError(
+            f"checkpoint {path} stores tensors in other dtypes than its configuration records "
+            f"({other[:5]}); {way_out}"
+        )
 
 
 def _statistic_problems(stepper: nn.Module, given: Mapping[str, torch.Tensor]) -> list[str]:

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import (
+    CONFIG_KEY,
     CheckpointError,
     check_model_state,
     load_checkpoint,
@@ -49,6 +50,7 @@ from .checkpoint import (
     save_checkpoint,
     tensor_state,
 )
+from .config import stepper_record
 from .distributed import fail_together, is_main_process, shard_bounds, world
 from .labels import hash_seed
 from .protocols import DrawnBatches, IndexedBatches, ShardableBatches
@@ -729,6 +731,8 @@ def _write_checkpoint(run: _Run, epoch: int) -> None:
                 "losses": run.result.losses,
                 "config": run.config,
                 "fingerprint": run.fingerprint,
+                # so that load_stepper(path) rebuilds the stepper without its code
+                CONFIG_KEY: stepper_record(run.stepper),
             }
             if "held_out" in run.config:
                 payload |= {

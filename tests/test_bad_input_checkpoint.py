@@ -4,13 +4,19 @@
 * broken states (non-tensor values, non-positive spreads, NaN) and broken SLFNO metadata
   (wrong types, unknown keys, absurd sizes) fail with a CheckpointError before anything
   is built or copied;
+* a recorded stepper configuration (``load_stepper(path)`` with no stepper) that is not
+  JSON, names a class outside the table, holds wrong types or absurd sizes, or describes
+  a model the weights do not fit fails with a CheckpointError naming what was expected,
+  before anything large is allocated;
 * a bad ``checkpoint_dir`` fails before the first training step;
 * the atomic writer cleans up after a killed writer of the same file only, keeps an
   overwritten file's mode, and never touches the process-wide umask.
 """
 
+import json
 import os
 import re
+import resource
 import signal
 import stat
 import time
@@ -28,8 +34,8 @@ from slift_plugin import (
     load_stepper,
     save_stepper,
 )
-from slift_plugin.adapters.neuralop import SLFNO
-from slift_plugin.checkpoint import load_checkpoint, save_checkpoint
+from slift_plugin.adapters.neuralop import SLFNO, lifted_operator
+from slift_plugin.checkpoint import CONFIG_KEY, load_checkpoint, save_checkpoint
 from slift_plugin.data import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +92,8 @@ def test_a_pickle_that_runs_code_is_never_run(tmp_path, fmt):
         load_checkpoint(evil)
     with pytest.raises(CheckpointError, match="corrupt or not a slift checkpoint"):
         load_stepper(evil, make())
+    with pytest.raises(CheckpointError, match="corrupt or not a slift checkpoint"):
+        load_stepper(evil)  # rebuilding from a recorded configuration reads it the same way
 
     good = make()
     folder = tmp_path / "slfno"
@@ -259,6 +267,228 @@ def test_metadata_and_weights_of_another_model_do_not_mix(tmp_path):
     slfno_files(tmp_path, label_dim=3)
     with pytest.raises(CheckpointError, match="does not fit SLFNO"):
         SLFNO.from_checkpoint(tmp_path, "m")
+
+
+# -- recorded stepper configurations -----------------------------------------------------------
+def with_config(tmp_path, edit=None, *, text=None, stepper=None):
+    """A checkpoint of ``stepper`` (the small SL-MLP) whose recorded configuration is
+    ``edit(record)`` (``record`` the parsed JSON, changed in place) or ``text``."""
+    path = save_stepper(tmp_path / "m.pt", stepper if stepper is not None else make())
+    payload = load_checkpoint(path)
+    if text is None:
+        record = json.loads(payload[CONFIG_KEY])
+        edit(record)
+        text = json.dumps(record)
+    payload[CONFIG_KEY] = text
+    save_checkpoint(path, payload)
+    return path
+
+
+def mlp_args(record):
+    return record["stepper"]["modules"]["backbone"]["args"]
+
+
+def setter(where, key, value):
+    def edit(record):
+        where(record)[key] = value
+
+    return edit
+
+
+def deleter(where, key):
+    return lambda record: where(record).pop(key)
+
+
+def top(record):
+    return record
+
+
+def stepper_args(record):
+    return record["stepper"]["args"]
+
+
+def stepper_node(record):
+    return record["stepper"]
+
+
+BROKEN_CONFIGS = {
+    "format": (setter(top, "format", "pickle"), "not a JSON object with format"),
+    "version": (setter(top, "version", 2), "has version 2; this slift_plugin reads version 1"),
+    "extra_key": (setter(top, "code", "import os"), "must have the keys"),
+    "dtype": (setter(top, "dtype", "object"), r"dtype must be one of \['bfloat16'"),
+    "criterion": (setter(top, "criterion", 5), "criterion must be null or a name"),
+    "unknown_class": (
+        setter(stepper_node, "class", "Evil"),
+        r"unknown class 'Evil'; the classes known are \[.*'StochasticLifting'",
+    ),
+    "import_path": (
+        setter(stepper_node, "class", "os.system"),
+        "class must be a class name, got 'os.system'",
+    ),
+    "backbone_import_path": (
+        lambda r: r["stepper"]["modules"]["backbone"].update({"class": "subprocess.Popen"}),
+        r"the stepper\.backbone: class must be a class name",
+    ),
+    "string_size": (
+        setter(mlp_args, "hidden", "16"),
+        r"MLP: hidden must be an integer in \[1, 65536\], got '16'",
+    ),
+    "bool_size": (setter(mlp_args, "hidden", True), "hidden must be an integer"),
+    "absurd_depth": (setter(mlp_args, "depth", 10**9), r"depth must be an integer in \[1, 256\]"),
+    "absurd_width": (setter(mlp_args, "in_features", 2**40), "in_features must be an integer"),
+    "activation": (
+        setter(mlp_args, "activation", "__import__('os')"),
+        r"activation must be one of \['ELU'",
+    ),
+    "unhashable_activation": (
+        setter(mlp_args, "activation", ["SiLU"]),
+        r"activation must be one of .*got \['SiLU'\]",
+    ),
+    "state_shape": (setter(stepper_args, "state_shape", "2"), "state_shape must be a list"),
+    "state_shape_sizes": (
+        setter(stepper_args, "state_shape", [2, 0]),
+        "state_shape must be a list",
+    ),
+    "negative_dt": (setter(stepper_args, "dt", -1.0), "dt must be a finite number in"),
+    "string_dt": (setter(stepper_args, "dt", "0.1"), "dt must be a finite number"),
+    "residual": (setter(stepper_args, "residual", 1), "residual must be true or false"),
+    "unknown_argument": (setter(stepper_args, "evil", 1), r"unknown \['evil'\]"),
+    "missing_argument": (deleter(stepper_args, "residual"), r"missing \['residual'\]"),
+    "missing_backbone": (
+        lambda r: r["stepper"]["modules"].clear(),
+        r"modules must be exactly \['backbone'\]; missing \['backbone'\]",
+    ),
+    "not_a_node": (setter(top, "stepper", [1, 2]), "must be an object with keys"),
+    "backbone_as_stepper": (
+        lambda r: r.update(stepper=r["stepper"]["modules"]["backbone"]),
+        "is of a MLP, not a stepper",
+    ),
+    "refused_by_constructor": (
+        setter(mlp_args, "in_features", 3),
+        r"do not describe a valid StochasticLifting \(ValueError: backbone takes 3",
+    ),
+    "weights_do_not_fit": (
+        setter(mlp_args, "hidden", 32),
+        "does not fit StochasticLifting: .*shape or dtype mismatches .*configuration and the "
+        "weights disagree",
+    ),
+    "other_dtype": (setter(top, "dtype", "float64"), "other dtypes than its configuration"),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_CONFIGS))
+def test_a_broken_recorded_configuration_is_refused_clearly(tmp_path, broken):
+    edit, match = BROKEN_CONFIGS[broken]
+    path = with_config(tmp_path, edit)
+    with pytest.raises(CheckpointError, match=match) as caught:
+        load_stepper(path)
+    assert "load_stepper(path, stepper)" in str(caught.value)  # the way out
+    load_stepper(path, make())  # the weights themselves are fine
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("{not json", "is not JSON"),
+        ("[" * 100_000 + "]" * 100_000, "is not JSON"),  # nesting beyond the parser
+        ("x" * 2_000_000, "at most 1000000 characters"),
+        (["a list"], "is a JSON text, got a list"),
+        ({"format": "slift_plugin.stepper"}, "is a JSON text, got a dict"),
+        ("null", "not a JSON object"),
+    ],
+    ids=["not_json", "deep", "huge", "list", "dict", "null"],
+)
+def test_a_configuration_that_is_not_a_json_text_is_refused(tmp_path, text, match):
+    with pytest.raises(CheckpointError, match=match):
+        load_stepper(with_config(tmp_path, text=text))
+
+
+def test_a_configuration_of_an_absurd_model_allocates_nothing(tmp_path):
+    """hidden=60000 and depth=256 are within the bounds and describe ~9e11 weights (3.7 TB):
+    built on the meta device only, refused because the weights do not fit, in seconds."""
+    path = with_config(tmp_path, lambda r: mlp_args(r).update(hidden=60_000, depth=256))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="does not fit StochasticLifting"):
+        load_stepper(path)
+    assert time.perf_counter() - start < 20
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 512 * 1024
+
+
+def sl_fno():
+    torch.manual_seed(0)
+    net = lifted_operator("fno", state_channels=1, label_dim=2, n_modes=(4,), hidden_channels=4)
+    return StochasticLifting(net, (1, None))
+
+
+def operator_kwargs(record):
+    return record["stepper"]["modules"]["backbone"]["args"]["operator_kwargs"]
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (
+            setter(operator_kwargs, "hidden_channels", 200_000),
+            r"hidden_channels is an integer in \[1, 65536\]",
+        ),
+        (setter(operator_kwargs, "n_layers", 10**9), r"n_layers is an integer in \[1, 256\]"),
+        (setter(operator_kwargs, "n_modes", [0]), r"n_modes holds integers in \[1, 65536\]"),
+        (setter(operator_kwargs, "n_modes", [4] * 9), "n_modes is a list of 1 to 6"),
+        (setter(operator_kwargs, "in_channels", 3), "free of in_channels and out_channels"),
+        (setter(operator_kwargs, "lifting_channel_ratio", 10**7), "integers within"),
+        (setter(operator_kwargs, "no_such_kwarg", 1), "do not describe a valid LiftedOperator"),
+        (
+            lambda r: r["stepper"]["modules"]["backbone"]["args"].update(operator="resnet"),
+            r"operator must be one of \['fno', 'tfno', 'uno'\]",
+        ),
+        (
+            lambda r: r["stepper"]["modules"]["backbone"]["args"].update(injection="code"),
+            "injection must be one of",
+        ),
+        (
+            lambda r: r["stepper"]["modules"]["backbone"]["args"].update(label_dim=10**6),
+            r"label_dim must be an integer in \[0, 65536\]",
+        ),
+        (setter(operator_kwargs, "hidden_channels", 60_000), "does not fit StochasticLifting"),
+    ],
+    ids=[
+        "hidden",
+        "layers",
+        "zero_modes",
+        "grid_dims",
+        "in_channels",
+        "unbounded_int",
+        "unknown_kwarg",
+        "operator",
+        "injection",
+        "label_dim",
+        "weights_do_not_fit",
+    ],
+)
+def test_a_broken_operator_configuration_is_refused_clearly(tmp_path, edit, match):
+    path = with_config(tmp_path, edit, stepper=sl_fno())
+    with pytest.raises(CheckpointError, match=match):
+        load_stepper(path)
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"hidden_channels": 200_000}, r"hidden_channels must be an integer in \[1, 65536\]"),
+        ({"label_injection": "code"}, "label_injection must be one of"),
+        ({"dt": "0.4"}, "SLFNO: dt must be a number > 0 or null"),
+        ({"operator_kwargs": {"n_layers": 10**9}}, "n_layers must be an integer"),
+        ({"label_dim": 3}, "does not fit SLFNO"),
+    ],
+    ids=["hidden", "injection", "dt", "operator_kwargs", "weights_do_not_fit"],
+)
+def test_a_broken_slfno_configuration_is_refused_clearly(tmp_path, changes, match):
+    model = SLFNO(1, n_modes=(4,), hidden_channels=4, n_layers=1, label_dim=2)
+    path = with_config(tmp_path, lambda r: r["stepper"]["args"].update(changes), stepper=model)
+    with pytest.raises(CheckpointError, match=match):
+        load_stepper(path)
 
 
 # -- a bad checkpoint_dir fails before the first step ----------------------------------------

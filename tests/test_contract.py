@@ -24,7 +24,7 @@ from steppers import ALL_STEPPERS, StepperCase, step_inputs, steps_per_epoch, tr
 from torch import Tensor
 
 import slift_plugin
-from slift_plugin import Stepper, fit, load_stepper, rollout, save_stepper
+from slift_plugin import CheckpointError, Stepper, fit, load_stepper, rollout, save_stepper
 from slift_plugin.checkpoint import tensor_state
 from slift_plugin.selection import HeldOut, held_out_score
 
@@ -37,6 +37,10 @@ NOT_METHODS = {
     "slift_plugin.adapters.torchsde.SDEStepper": (
         "integrates a given torchsde SDE: a fixed solver with no parameters to fit, whose "
         "loss() refuses (tests/test_torchsde_adapter.py covers it)"
+    ),
+    "slift_plugin.processing.ProcessedStepper": (
+        "wraps a trained stepper in a data processor's maps for rollout only; its loss() "
+        "refuses (tests/test_neuralop_dropin.py covers it)"
     ),
 }
 
@@ -149,6 +153,33 @@ def test_checkpoint_round_trip(case, request, tmp_path):
     stepper.eval()
     fresh.eval()
     assert torch.equal(step(fresh, window, noise, mu), step(stepper, window, noise, mu))
+
+
+@CASES
+def test_checkpoint_rebuilds_its_stepper(case, request, tmp_path):
+    """``load_stepper(path)`` with no stepper: the recorded configuration builds the same
+    class, the same state and bit-identical steps; a class of the user's own (the
+    CONTRIBUTING template) cannot be recorded, and loading it says to pass the stepper."""
+    known_gap(request, case, "rebuild")
+    stepper, data = trained(case)
+    path = save_stepper(tmp_path / "stepper.pt", stepper)
+    if not type(stepper).__module__.startswith("slift_plugin."):
+        with pytest.raises(CheckpointError, match=r"not a class .*load_stepper\(path, stepper\)"):
+            load_stepper(path)
+        assert load_stepper(path, case.build()) is not None  # the weights still load
+        return
+    rebuilt = load_stepper(path)
+    assert type(rebuilt) is type(stepper)
+    assert rebuilt.state_dict().keys() == stepper.state_dict().keys()
+    assert_same_state(snapshot(rebuilt), snapshot(stepper))
+    for name in ("state_shape", "history", "n_params", "evals_per_step"):
+        assert getattr(rebuilt, name) == getattr(stepper, name), name
+    assert rebuilt.dt == stepper.dt or (np.isnan(rebuilt.dt) and np.isnan(stepper.dt))
+    window, mu = step_inputs(stepper, data, N)
+    noise = noise_for(stepper, window)
+    stepper.eval()
+    rebuilt.eval()
+    assert torch.equal(step(rebuilt, window, noise, mu), step(stepper, window, noise, mu))
 
 
 @CASES

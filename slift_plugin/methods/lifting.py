@@ -72,6 +72,8 @@ class StochasticLifting(TransitionStepper):
     criterion : callable or None
         ``criterion(prediction, target)`` on standardised quantities; mean squared error
         (:func:`mean_squared_error`) when None. A neuraloperator ``LpLoss`` works too.
+        It is code, so checkpoints record only its name: ``load_stepper(path)`` rebuilds
+        the stepper with the default and warns (sampling never uses it).
 
     Raises
     ------
