@@ -52,7 +52,9 @@ from ..checkpoint import (
     tensor_state,
 )
 from ..data import atomic_write
+from ..labels import ContentLabels
 from ..methods import StochasticLifting
+from ..rollout import rollout
 
 __all__ = [
     "INJECTIONS",
@@ -63,6 +65,7 @@ __all__ = [
     "lift",
     "lifted_operator",
     "operator_potential",
+    "rollout",
 ]
 
 INJECTIONS = ("channels", "noise_field", "embedding")
@@ -375,6 +378,11 @@ def lifted_operator(
 
 def _constructor_arguments(model: BaseModel) -> dict[str, Any]:
     """The user's constructor arguments (positional ones bound to names), minus defaults."""
+    if type(model) is UNO:  # neuraloperator 2.0's UNO is no BaseModel: no _init_kwargs
+        from .neuralop_config import _uno_arguments
+
+        channels = {"in_channels": model.in_channels, "out_channels": model.out_channels}
+        return channels | _uno_arguments(model)
     init = FNO.__init__ if isinstance(model, FNO) else type(model).__init__
     signature = inspect.signature(init)
     stored = {k: v for k, v in model._init_kwargs.items() if k not in _HOST_KEYS}
@@ -574,6 +582,129 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
             residual=residual,
             dt=dt,
         )
+
+    # Labels of batches that come without one (neuraloperator's Trainer on {"x", "y"}).
+    label_seed = 0
+
+    def forward(
+        self, x: Tensor, label: Tensor | None = None, mu: Tensor | None = None, **batch: Tensor
+    ) -> Tensor:
+        """Predict the next state ``(B, C, *grid)``; a missing label is keyed by content.
+
+        This is what lets a plain neuraloperator ``Trainer`` script train the model on its
+        own ``{"x", "y"}`` batches. Without ``label``:
+
+        * in training mode, each transition's label is a hash of its ``(x, y)`` values
+          (:class:`slift_plugin.ContentLabels`, seed :attr:`label_seed`): fixed per
+          transition across batches and epochs, as Stochastic Lifting needs;
+        * in evaluation mode, labels are independent of the training ones (another salt,
+          and the row position, so that repeated inputs get different labels): an
+          evaluation loss scores fresh samples, and ``model(x)`` returns one
+          reproducible sample per row. Ensembles come from :func:`slift_plugin.rollout`.
+
+        The first training batch (with ``y``) also normalises a stepper that was never normalised
+        (no :meth:`prepare`): per channel mean and std of its states and std of its
+        increments ``y - x_k``, in the coordinates the model is trained in (those of a
+        ``DataProcessor`` when the Trainer has one). A prepared stepper's statistics are
+        checked once against that batch: a scale off by more than 10x means ``prepare``
+        saw data in other coordinates than training does.
+
+        Parameters
+        ----------
+        x : Tensor
+            The window ``(B, history*C, *grid)``.
+        label : Tensor or None
+            ``(B, *noise_shape(grid))``, or None for a content-keyed label.
+        mu : Tensor or None
+            Physics parameters ``(B, n_params)``.
+        **batch : Tensor
+            Other entries of a dict batch; ``y`` (the next states ``(B, C, *grid)``) keys
+            the labels, the rest is ignored.
+
+        Returns
+        -------
+        Tensor
+            The predicted next state ``(B, C, *grid)``.
+
+        Raises
+        ------
+        ValueError
+            In training mode without ``label`` and without ``y``; when an unnormalised
+            stepper with physics parameters, or a batch without spread, would have to
+            normalise itself from the batch; when a prepared stepper's scale does not
+            fit the batch; and as :meth:`slift_plugin.StochasticLifting.forward`.
+        """
+        y = batch.get("y")
+        if self.training and torch.is_tensor(x) and torch.is_tensor(y):
+            self._normalise_from_batch(x, y)
+        if label is None and self.label_dim and torch.is_tensor(x):
+            label = self._content_label(x, y)
+        return super().forward(x, label, mu)
+
+    def step(
+        self,
+        window: Tensor,
+        noise: Tensor | None = None,
+        *,
+        mu: Tensor | None = None,
+        t: float | None = None,
+    ) -> Tensor:
+        # A step's label is its noise, always given: no content-keyed label, no
+        # normalisation from a batch (those serve the Trainer's forward calls only).
+        return StochasticLifting.forward(self, window, noise, mu)
+
+    def _content_label(self, x: Tensor, y: Tensor | None) -> Tensor:
+        shape = self.noise_shape(tuple(x.shape[2:]))
+        labels = ContentLabels(shape, self.label_seed)
+        if self.training:
+            if not torch.is_tensor(y):
+                raise ValueError(
+                    "SLFNO in training mode needs a label or the next state y to key one: "
+                    "call model(x=..., y=...) or model(**batch) on {'x', 'y'} batches"
+                )
+            return labels(x, y).to(x.dtype)
+        rows = torch.arange(x.shape[0], device=x.device)
+        return labels(x, rows, salt=1).to(x.dtype)
+
+    def _normalise_from_batch(self, x: Tensor, y: Tensor) -> None:
+        if getattr(self, "_batch_scale_checked", False):
+            return
+        self.check_window(x, "x")
+        last = self._last_state(x).detach()
+        dims = (0, *range(2, last.ndim))
+        mean, std = last.mean(dims), last.std(dims)
+        if bool(self.normalized):
+            off = (mean - self.state_mean).abs() > 10 * self.state_std
+            ratio = std / self.state_std
+            if bool(off.any() | (ratio > 10).any() | (ratio < 0.1).any()):
+                raise ValueError(
+                    f"SLFNO was normalised (prepare) with state mean {self.state_mean.tolist()} "
+                    f"and std {self.state_std.tolist()}, but its first training batch has mean "
+                    f"{mean.tolist()} and std {std.tolist()}: prepare() saw data in other "
+                    "coordinates than training does (e.g. raw data while the Trainer's "
+                    "DataProcessor normalises). Train without prepare(): the first batch then "
+                    "sets the normalisation in the training coordinates"
+                )
+        else:
+            self._set_normalization_from(last, y, dims, mean, std)
+        self._batch_scale_checked = True
+
+    def _set_normalization_from(
+        self, last: Tensor, y: Tensor, dims: tuple, mean: Tensor, std: Tensor
+    ) -> None:
+        if self.n_params:
+            raise ValueError(
+                "SLFNO is not normalised: call model.prepare(train_set) before training (a "
+                "stepper with physics parameters needs their statistics from the data)"
+            )
+        delta_std = (y.detach() - last).std(dims)
+        if not bool((std > 0).all() & (delta_std > 0).all()):
+            raise ValueError(
+                f"SLFNO's first training batch has no spread to normalise with (state std "
+                f"{std.tolist()}, increment std {delta_std.tolist()}); shuffle the loader or "
+                "call model.prepare(train_set)"
+            )
+        self.set_normalization({"state_mean": mean, "state_std": std, "delta_std": delta_std})
 
     def save_checkpoint(self, save_folder: str | os.PathLike, save_name: str) -> None:
         """neuraloperator's checkpoint layout, written atomically and safe to load.

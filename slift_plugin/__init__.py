@@ -35,7 +35,7 @@ from .data import (
     save_netcdf,
     tensor_to_ensemble,
 )
-from .labels import IndexedGaussianLabels, StoredLabels
+from .labels import ContentLabels, IndexedGaussianLabels, StoredLabels
 from .methods import (
     DICE,
     EnergyScoreLifting,
@@ -48,6 +48,7 @@ from .methods import (
     trapezoid_weights,
 )
 from .metrics import energy_distance, evaluate
+from .processing import ProcessedStepper
 from .rollout import rollout
 from .selection import HeldOut
 from .stepper import Stepper
@@ -61,6 +62,7 @@ __all__ = [
     "SnapshotDataset",
     "trapezoid_weights",
     "CheckpointError",
+    "ContentLabels",
     "EnergyScoreLifting",
     "FlowMatching",
     "FitResult",
@@ -69,6 +71,7 @@ __all__ = [
     "MLP",
     "MeanRegression",
     "NormalizedStepper",
+    "ProcessedStepper",
     "Stepper",
     "StochasticLifting",
     "StoredLabels",

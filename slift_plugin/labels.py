@@ -7,6 +7,11 @@ data set; instead each label is a pure function of ``(seed, j)``: a counter-base
 them into one standard normal. Any batch of indices, in any order, on any worker, gives
 the same labels, and nothing is stored.
 
+Labels can also be keyed by the content of a transition instead of its index
+(:class:`ContentLabels`): a hash of the values of ``(x, y)`` picks the label, so a training
+loop that hands over plain ``{"x", "y"}`` batches (neuraloperator's ``Trainer`` on its own
+datasets) still sees one fixed label per transition, with no index and no dataset wrapper.
+
 Coupled labels (a transport of the data, e.g. a flow-matching teacher run backwards from
 each transition's next state) depend on the data, so they are computed once and kept in a
 table: :class:`StoredLabels`, the same interface ``labels(indices) -> (n, *shape)``.
@@ -21,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["IndexedGaussianLabels", "StoredLabels", "hash_seed"]
+__all__ = ["ContentLabels", "IndexedGaussianLabels", "StoredLabels", "hash_seed"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -197,3 +202,141 @@ class StoredLabels:
                 f"{int(idx.max())}]"
             )
         return self.values[idx.long()]
+
+
+# Two independent 31-bit hashes modulo primes below 2**31, reduced after every product, so
+# that no int64 arithmetic overflows (signed overflow is not defined on every device).
+_PRIMES = (2_147_483_647, 2_147_483_629)
+
+
+def _integer_view(values: Tensor) -> Tensor:
+    """The bit patterns of ``values`` ``(B, ...)`` as int64 ``(B, n)``, one per 32/16 bits."""
+    flat = values.detach().reshape(values.shape[0], -1).contiguous()
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(values.shape[0], -1).contiguous()
+    if flat.dtype == torch.bool:
+        return flat.to(torch.int64)
+    size = flat.element_size()
+    if size >= 4:
+        return flat.view(torch.int32).to(torch.int64)
+    if size == 2:
+        return flat.view(torch.int16).to(torch.int64)
+    return flat.to(torch.int64)
+
+
+class ContentLabels:
+    """Standard normal labels keyed by the values of a transition, not by its index.
+
+    ``labels(x, y)`` hashes the exact bit patterns of every example's ``x`` and ``y``
+    (two independent 31-bit hashes on the tensors' device, then SplitMix64 on the host)
+    and returns :class:`IndexedGaussianLabels` of that key. The same transition, in any
+    batch, at any position, in any epoch, gets the same label; two different transitions
+    get independent labels (a collision needs both hashes to agree, about one pair in
+    ``2**62``). The cost per batch is a few integer operations per value and one
+    ``(B,)`` copy to the host.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Per-label shape, e.g. ``(32,)`` or ``(4, 128)``.
+    seed : int
+        Labels are a pure function of ``(seed, salt, values)``.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        Per-label shape.
+    seed : int
+        The seed.
+
+    Raises
+    ------
+    ValueError
+        If ``shape`` is empty or has a size below one.
+    """
+
+    def __init__(self, shape: Sequence[int], seed: int = 0) -> None:
+        self._gaussians = IndexedGaussianLabels(shape, hash_seed(seed, 0xC0_4E_7E))
+        self.shape = self._gaussians.shape
+        self.seed = int(seed)
+        self._weights: dict[tuple[int, int, str], Tensor] = {}
+
+    def __repr__(self) -> str:
+        return f"ContentLabels(shape={self.shape}, seed={self.seed})"
+
+    def _position_weights(self, n: int, stream: int, device: torch.device) -> Tensor:
+        """Pseudo-random weights in ``[1, p)`` for ``n`` positions of tensor ``stream``."""
+        key = (n, stream, str(device))
+        if key not in self._weights:
+            counter = np.arange(n, dtype=np.uint64)[:, None] + np.uint64(n) * np.arange(
+                2 * stream, 2 * stream + 2, dtype=np.uint64
+            )
+            with np.errstate(over="ignore"):
+                z = _splitmix64(counter * _GOLDEN + np.uint64(self._gaussians.seed))
+            primes = np.array(_PRIMES, dtype=np.uint64)
+            w = (z % (primes - np.uint64(1)) + np.uint64(1)).astype(np.int64)
+            self._weights[key] = torch.from_numpy(w).to(device)  # (n, 2)
+        return self._weights[key]
+
+    def keys(self, *tensors: Tensor, salt: int = 0) -> np.ndarray:
+        """One 63-bit key per example: a hash of row ``b`` of every tensor and ``salt``.
+
+        Parameters
+        ----------
+        *tensors : Tensor
+            Tensors ``(B, ...)`` with the same leading size, any dtype.
+        salt : int
+            Mixed into every key (e.g. to give evaluation batches other labels).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(B,)`` int64 keys in ``[0, 2**63)``.
+
+        Raises
+        ------
+        ValueError
+            If no tensor is given or their leading sizes differ.
+        """
+        if not tensors or len({t.shape[0] for t in tensors}) != 1 or tensors[0].ndim == 0:
+            raise ValueError(
+                "ContentLabels needs tensors (B, ...) of one batch size B, got shapes "
+                f"{[tuple(t.shape) for t in tensors]}"
+            )
+        primes = torch.tensor(_PRIMES, dtype=torch.int64, device=tensors[0].device)
+        acc = torch.zeros(tensors[0].shape[0], 2, dtype=torch.int64, device=primes.device)
+        for stream, values in enumerate(tensors):
+            # Bit patterns shifted into [0, 2**32): times a weight below 2**31, < 2**63.
+            bits = _integer_view(values.to(primes.device)) + 2**31
+            w = self._position_weights(bits.shape[1], stream, primes.device)
+            terms = torch.remainder(bits[:, :, None] * w[None], primes)  # (B, n, 2)
+            acc = torch.remainder(acc * 1_000_003 + terms.sum(dim=1), primes)
+        host = acc.cpu().numpy().astype(np.uint64)
+        with np.errstate(over="ignore"):
+            mixed = _splitmix64(
+                (host[:, 0] << np.uint64(31)) ^ host[:, 1] ^ np.uint64(hash_seed(salt, 0x5A17))
+            )
+        return (mixed >> np.uint64(1)).astype(np.int64)
+
+    def __call__(self, *tensors: Tensor, salt: int = 0) -> Tensor:
+        """The labels of the examples whose values are ``tensors``.
+
+        Parameters
+        ----------
+        *tensors : Tensor
+            Tensors ``(B, ...)``, e.g. a transition's ``x`` and ``y``.
+        salt : int
+            Gives another, independent set of labels for the same values.
+
+        Returns
+        -------
+        Tensor
+            float32 standard normals ``(B, *shape)`` on the device of ``tensors[0]``.
+
+        Raises
+        ------
+        ValueError
+            As :meth:`keys`.
+        """
+        labels = self._gaussians(self.keys(*tensors, salt=salt))
+        return labels.to(tensors[0].device, non_blocking=True)

@@ -285,3 +285,24 @@ def test_from_checkpoint_of_a_model_built_with_positional_arguments(tmp_path):
     x, lab = torch.randn(2, 2, GRID), torch.randn(2, 3)
     with torch.no_grad():
         torch.testing.assert_close(restored(x, lab), model(x, lab))
+
+
+def test_lift_takes_a_uno_too():
+    # neuraloperator 2.0's UNO is no BaseModel: its arguments are read back from it.
+    user = UNO(
+        1,
+        1,
+        hidden_channels=8,
+        n_layers=2,
+        uno_out_channels=[8, 8],
+        uno_n_modes=[[4], [4]],
+        uno_scalings=[[1.0], [1.0]],
+        horizontal_skips_map={},
+    )
+    sl = lift(user, label_dim=3, dt=0.1)
+    op = sl.backbone.operator
+    assert type(op) is UNO and op.in_channels == 1 + 3 and op.out_channels == 1
+    assert op.uno_n_modes == [[4], [4]] and op.uno_out_channels == [8, 8]
+    assert op.horizontal_skips_map == {}
+    sl.eval()
+    assert sl.step(torch.randn(2, 1, GRID), torch.randn(2, 3)).shape == (2, 1, GRID)
