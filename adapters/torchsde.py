@@ -12,13 +12,15 @@ is ``(n_times, batch, d)``.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 import torchsde
 
-from ..rollout import rollout
+from ..checkpoint import load_stepper
+from ..rollout import SEED_BLOCK, _BlockNoise, _check_arguments, _NonFiniteCheck, rollout
 from ..stepper import Stepper
 
 __all__ = ["DICESDE", "GridBrownian", "SDEStepper", "dice_sde", "integrate_sde", "sdeint"]
@@ -221,8 +223,115 @@ def _step_count(stepper, ts: torch.Tensor) -> list[int]:
     return [int(k) for k in steps]
 
 
+def _as_stepper(stepper: object) -> Stepper:
+    """``stepper`` itself, or the stepper a checkpoint path describes (``load_stepper``)."""
+    if isinstance(stepper, (str, os.PathLike)):
+        stepper = load_stepper(stepper)  # rebuilt from the config the checkpoint records
+    if not isinstance(stepper, Stepper):
+        raise TypeError(
+            "sdeint's first argument must be a slift Stepper or the path of its checkpoint; "
+            f"got {type(stepper).__name__} (a torchsde SDE goes to torchsde.sdeint, or "
+            "through SDEStepper)"
+        )
+    if stepper.history != 1:  # torchsde's y0 is one state; a window needs several
+        raise ValueError(
+            f"sdeint needs a Markov stepper (history=1); got history={stepper.history}"
+        )
+    return stepper
+
+
+def _records_graph(y0: torch.Tensor, mu: object) -> bool:
+    """Whether sdeint differentiates: grad mode is on and ``y0`` or ``mu`` requires grad."""
+    inputs = (y0, mu)
+    return torch.is_grad_enabled() and any(
+        isinstance(x, torch.Tensor) and x.requires_grad for x in inputs
+    )
+
+
+def _chunk_with_graph(
+    stepper: Stepper,
+    x: torch.Tensor,
+    mu: torch.Tensor | None,
+    lo: int,
+    seed: int,
+    times: list[float],
+) -> torch.Tensor:
+    """Samples ``[lo, lo + len(x))`` of :func:`rollout`, with autograd: ``(n, len(times), ...)``.
+
+    The noise is rollout's own (:class:`slift_plugin.rollout._BlockNoise` for the same
+    samples), so the values are those of the rollout chunk.
+    """
+    noise_shape = stepper.noise_shape(tuple(x.shape[2:]))
+    noise = None
+    if noise_shape is not None:
+        kw = {"dtype": x.dtype, "device": x.device}
+        buffer = torch.empty((x.shape[0], *noise_shape), **kw)
+        scratch = torch.empty((SEED_BLOCK, *noise_shape), **kw)
+        noise = _BlockNoise(seed, lo, lo + x.shape[0], buffer, scratch)
+    states = [x]
+    for t in times[:-1]:
+        # draw() refills one buffer in place; the graph may keep the last step's noise
+        eps = None if noise is None else noise.draw().clone()
+        states.append(stepper.step(states[-1], eps, mu=mu, t=t))
+        if not states[-1].requires_grad:
+            raise ValueError(
+                f"{type(stepper).__name__}.step returns states without a graph, so sdeint "
+                "cannot differentiate it (for DICE, use dice_sde() with torchsde.sdeint); "
+                "pass y0 without requires_grad for the ensemble alone"
+            )
+    return torch.stack(states, 1)
+
+
+def _rollout_with_graph(
+    stepper: Stepper,
+    x0: torch.Tensor,
+    n_steps: int,
+    *,
+    mu: object,
+    seed: int,
+    chunk_size: int,
+    t0: float,
+    on_nonfinite: str,
+) -> torch.Tensor:
+    """``rollout(stepper, x0, n_steps, ...).values`` as a tensor with a graph to ``x0``,
+    ``mu`` and the stepper's parameters: ``(n, n_steps + 1, C, *grid)``.
+
+    The same chunks, noise, times, eval mode and stepper dtype as :func:`rollout`, so
+    each step call sees the inputs it sees there; it runs where the stepper is.
+    """
+    device, dtype = stepper.param_device_dtype()
+    if x0.device != device:  # moving the stepper, as rollout does, would cut its graph
+        raise ValueError(
+            f"a differentiable sdeint runs on the stepper's device ({device}); y0 is on "
+            f"{x0.device}: move one of them"
+        )
+    if not bool(torch.isfinite(x0).all()):
+        raise ValueError("y0 contains NaN/Inf values")
+    x0, n = x0.to(dtype), x0.shape[0]
+    if mu is not None:
+        mu = torch.as_tensor(mu).to(device=device, dtype=dtype)
+        mu = mu.expand(n, -1) if mu.ndim == 1 else mu
+    stepper.check_mu(mu, n)
+    times = (t0 + float(stepper.dt) * np.arange(n_steps + 1)).tolist()  # rollout's axis
+    check = None if on_nonfinite == "ignore" else _NonFiniteCheck(on_nonfinite, times)
+    chunk_size, parts, was_training = min(int(chunk_size), n), [], stepper.training
+    stepper.eval()
+    try:
+        for lo in range(0, n, chunk_size):
+            hi = min(lo + chunk_size, n)
+            part = _chunk_with_graph(
+                stepper, x0[lo:hi], None if mu is None else mu[lo:hi], lo, seed, times
+            )
+            if check is not None and not bool(torch.isfinite(part).all()):
+                check(lo, hi, part.detach().cpu())
+            parts.append(part)
+    finally:
+        stepper.train(was_training)
+    return torch.cat(parts)
+
+
 def sdeint(
-    stepper,
+    stepper: Stepper | str | os.PathLike,
     y0: torch.Tensor,
     ts: torch.Tensor | Sequence[float],
     *,
@@ -265,23 +374,44 @@ def sdeint(
     both are refused rather than promoted. ``ts`` may be a tensor or, as in torchsde, a
     list or tuple of numbers (read in float64).
 
-    Gradients: none. The ensemble is generated under ``torch.inference_mode`` (see
-    :func:`slift_plugin.rollout`) from ``y0.detach()``, so the result never requires
-    grad, even when ``y0`` does; unlike ``torchsde.sdeint``, it cannot be backpropagated
-    through (train a stepper with :func:`slift_plugin.fit` instead).
+    Gradients: when grad mode is on and ``y0`` (or a tensor ``mu``) requires grad, the
+    steps are recorded by autograd, as ``torchsde.sdeint`` records its solver steps: the
+    result is differentiable with respect to ``y0``, ``mu`` and every stepper parameter
+    that requires grad (for the parameters alone, pass ``y0.requires_grad_()``); the
+    noise is a constant. The path is the sampling path: the same chunks, noise draws,
+    eval mode and dtype as :func:`slift_plugin.rollout`, so the values equal those of
+    the call without gradients (bit for bit on the CPU, where it is tested). Every
+    step's activations are kept for the backward pass (memory grows with batch x steps;
+    ``chunk_size`` does not bound it), and the steps run on the stepper's device, which
+    must be ``y0``'s. The step must be differentiable: a stepper whose step returns
+    states without a graph (DICE: use :func:`dice_sde` with ``torchsde.sdeint``) is
+    refused; StochasticLifting, MeanRegression, EnergyScoreLifting and FlowMatching
+    differentiate (FlowMatching's in-place Euler buffers are none that its graph keeps;
+    autograd would raise at ``backward`` rather than return a wrong gradient).
+
+    Without gradients (under ``torch.no_grad()``, or with inputs that do not require
+    grad, as a torchsde script that samples calls it), the ensemble is generated by
+    :func:`slift_plugin.rollout` under ``torch.inference_mode`` from ``y0.detach()``,
+    and the result does not require grad although a trained stepper's parameters do:
+    a plain sampling call stays as fast and lean as ``rollout``.
 
     Parameters
     ----------
-    stepper : Stepper
-        A trained slift stepper with a finite step ``stepper.dt``.
+    stepper : Stepper or str or os.PathLike
+        A trained slift stepper with a finite step ``stepper.dt`` and ``history=1``, or
+        the path of its checkpoint, which ``slift_plugin.load_stepper(path)`` rebuilds
+        (written by :func:`slift_plugin.save_stepper` or :func:`slift_plugin.fit`): a
+        torchsde script then swaps the SDE object for a file name.
     y0 : torch.Tensor
         Initial states ``(batch, state_size)``, ``state_size = C * prod(grid)``; a real
-        floating-point dtype (float16, bfloat16, float32 or float64).
+        floating-point dtype (float16, bfloat16, float32 or float64). Requiring grad
+        makes the result differentiable (see above).
     ts : torch.Tensor or sequence of float
         Output times ``(n_times,)``, ``n_times >= 2``: ``ts[0] + k * stepper.dt`` for
         increasing integers ``k``.
     mu : torch.Tensor or None
-        Physics parameters ``(n_params,)`` or ``(batch, n_params)``.
+        Physics parameters ``(n_params,)`` or ``(batch, n_params)``; requiring grad
+        makes the result differentiable (see above).
     seed : int or None
         Seed of the rollout's noise.
     generator : torch.Generator or None
@@ -305,16 +435,25 @@ def sdeint(
     -------
     torch.Tensor
         ``(n_times, batch, state_size)`` in the dtype and device of ``y0``, computed in
-        the stepper's dtype.
+        the stepper's dtype; with a graph when ``y0`` or ``mu`` requires grad.
 
     Raises
     ------
+    TypeError
+        If ``stepper`` is neither a :class:`slift_plugin.Stepper` nor a path (a torchsde
+        SDE, say), or an unknown keyword is given.
     ValueError
         If ``y0`` is not a real floating-point ``(batch, state_size)`` tensor for the
-        stepper's state, ``ts`` is not on
-        the stepper's step, the stepper has no valid ``dt``, or a resolution-agnostic
-        stepper gets no ``grid_shape``.
+        stepper's state, ``ts`` is not on the stepper's step, the stepper has no valid
+        ``dt`` or a history above one, a resolution-agnostic stepper gets no
+        ``grid_shape``, an option cannot be honoured, or a differentiable call has
+        ``y0`` off the stepper's device or a stepper whose step has no graph.
+    FloatingPointError
+        With ``on_nonfinite="raise"``, when a state is NaN or infinite.
+    slift_plugin.CheckpointError
+        If a checkpoint path cannot be read or rebuilt into a stepper.
     """
+    stepper = _as_stepper(stepper)
     if not isinstance(y0, torch.Tensor) or y0.ndim != 2:
         got = tuple(y0.shape) if isinstance(y0, torch.Tensor) else type(y0).__name__
         raise ValueError(f"y0 must be a tensor of shape (batch, state_size); got {got}")
@@ -337,18 +476,16 @@ def sdeint(
     _check_solver_options(solver_options)
     if seed is None:
         seed = _seed_from(generator, bm)
-    ens = rollout(
-        stepper,
-        y0.detach().reshape(y0.shape[0], *state_shape),
-        steps[-1],
-        mu=mu,
-        seed=seed,
-        chunk_size=chunk_size,
-        device=y0.device,
-        t0=float(ts[0]),
-        on_nonfinite=on_nonfinite,
-    )
-    values = torch.as_tensor(ens.values)[:, steps]  # (batch, len(ts), *state)
+    x0 = y0.reshape(y0.shape[0], *state_shape)
+    run = dict(mu=mu, seed=seed, chunk_size=chunk_size, t0=float(ts[0]), on_nonfinite=on_nonfinite)
+    if _records_graph(y0, mu):
+        _, _, run["chunk_size"], run["seed"] = _check_arguments(
+            steps[-1], None, chunk_size, seed, on_nonfinite, None
+        )
+        values = _rollout_with_graph(stepper, x0, steps[-1], **run)[:, steps]
+    else:
+        ens = rollout(stepper, x0.detach(), steps[-1], device=y0.device, **run)
+        values = torch.as_tensor(ens.values)[:, steps]  # (batch, len(ts), *state)
     return values.reshape(y0.shape[0], len(steps), -1).transpose(0, 1).to(y0)
 
 

@@ -11,6 +11,11 @@ of x(t), and the wall times of both are measured in the same run.
 
     python examples/replace_sdeint_lorenz.py            # full run (a few minutes on 2 cores)
     python examples/replace_sdeint_lorenz.py --quick    # CI smoke run
+    python examples/replace_sdeint_lorenz.py --save lorenz_sl.pt  # also keep the stepper
+
+``--save`` writes the trained stepper as a self-describing checkpoint
+(:func:`slift_plugin.save_stepper`), the file that ``examples/torchsde_lorenz_learned.py``
+passes to ``sdeint`` in place of the SDE object.
 """
 
 from __future__ import annotations
@@ -28,7 +33,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchsde  # noqa: E402
 
-from slift_plugin import MLP, StochasticLifting, TransitionDataset, evaluate, fit  # noqa: E402
+from slift_plugin import (  # noqa: E402
+    MLP,
+    FitResult,
+    StochasticLifting,
+    TransitionDataset,
+    evaluate,
+    fit,
+    save_stepper,
+)
 from slift_plugin.data import tensor_to_ensemble  # noqa: E402
 from slift_plugin.systems import Lorenz63SDE, lorenz63  # noqa: E402
 from slift_plugin.systems.sdes import LORENZ63_X0  # noqa: E402
@@ -46,6 +59,44 @@ def integrate(sdeint, sde, y0, ts, seed):
     return sdeint(sde, y0, ts, bm=bm, method="euler", dt=DT_INTERNAL)
 
 
+def train_stepper(
+    n_train: int, train_steps: int, epochs: int, *, hidden: int = 256, depth: int = 3
+) -> tuple[StochasticLifting, FitResult]:
+    """Train SL once on coarse transitions of stochastic Lorenz-63 (50 solver steps each).
+
+    Parameters
+    ----------
+    n_train, train_steps : int
+        Trajectories of the training ensemble and output steps of ``DT_OUT`` in each.
+    epochs : int
+        Passes over the transitions.
+    hidden, depth : int
+        Width and depth of the MLP.
+
+    Returns
+    -------
+    stepper : StochasticLifting
+        The trained stepper, ``dt = DT_OUT``.
+    trained : FitResult
+        What :func:`slift_plugin.fit` reports.
+    """
+    data = lorenz63(n_samples=n_train, n_steps=train_steps, dt=DT_OUT, seed=0)
+    torch.manual_seed(0)
+    mlp = MLP(3, 3, label_dim=32, hidden=hidden, depth=depth)
+    stepper = StochasticLifting(mlp, (3,), dt=DT_OUT)
+    ds = TransitionDataset.from_xarray(data, labels=stepper.fixed_labels(seed=0))
+    trained = fit(
+        stepper,
+        ds,
+        epochs=epochs,
+        batch_size=256,
+        lr=2e-3,
+        weight_decay=0.0,
+        description="fit SL",
+    )
+    return stepper, trained
+
+
 def autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
     """Ensemble autocorrelation of x(t) over the second half of the run, per lag."""
     x = x[:, x.shape[1] // 2 :]
@@ -60,6 +111,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: torch's own setting)"
     )
+    parser.add_argument(
+        "--save", default=None, help="write the trained stepper to this checkpoint file"
+    )
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     if args.threads is not None:
@@ -67,20 +121,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    # train SL once on coarse transitions (50 internal steps per output step)
-    data = lorenz63(n_samples=cfg["n_train"], n_steps=cfg["train_steps"], dt=DT_OUT, seed=0)
-    torch.manual_seed(0)
-    stepper = StochasticLifting(MLP(3, 3, label_dim=32, hidden=256, depth=3), (3,), dt=DT_OUT)
-    ds = TransitionDataset.from_xarray(data, labels=stepper.fixed_labels(seed=0))
-    trained = fit(
-        stepper,
-        ds,
-        epochs=cfg["epochs"],
-        batch_size=256,
-        lr=2e-3,
-        weight_decay=0.0,
-        description="fit SL",
-    )
+    stepper, trained = train_stepper(cfg["n_train"], cfg["train_steps"], cfg["epochs"])
+    if args.save is not None:
+        save_stepper(args.save, stepper)
 
     n, ts = cfg["n_samples"], DT_OUT * torch.arange(cfg["n_steps"] + 1)
     y0 = torch.tensor(LORENZ63_X0, dtype=torch.float32).expand(2 * n, 3).contiguous()

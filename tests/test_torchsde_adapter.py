@@ -6,8 +6,18 @@ import numpy as np
 import pytest
 import torch
 import torchsde
+from steppers import ALL_STEPPERS
 
-from slift_plugin import DICE, MLP, PotentialMLP, StochasticLifting, rollout
+from slift_plugin import (
+    DICE,
+    MLP,
+    CheckpointError,
+    PotentialMLP,
+    Stepper,
+    StochasticLifting,
+    rollout,
+    save_stepper,
+)
 from slift_plugin.adapters.torchsde import (
     GridBrownian,
     SDEStepper,
@@ -260,9 +270,175 @@ def test_sdeint_accepts_torchsdes_integrator_options_and_defaults():
     torch.testing.assert_close(sdeint(sl, y0, ts, seed=0, **call, **defaults), plain)
 
 
-def test_sdeint_gives_no_gradients_as_its_docstring_says():
-    sl = lifting()
-    y0 = torch.zeros(4, 2, requires_grad=True)
-    ys = sdeint(sl, y0, [0.0, 0.1], seed=0)
+def test_sdeint_records_no_graph_unless_an_input_requires_grad():
+    sl = lifting()  # its parameters require grad, as any trained stepper's do
+    ys = sdeint(sl, torch.zeros(4, 2), [0.0, 0.1], seed=0)
     assert not ys.requires_grad and ys.grad_fn is None
-    torch.testing.assert_close(ys, sdeint(sl, y0.detach(), [0.0, 0.1], seed=0))
+    y0 = torch.zeros(4, 2, requires_grad=True)
+    with torch.no_grad():
+        quiet = sdeint(sl, y0, [0.0, 0.1], seed=0)
+    assert not quiet.requires_grad
+    torch.testing.assert_close(quiet, ys, rtol=0, atol=0)
+
+
+def test_differentiable_sdeint_takes_the_sampling_path_bit_for_bit():
+    """Same chunks, noise draws and dtype as rollout: equal values, not merely close.
+
+    300 samples in chunks of 128 cover whole and partial seed blocks of rollout's noise.
+    """
+    sl = lifting()
+    sl.train()
+    y0 = torch.randn(300, 2, generator=torch.Generator().manual_seed(0))
+    ts = [0.0, 0.1, 0.3, 0.4]
+    plain = sdeint(sl, y0, ts, seed=5, chunk_size=128)
+    ys = sdeint(sl, y0.clone().requires_grad_(), ts, seed=5, chunk_size=128)
+    assert ys.requires_grad and sl.training  # the stepper's mode is handed back
+    torch.testing.assert_close(ys.detach(), plain, rtol=0, atol=0)
+
+
+def conditioned_lifting_f64():
+    torch.manual_seed(0)
+    net = MLP(2, 2, label_dim=3, n_cond=1, hidden=16, depth=2)
+    return StochasticLifting(net, (2,), n_params=1, dt=0.1).double()
+
+
+def test_differentiable_sdeint_gradients_match_central_differences():
+    """d/dy0, d/dmu and d/dweight of a loss on the path, against (L(+h) - L(-h)) / 2h.
+
+    The same seed gives the same noise on both sides, so the difference quotient is that
+    of one smooth function; in float64 with h = 1e-6 it is accurate to ~1e-8.
+    """
+    sl = conditioned_lifting_f64()
+    ts, h = [0.0, 0.1, 0.2, 0.4], 1e-6
+    y0 = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    mu = torch.tensor([0.7], dtype=torch.float64)
+    weight = next(p for name, p in sl.named_parameters() if name.endswith("weight"))
+
+    def loss(y, m):
+        ys = sdeint(sl, y, ts, mu=m, seed=3)
+        return (ys[-1] ** 2).sum() + ys[1].sum()
+
+    y, m = y0.clone().requires_grad_(), mu.clone().requires_grad_()
+    grads = torch.autograd.grad(loss(y, m), (y, m, weight))
+
+    def central(perturb):
+        with torch.no_grad():
+            return (perturb(h) - perturb(-h)) / (2 * h)
+
+    def moved(tensor, index, step):
+        out = tensor.clone()
+        out[index] += step
+        return out
+
+    fd_y0 = torch.stack(
+        [central(lambda s, i=i: loss(moved(y0, i, s), mu)) for i in np.ndindex(*y0.shape)]
+    )
+    fd_mu = central(lambda s: loss(y0, mu + s))
+
+    def with_weight(s):
+        weight.data[0, 0] += s
+        try:
+            return loss(y0, mu)
+        finally:
+            weight.data[0, 0] -= s
+
+    torch.testing.assert_close(grads[0].flatten(), fd_y0, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(grads[1], fd_mu.reshape(1), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(grads[2][0, 0], central(with_weight), rtol=1e-6, atol=1e-8)
+
+
+class LinearStepper(Stepper):
+    """``x_{k+1} = a x_k + b noise_k``: its gradients have a closed form."""
+
+    def __init__(self, a: float, b: float, dtype=torch.float64) -> None:
+        super().__init__((1,), dt=0.5)
+        self.a = torch.nn.Parameter(torch.tensor(a, dtype=dtype))
+        self.b = torch.nn.Parameter(torch.tensor(b, dtype=dtype))
+
+    def noise_shape(self, grid_shape):
+        return (1,)
+
+    def step(self, window, noise=None, *, mu=None, t=None):
+        return self.a * window + self.b * noise
+
+    def loss(self, batch):
+        raise NotImplementedError
+
+
+def test_differentiable_sdeint_of_a_linear_stepper_gives_the_closed_form():
+    # x_K = a^K x_0 + b S, S = sum_j a^(K-1-j) noise_j, so for L = sum_i x_K:
+    # dL/dx_0 = a^K, dL/db = sum_i (x_K - a^K x_0) / b, dL/da = sum_i sum_j a^(K-1-j) x_j.
+    stepper, k_steps = LinearStepper(0.8, 0.3), 4
+    y0 = torch.linspace(-1, 1, 6, dtype=torch.float64).reshape(6, 1).requires_grad_()
+    ys = sdeint(stepper, y0, 0.5 * torch.arange(k_steps + 1.0), seed=0)
+    d_y0, d_a, d_b = torch.autograd.grad(ys[-1].sum(), (y0, stepper.a, stepper.b))
+    a, b, path = 0.8, 0.3, ys.detach()
+    torch.testing.assert_close(d_y0, torch.full_like(d_y0, a**k_steps))
+    torch.testing.assert_close(d_b, ((path[-1] - a**k_steps * path[0]) / b).sum())
+    powers = a ** torch.arange(k_steps - 1, -1, -1, dtype=torch.float64)
+    torch.testing.assert_close(d_a, (powers[:, None, None] * path[:-1]).sum())
+
+
+def test_differentiable_sdeint_reports_blow_ups_as_the_sampling_path_does():
+    stepper = LinearStepper(1e200, 1.0)
+    y0, ts = torch.ones(3, 1, dtype=torch.float64), [0.0, 0.5, 1.0]
+    for x0 in (y0, y0.clone().requires_grad_()):
+        with pytest.raises(FloatingPointError, match="first at step 2 .* of sample 0"):
+            sdeint(stepper, x0, ts, seed=0)
+    ys = sdeint(stepper, y0.clone().requires_grad_(), ts, seed=0, on_nonfinite="ignore")
+    assert ys.requires_grad and not torch.isfinite(ys[-1]).any()
+
+
+VECTOR_CASES = [c for c in ALL_STEPPERS if "fno" not in c.name]  # the FNO ones are fields
+
+
+@pytest.mark.parametrize("case", VECTOR_CASES, ids=lambda c: c.name)
+def test_differentiable_sdeint_for_every_vector_stepper(case):
+    """Every Markov vector stepper differentiates with its sampling values, or is refused:
+    DICE, whose step returns detached states, with a pointer to dice_sde; a stepper with
+    a history, which torchsde's one-state y0 cannot start."""
+    stepper = case.build()
+    d = stepper.n_channels
+    mu = torch.tensor([0.5]) if stepper.n_params else None
+    y0 = torch.randn(4, d, generator=torch.Generator().manual_seed(0))
+    ts = [0.0, stepper.dt, 2 * stepper.dt]
+    y = y0.clone().requires_grad_()
+    if stepper.history > 1:
+        with pytest.raises(ValueError, match="needs a Markov stepper"):
+            sdeint(stepper, y, ts, mu=mu, seed=0)
+        return
+    if stepper.requires_grad_in_step:
+        with pytest.raises(ValueError, match="without a graph.*dice_sde"):
+            sdeint(stepper, y, ts, mu=mu, seed=0)
+        return
+    ys = sdeint(stepper, y, ts, mu=mu, seed=0)
+    torch.testing.assert_close(ys.detach(), sdeint(stepper, y0, ts, mu=mu, seed=0), rtol=0, atol=0)
+    (grad,) = torch.autograd.grad(ys[-1].pow(2).sum(), y)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_sdeint_takes_the_path_of_a_checkpoint(tmp_path):
+    # a torchsde script swaps the SDE object for a file name: load_stepper(path) rebuilds it
+    sl = lifting()
+    save_stepper(tmp_path / "sl.pt", sl)
+    y0, ts = torch.randn(5, 2, generator=torch.Generator().manual_seed(0)), [0.0, 0.1, 0.2]
+    expected = sdeint(sl, y0, ts, seed=4)
+    for path in (tmp_path / "sl.pt", str(tmp_path / "sl.pt")):
+        torch.testing.assert_close(sdeint(path, y0, ts, seed=4), expected, rtol=0, atol=0)
+    with pytest.raises(CheckpointError):
+        sdeint(tmp_path / "missing.pt", y0, ts, seed=4)
+
+
+def test_sdeint_refuses_what_is_not_a_markov_stepper():
+    with pytest.raises(TypeError, match="a slift Stepper or the path of its checkpoint"):
+        sdeint(OrnsteinUhlenbeckSDE(), torch.zeros(4, 1), [0.0, 0.1], seed=0)
+    torch.manual_seed(0)
+    windowed = StochasticLifting(MLP(4, 2, label_dim=3, hidden=8), (2,), history=2, dt=0.1)
+    with pytest.raises(ValueError, match="Markov stepper \\(history=1\\); got history=2"):
+        sdeint(windowed, torch.zeros(4, 2), [0.0, 0.1], seed=0)
+
+
+def test_differentiable_sdeint_runs_where_the_stepper_is():
+    y0 = torch.zeros(4, 2, device="meta", requires_grad=True)
+    with pytest.raises(ValueError, match="runs on the stepper's device \\(cpu\\); y0 is on meta"):
+        sdeint(lifting(), y0, [0.0, 0.1], seed=0)
