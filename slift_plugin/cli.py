@@ -1,4 +1,4 @@
-"""Command line: ``slift demo | generate | evaluate | bench``.
+"""Command line: ``slift demo | generate | evaluate | bench | train | sample``.
 
 Outputs are never replaced silently: an existing ``--out`` file, or a non-empty ``--out``
 folder, is refused unless ``--overwrite`` is given, and an output that is one of the
@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["SYSTEMS", "build_parser", "main"]
+__all__ = ["SYSTEMS", "HelpFormatter", "build_parser", "main"]
 
 SYSTEMS = ("ornstein_uhlenbeck", "double_well", "lorenz63", "lorenz96", "allen_cahn")
 
@@ -240,6 +240,19 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------------
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help that shows every option's default, and keeps the layout of examples.
+
+    An option without a default (None), a flag (False) or one whose help already names its
+    default is shown as written.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 _OVERWRITE_FILE = "replace an existing --out file (an input file is never replaced)"
 _OVERWRITE_DIR = (
     "write into a non-empty --out folder, replacing the files of the same names "
@@ -248,31 +261,56 @@ _OVERWRITE_DIR = (
 
 
 def _add_demo(sub) -> None:
-    demo = sub.add_parser("demo", help="SL vs MSE FNO on stochastic Allen-Cahn")
+    demo = sub.add_parser(
+        "demo", help="SL vs MSE FNO on stochastic Allen-Cahn", formatter_class=HelpFormatter
+    )
     demo.add_argument("--out", default="demo_output", help="output folder, new or empty")
     demo.add_argument("--overwrite", action="store_true", help=_OVERWRITE_DIR)
     demo.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run)")
-    demo.add_argument("--epochs", type=_positive_int, default=None, help="override epochs")
+    demo.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="training epochs of the SL and MSE models (default: the demo's own, 120; --quick: 3)",
+    )
     demo.set_defaults(run=_demo)
 
 
 def _add_generate(sub) -> None:
-    gen = sub.add_parser("generate", help="write a reference ensemble to netCDF")
-    gen.add_argument("system", choices=SYSTEMS)
+    gen = sub.add_parser(
+        "generate", help="write a reference ensemble to netCDF", formatter_class=HelpFormatter
+    )
+    gen.add_argument("system", choices=SYSTEMS, help="the reference system to integrate")
     gen.add_argument("--out", required=True, help="netCDF file to write (must not exist)")
     gen.add_argument("--overwrite", action="store_true", help=_OVERWRITE_FILE)
-    gen.add_argument("--n-samples", type=_positive_int, default=512)
-    gen.add_argument("--n-steps", type=_positive_int, default=20)
-    gen.add_argument("--seed", type=_seed, default=0)
-    gen.add_argument("--params", default=None, help="JSON, e.g. '{\"sigma\": 0.05}'")
+    gen.add_argument("--n-samples", type=_positive_int, default=512, help="trajectories")
+    gen.add_argument(
+        "--n-steps", type=_positive_int, default=20, help="output steps (n-steps + 1 times)"
+    )
+    gen.add_argument("--seed", type=_seed, default=0, help="seed of the system's noise")
+    gen.add_argument(
+        "--params",
+        default=None,
+        help='further arguments of the system as JSON, e.g. \'{"sigma": 0.05, "dt": 0.1}\' '
+        "(default: the system's own; see its docstring in slift_plugin.systems)",
+    )
     gen.set_defaults(run=_generate)
 
 
 def _add_evaluate(sub) -> None:
-    ev = sub.add_parser("evaluate", help="score a generated ensemble against a reference")
+    ev = sub.add_parser(
+        "evaluate",
+        help="score a generated ensemble against a reference",
+        formatter_class=HelpFormatter,
+    )
     ev.add_argument("generated", help="netCDF file or zarr folder")
     ev.add_argument("reference", help="netCDF file or zarr folder")
-    ev.add_argument("--seed", type=_seed, default=0)
+    ev.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        help="seed of the reference split (noise floor) and subsampling",
+    )
     ev.add_argument(
         "--period",
         type=_period,
@@ -283,7 +321,9 @@ def _add_evaluate(sub) -> None:
         "length for all, or one per state coordinate with 'none' for a plain one "
         "(e.g. --period 12.57 none for Vlasov's x, v); default: none periodic",
     )
-    ev.add_argument("--out", default=None, help="CSV file for the per-time metrics")
+    ev.add_argument(
+        "--out", default=None, help="CSV file for the per-time metrics (default: print only)"
+    )
     ev.add_argument("--overwrite", action="store_true", help=_OVERWRITE_FILE)
     ev.set_defaults(run=_evaluate)
 
@@ -291,10 +331,19 @@ def _add_evaluate(sub) -> None:
 def _add_bench(sub) -> None:
     from .bench.problems import PROBLEMS
 
-    bench = sub.add_parser("bench", help="SL and DICE against MSE, CFM, ES and the solver")
+    bench = sub.add_parser(
+        "bench",
+        help="SL and DICE against MSE, CFM, ES and the solver",
+        formatter_class=HelpFormatter,
+    )
     bench.add_argument("--quick", action="store_true", help="CI sizes (minutes on 2 cores)")
     bench.add_argument(
-        "--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS), metavar="P"
+        "--problems",
+        nargs="+",
+        default=list(PROBLEMS),
+        choices=list(PROBLEMS),
+        metavar="P",
+        help=f"problems to run, of {', '.join(PROBLEMS)}",
     )
     bench.add_argument(
         "--methods",
@@ -321,12 +370,30 @@ def build_parser() -> argparse.ArgumentParser:
         A parser whose parsed namespace carries the chosen sub-command in ``command`` and
         its handler in ``run``.
     """
+    from .cli_sample import add_sample_parser
+    from .cli_train import add_train_parser
+
     summary, rules = __doc__.replace("``", "").split("\n\n")[:2]
     parser = argparse.ArgumentParser(prog="slift", description=summary, epilog=rules)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_generate, _add_evaluate, _add_bench):
         add(sub)
+    add_train_parser(sub, HelpFormatter)
+    add_sample_parser(sub, HelpFormatter)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version; the package's own when run from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("slift-plugin")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,7 +39,7 @@ def inputs(tmp_path_factory):
 CASES = {
     # -- no or unknown sub-command
     "no-command": ([], "", "the following arguments are required: command"),
-    "unknown-command": (["train"], "", "invalid choice: 'train'"),
+    "unknown-command": (["fly"], "", "invalid choice: 'fly'"),
     # -- generate
     "gen-no-out": (["generate", "lorenz63"], "generate", "required: --out"),
     "gen-no-system": (["generate", *OUT], "generate", "required: system"),

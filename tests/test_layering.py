@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE_THIRD_PARTY = {"torch", "numpy", "xarray", "zarr", "tqdm"}
 APPLICATIONS = (
     "slift_plugin.cli",
+    "slift_plugin.cli_sample",
+    "slift_plugin.cli_train",
     "slift_plugin.demo",
     "slift_plugin.plotting",
     "slift_plugin.bench",
