@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import xarray as xr
 
+from .data.ensemble import time_counts_steps
+
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "DEFAULT_N_PROJECTIONS",
@@ -722,9 +724,23 @@ def _align_times(gen: xr.DataArray, ref: xr.DataArray, time_rtol: float) -> xr.D
     Raises
     ------
     ValueError
-        Only one side has a time coord and the numbers of times differ, no time in common,
-        or a generated time missing from the reference.
+        One side's time coord counts steps and the other's is physical time (their
+        ``long_name``, see :func:`slift_plugin.data.ensemble.time_counts_steps`), only one
+        side has a time coord and the numbers of times differ, no time in common, or a
+        generated time missing from the reference.
     """
+    steps = {"generated": time_counts_steps(gen), "reference": time_counts_steps(ref)}
+    if None not in steps.values() and len(set(steps.values())) == 2:
+        # Matched by value, step k would meet whatever state the other holds at time k:
+        # a silent comparison of the wrong times.
+        counted, other = sorted(steps, key=lambda name: not steps[name])
+        raise ValueError(
+            f"the {counted} ensemble counts time in steps (its time coord has long_name "
+            f"'step': its stepper has no physical time step) while the {other} ensemble's "
+            "time coord is physical time; pass the physical step to rollout(..., dt=...), or "
+            "give the steps their times yourself (e.g. generated.assign_coords(time=t0 + dt * "
+            "k))"
+        )
     t_gen, t_ref = _time_values(gen), _time_values(ref)
     if "time" in gen.coords and "time" in ref.coords:
         idx = _match_times(t_gen, t_ref, time_rtol)
@@ -902,7 +918,12 @@ def _metrics_dataset(
     xarray.Dataset
         float64 variables over ``"time"``, each with ``long_name`` and ``description`` attrs.
     """
-    time_coord = {"time": gen["time"].values} if "time" in gen.coords else {}
+    # the time coord's attrs say whether it counts steps or time
+    time_coord = (
+        {"time": ("time", gen["time"].values, dict(gen["time"].attrs))}
+        if "time" in gen.coords
+        else {}
+    )
     return xr.Dataset(
         {
             name: xr.DataArray(
@@ -941,7 +962,9 @@ def evaluate(
     states) and the same non-sample dims and sizes; their sample counts may differ. The times of
     ``generated`` must all appear in ``reference`` (compared with relative tolerance
     ``time_rtol`` of the largest |t|); extra reference times are ignored. Without a time coord,
-    time positions are compared.
+    time positions are compared. A time coord that counts steps (``long_name`` "step", from
+    ``rollout`` of a stepper without a physical ``dt``) is never matched with one in physical
+    time (``long_name`` "time"); unmarked times are matched by value.
 
     Sample sizes: n = min(n_generated, n_reference // 2). A seeded permutation of the reference
     gives two disjoint subsamples A and B of size n, and if n_generated > n a seeded subsample of
@@ -989,9 +1012,11 @@ def evaluate(
     TypeError
         Inputs are not real-valued DataArrays.
     ValueError
-        Missing "sample"/"time" dims, different non-sample dims, sizes or coordinates, no
-        common times or generated times missing from reference, NaN/Inf in either ensemble,
-        fewer than 2 generated or 4 reference samples, or an invalid ``period``.
+        Missing "sample"/"time" dims, different non-sample dims, sizes or coordinates, a
+        time coord counting steps (``rollout`` of a stepper without ``dt``) against one
+        in physical time, no common times or generated times missing from reference,
+        NaN/Inf in either ensemble, fewer than 2 generated or 4 reference samples, or an
+        invalid ``period``.
     """
     gen = _check_ensemble(generated, "generated")
     ref = _check_ensemble(reference, "reference")

@@ -33,8 +33,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .data import tensor_to_ensemble
+from .data.ensemble import STEP_TIME_ATTRS, TIME_LONG_NAME
 from .distributed import all_gather_rows, fail_together, shard_bounds, world
 from .labels import hash_seed
+from .processing import ProcessedStepper
 from .stepper import Stepper
 
 __all__ = ["AUTOCAST_DTYPES", "NONFINITE_ACTIONS", "SEED_BLOCK", "SEED_MAX", "rollout"]
@@ -536,13 +538,14 @@ def _check_arguments(
 
 def _time_axis(
     stepper: Stepper, t0: float, dt: float | None, n_steps: int
-) -> tuple[float, float, np.ndarray]:
+) -> tuple[float, float | None, np.ndarray]:
     """The time coordinates ``t0 + k * dt`` of the ``n_steps + 1`` output states.
 
     Parameters
     ----------
     stepper : Stepper
-        Its ``dt`` is the default step; ``nan`` (no physical step) counts time in steps.
+        Its ``dt`` is the default step; ``nan`` (no physical step) counts time in steps,
+        ``t0 + k``.
     t0 : float
         A finite real number.
     dt : float or None
@@ -552,8 +555,12 @@ def _time_axis(
 
     Returns
     -------
-    t0, dt : float
-        As used (``dt`` stays nan when the stepper's is).
+    t0 : float
+        As used.
+    dt : float or None
+        The physical step; None when time counts steps (no ``dt`` given and the
+        stepper's is nan). None rather than nan: it goes into attributes and the zarr
+        fingerprint, whose JSON has no NaN.
     times : numpy.ndarray
         ``(n_steps + 1,)`` increasing times.
 
@@ -571,7 +578,7 @@ def _time_axis(
     if dt is None:
         dt, name = float(stepper.dt), f"the stepper's dt ({type(stepper).__name__}.dt)"
         if math.isnan(dt):  # a stepper without a physical step counts time in steps
-            return t0, dt, t0 + 1.0 * np.arange(n_steps + 1)
+            return t0, None, t0 + 1.0 * np.arange(n_steps + 1)
     else:
         dt, name = _real(dt, "dt"), "dt"
     if not (math.isfinite(dt) and dt > 0):
@@ -670,7 +677,8 @@ class _Labels:
     mu: Tensor | None  # (n, n_params)
     coords: Mapping[str, object] | None
     param_names: list[str] | None
-    attrs: dict[str, object]
+    attrs: dict[str, object]  # netCDF/zarr-safe values: str, int, float
+    time_attrs: dict[str, object]  # what the time coordinate counts: steps or time
 
     def ensemble(self, values: Tensor | np.ndarray) -> xr.DataArray:
         """``values`` ``(n, n_steps + 1, C, *grid)`` as a labelled ensemble."""
@@ -681,6 +689,7 @@ class _Labels:
             mu=None if self.mu is None else self.mu.cpu(),
             param_names=self.param_names,
             attrs=self.attrs,
+            time_attrs=self.time_attrs,
         )
 
 
@@ -803,6 +812,7 @@ def rollout(
     cuda_graph: bool = False,
     autocast_dtype: torch.dtype | None = None,
     on_nonfinite: str = "raise",
+    data_processor: object | None = None,
 ) -> xr.DataArray:
     """Generate ``n_samples`` trajectories of ``n_steps`` steps from ``x0``.
 
@@ -833,8 +843,11 @@ def rollout(
     t0 : float
         Time of the last state of ``x0`` (finite).
     dt : float or None
-        Time coordinate ``t0 + k*dt``, finite and > 0; defaults to ``stepper.dt``
-        (steps count as 1 when that is nan).
+        Time coordinate ``t0 + k*dt``, finite and > 0; defaults to ``stepper.dt``.
+        When that is nan (no physical step, e.g. a lifted neuraloperator model) the
+        time coordinate counts steps, ``t0 + k``, and says so (``long_name = "step"``,
+        ``units = "1"``); :func:`slift_plugin.evaluate` then refuses a reference in
+        physical time rather than match steps to times.
     coords : Mapping or None
         Extra coords for the result (``channel`` and grid coords of a reference).
     param_names : list of str or None
@@ -863,12 +876,26 @@ def rollout(
         stays resumable); ``"warn"`` a RuntimeWarning (once) and keep the values;
         ``"ignore"`` skips the check. The check is one reduction on the device per
         chunk, read when the chunk reaches the host.
+    data_processor : object or None
+        The neuraloperator ``DataProcessor`` (or any object with ``preprocess`` and
+        ``postprocess``) the stepper was trained behind, e.g. the ``data_processor`` of
+        a ``neuralop.Trainer``: every step then preprocesses the physical window, steps,
+        and postprocesses the result (:class:`slift_plugin.ProcessedStepper`), so ``x0``
+        and the ensemble are physical states. None: the stepper's own coordinates.
 
     Returns
     -------
     xarray.DataArray
         ``(sample, time, channel, *grid)`` with ``n_steps + 1`` times, the first being
-        the last state of ``x0``.
+        the last state of ``x0``. Its attrs (CF-style, strings and numbers only, the same
+        in memory and in a zarr store) are ``long_name``, ``source``, the stepper's class
+        name ``stepper``, its constructor configuration ``stepper_config`` (the JSON text
+        of :func:`slift_plugin.config.stepper_record`, which a checkpoint stores too),
+        ``data_processor`` (its class name, when given), ``seed``, ``n_steps``, ``t0``,
+        ``dt`` (only for a physical step), ``dtype``, ``device`` (its type),
+        ``autocast_dtype`` (``"none"`` without) and ``slift_plugin_version``. The
+        ``time`` coord has ``long_name = "time"`` (physical time, in the unit of the
+        stepper's ``dt``) or ``"step"`` (a count of steps).
 
     Raises
     ------
@@ -900,6 +927,18 @@ def rollout(
     n_steps, n_samples, chunk_size, seed = _check_arguments(
         n_steps, n_samples, chunk_size, seed, on_nonfinite, out
     )
+    from . import __version__  # at call time: slift_plugin/__init__ imports this module early
+    from .checkpoint import stepper_record
+
+    attrs: dict[str, object] = {
+        "stepper": type(stepper).__name__,
+        # the JSON text a checkpoint stores (strict JSON, never raises): what rebuilds the
+        # stepper (slift_plugin.config.build_stepper), or why it cannot be described
+        "stepper_config": stepper_record(stepper),
+    }
+    if data_processor is not None:
+        stepper = ProcessedStepper(stepper, data_processor)
+        attrs["data_processor"] = type(data_processor).__name__
     home_device, dtype = stepper.param_device_dtype()
     run_device = _run_device(device, home_device)
     _check_fast_paths(stepper, run_device, cuda_graph, autocast_dtype)
@@ -918,8 +957,24 @@ def rollout(
         noise_shape=stepper.noise_shape(tuple(windows.shape[2:])),
         on_nonfinite=on_nonfinite,
     )
-    attrs = {"stepper": type(stepper).__name__, "seed": seed, "dt": dt, "n_steps": n_steps}
-    labels = _Labels(times, mu, coords, param_names, attrs)
+    # What generated the values, as strings and numbers (what netCDF and zarr both store;
+    # no None, no NaN). Left out: chunk_size, cuda_graph and on_nonfinite, which do not
+    # change the values: ensembles equal by contract stay identical, attrs included.
+    attrs = {
+        "long_name": "state",
+        "source": f"slift_plugin {__version__} rollout",
+        **attrs,
+        "seed": seed,
+        "n_steps": n_steps,
+        "t0": t0,
+        **({} if dt is None else {"dt": dt}),  # no dt: time counts steps (time_attrs)
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": run_device.type,  # the type sets the noise stream; the index does not
+        "autocast_dtype": str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "none",
+        "slift_plugin_version": __version__,
+    }
+    time_attrs = dict(STEP_TIME_ATTRS) if dt is None else {"long_name": TIME_LONG_NAME}
+    labels = _Labels(times, mu, coords, param_names, attrs, time_attrs)
     rank, size = world()
     # Whole chunks per rank: every rank runs exactly the chunks one process would run.
     shard = shard_bounds(n, rank, size, job.chunk_size)

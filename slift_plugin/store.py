@@ -24,15 +24,17 @@ checksum: a lost, damaged or swapped chunk is unmarked and generated again, with
 warning. :func:`load_store` (what :func:`slift_plugin.load_ensemble` uses for such a
 store) makes the same checks and raises :class:`StoreIntegrityError` on any failure.
 
-The group attribute ``slift_rollout`` fingerprints the generation (seed, sizes, dtype and
-autocast dtype, stepper type and weights, initial states, ``mu``, coords and parameter
-names, array layout): a store is only ever resumed by the same generation. One flag and
-one checksum per zarr chunk let processes that own disjoint chunks write without touching
-each other's files.
+The group attributes are CF's ``Conventions``, ``source`` (that of the ensemble) and
+``history`` (when the store was created), and ``slift_rollout``, which fingerprints the
+generation (seed, sizes, dtype and autocast dtype, stepper type and weights, initial
+states, ``mu``, coords and parameter names, array layout): a store is only ever resumed
+by the same generation. One flag and one checksum per zarr chunk let processes that own
+disjoint chunks write without touching each other's files.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import re
@@ -47,7 +49,7 @@ import xarray as xr
 import zarr
 from torch import Tensor, nn
 
-from .data.io import remove_orphan_temps, sibling_temp
+from .data.io import CONVENTIONS, remove_orphan_temps, sibling_temp
 from .distributed import fail_together, is_main_process
 
 if int(zarr.__version__.split(".")[0]) < 3:
@@ -652,6 +654,18 @@ def _same(a: object, b: object) -> bool:
     return a == b
 
 
+def _global_attrs(template: xr.DataArray) -> dict[str, str]:
+    """CF global attributes of a new store: what :func:`slift_plugin.save_netcdf` writes."""
+    from . import __version__  # at call time, when the package is fully imported
+
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    attrs = {"Conventions": CONVENTIONS}
+    if "source" in template.attrs:
+        attrs["source"] = str(template.attrs["source"])
+    attrs["history"] = f"{now} created by slift_plugin {__version__} (rollout out=...)"
+    return attrs
+
+
 def _create(path: Path, template: xr.DataArray, chunk_size: int, fp: dict[str, object]) -> None:
     """Build the empty store in a temporary directory, then rename it into place.
 
@@ -664,6 +678,7 @@ def _create(path: Path, template: xr.DataArray, chunk_size: int, fp: dict[str, o
     tmp.mkdir()  # 0o777 less the umask, like any new directory (mkdtemp would give 0o700)
     try:
         skeleton = template.to_dataset(name="state").drop_vars("state")
+        skeleton.attrs.update(_global_attrs(template))
         skeleton.attrs[FINGERPRINT_ATTR] = fp
         skeleton.to_zarr(tmp, mode="w", consolidated=False)  # the coords
         group = zarr.open_group(tmp, mode="r+")

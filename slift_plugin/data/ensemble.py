@@ -6,6 +6,14 @@ named ``mu_<name>`` with dims ``("sample",)``, one per parameter; the parameter 
 ``mu`` lists them in sorted name order. (A DataArray cannot carry a coord with a ``param``
 dim it does not have, so the ``("sample", "param")`` layout of DESIGN.md is spelled out per
 parameter here.)
+
+Attributes follow the CF conventions where they apply: the DataArray carries
+``long_name`` (and ``units`` when known), its coords ``long_name``/``units``. The ``time``
+coord says what it counts: physical time has ``long_name = "time"``
+(:data:`TIME_LONG_NAME`), a count of output steps of a stepper without a physical step has
+``long_name = "step"`` and ``units = "1"`` (:data:`STEP_TIME_ATTRS`);
+:func:`time_counts_steps` reads the mark. Attribute values are strings, numbers or lists of
+numbers only (never None, bools or dicts), which is what netCDF and zarr store alike.
 """
 
 from __future__ import annotations
@@ -20,16 +28,29 @@ from torch import Tensor
 __all__ = [
     "LEADING_DIMS",
     "MU_PREFIX",
+    "STEP_TIME_ATTRS",
+    "TIME_LONG_NAME",
     "check_ensemble",
     "ensemble_params",
     "ensemble_to_tensor",
     "param_names",
     "tensor_to_ensemble",
+    "time_counts_steps",
     "uniform_step",
 ]
 
 LEADING_DIMS = ("sample", "time", "channel")
 MU_PREFIX = "mu_"
+#: ``long_name`` of a ``time`` coord in physical time (in the unit of the system's step).
+TIME_LONG_NAME = "time"
+#: Attributes of a ``time`` coord that counts output steps ``t0 + k`` (a stepper without a
+#: physical step): CF's dimensionless unit, and a long name that is not "time", so that
+#: :func:`time_counts_steps` (and :func:`slift_plugin.evaluate`) never take steps for times.
+STEP_TIME_ATTRS = {
+    "long_name": "step",
+    "units": "1",
+    "comment": "output steps counted from t0; the generating stepper has no physical time step",
+}
 
 
 def check_ensemble(da: object, name: str = "ensemble") -> xr.DataArray:
@@ -173,6 +194,32 @@ def uniform_step(times: Sequence[float] | np.ndarray, name: str = "time") -> flo
     return float(d[0])
 
 
+def time_counts_steps(da: xr.DataArray) -> bool | None:
+    """Whether the ``time`` coord of an ensemble counts output steps or physical time.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        An ensemble (or anything with a ``"time"`` dim).
+
+    Returns
+    -------
+    bool or None
+        True when the ``time`` coord is marked as a step count (``long_name`` of
+        :data:`STEP_TIME_ATTRS`), False when marked as physical time (``long_name``
+        :data:`TIME_LONG_NAME`), None when there is no ``time`` coord or no such mark
+        (e.g. times given by hand): then nothing is known.
+    """
+    if "time" not in da.coords:
+        return None
+    long_name = da.coords["time"].attrs.get("long_name")
+    if long_name == STEP_TIME_ATTRS["long_name"]:
+        return True
+    if long_name == TIME_LONG_NAME:
+        return False
+    return None
+
+
 def tensor_to_ensemble(
     states: Tensor | np.ndarray,
     times: Sequence[float] | np.ndarray,
@@ -182,6 +229,7 @@ def tensor_to_ensemble(
     param_names: Sequence[str] | None = None,
     attrs: Mapping[str, object] | None = None,
     name: str = "state",
+    time_attrs: Mapping[str, object] | None = None,
 ) -> xr.DataArray:
     """Wrap values as an ensemble DataArray.
 
@@ -192,17 +240,22 @@ def tensor_to_ensemble(
     times : sequence of float or numpy.ndarray
         ``(time,)``, stored as a float64 ``time`` coord.
     coords : mapping, optional
-        Extra coords; those named after a dim other than ``"sample"``/``"time"`` are kept.
+        Extra coords; those named after a dim other than ``"sample"``/``"time"`` are kept
+        (with their attrs when given as DataArrays or ``(dims, values, attrs)`` tuples).
         When it names exactly as many grid dims as ``states`` has, they name the grid dims
         (in order); otherwise the grid dims are ``"x", "x1", "x2", ...``.
     mu : torch.Tensor or numpy.ndarray, optional
-        ``(sample, n_params)`` physics parameters, stored as ``mu_<name>`` coords.
+        ``(sample, n_params)`` physics parameters, stored as ``mu_<name>`` coords (with
+        ``long_name = "physics parameter <name>"``).
     param_names : sequence of str, optional
         The ``n_params`` names of the columns of ``mu``, sorted; default ``p0, p1, ...``.
     attrs : mapping, optional
         Attributes of the DataArray.
     name : str
         Name of the DataArray.
+    time_attrs : mapping, optional
+        Attributes of the ``time`` coord, e.g. ``{"long_name": "time", "units": "1"}`` or
+        :data:`STEP_TIME_ATTRS`; default none (what the times count is then unknown).
 
     Returns
     -------
@@ -221,7 +274,9 @@ def tensor_to_ensemble(
         if len(named) == len(grid_dims):
             grid_dims = tuple(named)
     dims = (*LEADING_DIMS, *grid_dims)
-    all_coords: dict[str, object] = {"time": np.asarray(times, dtype=np.float64)}
+    all_coords: dict[str, object] = {
+        "time": ("time", np.asarray(times, dtype=np.float64), dict(time_attrs or {}))
+    }
     for key, value in (coords or {}).items():
         if key in dims and key not in ("sample", "time"):
             all_coords[key] = value
@@ -236,5 +291,5 @@ def tensor_to_ensemble(
                 f"got {names}"
             )
         for i, p in enumerate(names):
-            all_coords[MU_PREFIX + p] = ("sample", m[:, i])
+            all_coords[MU_PREFIX + p] = ("sample", m[:, i], {"long_name": f"physics parameter {p}"})
     return xr.DataArray(values, dims=dims, coords=all_coords, attrs=dict(attrs or {}), name=name)

@@ -8,13 +8,15 @@ process is gone (:func:`remove_orphan_temps`), never another target's nor a live
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import re
 import secrets
 import shutil
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import xarray as xr
@@ -22,6 +24,7 @@ import xarray as xr
 from .ensemble import check_ensemble
 
 __all__ = [
+    "CONVENTIONS",
     "atomic_write",
     "load_ensemble",
     "process_is_gone",
@@ -29,6 +32,16 @@ __all__ = [
     "save_netcdf",
     "sibling_temp",
 ]
+
+
+#: The ``Conventions`` attribute of every Dataset written by :func:`save_netcdf` (and of
+#: the zarr stores of ``rollout(out=...)``).
+CONVENTIONS = "CF-1.10"
+
+# xarray's names for an unnamed DataArray (or one named like a coord) in a file: what
+# DataArray.to_netcdf does, so that open_dataarray gives the name back.
+_DATAARRAY_VARIABLE = "__xarray_dataarray_variable__"
+_DATAARRAY_NAME = "__xarray_dataarray_name__"
 
 
 def _host() -> str:
@@ -165,7 +178,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 
 
 def save_netcdf(obj: xr.DataArray | xr.Dataset, path: str | os.PathLike) -> Path:
-    """Write a DataArray or Dataset to netCDF (h5netcdf engine) atomically.
+    """Write a DataArray or Dataset to netCDF (h5netcdf engine) atomically, CF-labelled.
+
+    The file's global attributes are those of the Dataset (a DataArray has none), plus
+    ``Conventions = "CF-1.10"`` unless set, ``source`` copied from the variable of a
+    DataArray that has one (e.g. ``"slift_plugin 0.1.0 rollout"``) unless set, and a
+    line appended to ``history`` (UTC time, package version). Attribute values that are
+    mappings (which netCDF cannot store, e.g. the fingerprint of a zarr store opened as
+    a Dataset) are written as JSON strings. ``obj`` itself is not modified.
 
     Parameters
     ----------
@@ -179,7 +199,44 @@ def save_netcdf(obj: xr.DataArray | xr.Dataset, path: str | os.PathLike) -> Path
     pathlib.Path
         ``path``.
     """
-    return atomic_write(path, lambda tmp: obj.to_netcdf(tmp, engine="h5netcdf"))
+    ds = _cf_dataset(obj)
+    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
+
+
+def _cf_dataset(obj: xr.DataArray | xr.Dataset) -> xr.Dataset:
+    """A shallow copy of ``obj`` as a Dataset with the global attributes of
+    :func:`save_netcdf` and JSON strings in place of mapping-valued attributes."""
+    from .. import __version__  # at call time: slift_plugin/__init__ imports this module early
+
+    if isinstance(obj, xr.DataArray):
+        source = obj.attrs.get("source")
+        if obj.name is None or obj.name in obj.coords or obj.name in obj.dims:
+            ds = obj.to_dataset(name=_DATAARRAY_VARIABLE)
+            if obj.name is not None:
+                ds.attrs[_DATAARRAY_NAME] = obj.name
+        else:
+            ds = obj.to_dataset()
+    else:
+        source, ds = None, obj
+    ds = ds.copy(deep=False)  # new variables: their attrs are replaced below, not obj's
+    attrs = dict(ds.attrs)
+    attrs.setdefault("Conventions", CONVENTIONS)
+    if source is not None:
+        attrs.setdefault("source", source)
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    line = f"{now} written by slift_plugin {__version__} (save_netcdf)"
+    attrs["history"] = f"{attrs['history']}\n{line}" if attrs.get("history") else line
+    ds.attrs = _json_mappings(attrs)
+    for variable in ds.variables.values():
+        variable.attrs = _json_mappings(variable.attrs)
+    return ds
+
+
+def _json_mappings(attrs: Mapping[str, object]) -> dict[str, object]:
+    """``attrs`` with every mapping value serialised as a JSON string."""
+    return {
+        k: json.dumps(v, default=str) if isinstance(v, Mapping) else v for k, v in attrs.items()
+    }
 
 
 def load_ensemble(path: str | os.PathLike) -> xr.DataArray:

@@ -9,7 +9,12 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..data import tensor_to_ensemble
+from .. import __version__
+from ..data import MU_PREFIX, tensor_to_ensemble
+
+#: Every reference system is nondimensional (normalised units): CF's unit "1" is the truth
+#: for its states, times, grids and parameters.
+NONDIMENSIONAL = "1"
 
 
 def check_positive_int(name: str, value: object) -> int:
@@ -76,6 +81,8 @@ def state_array(
     grid: Mapping[str, np.ndarray] | None = None,
     params: Mapping[str, np.ndarray] | None = None,
     name: str = "state",
+    long_name: str = "state",
+    channel_long_name: str = "state component",
 ) -> xr.DataArray:
     """Build the ensemble DataArray with dims ``("sample", "time", "channel", *grid)``.
 
@@ -85,22 +92,40 @@ def state_array(
     (a DataArray cannot hold a ``("sample", "param")`` coord, ``param`` not being one of its
     dims); :func:`slift_plugin.data.ensemble_params` stacks them, in sorted name order, into
     the ``(sample, n_params)`` vector ``mu``.
+
+    CF attributes: the values get ``long_name``, ``units = "1"`` and ``source`` (the
+    package version and the generator, ``attrs["system"]``) before ``attrs``; ``time``
+    gets ``long_name = "time"``, grid coords ``long_name = "position"``, ``channel``
+    ``channel_long_name``, ``mu_<name>`` ``units``: everything is nondimensional.
     """
     if isinstance(values, torch.Tensor):
         values = values.detach().to("cpu", torch.float32).numpy()
     values = np.asarray(values, dtype=np.float32)
     grid = {k: np.asarray(v, dtype=np.float64) for k, v in (grid or {}).items()}
     dims = ("sample", "time", "channel", *grid.keys())
+    one = {"units": NONDIMENSIONAL}
     if values.ndim != len(dims):
         raise ValueError(f"values must have dims {dims}; got shape {values.shape}")
     names = sorted(params or {})
     mu = np.stack([np.asarray(params[k], np.float32) for k in names], axis=1) if names else None
-    return tensor_to_ensemble(
+    da = tensor_to_ensemble(
         values,
         times,
-        coords={"channel": list(channels), **grid},
+        coords={
+            "channel": ("channel", list(channels), {"long_name": channel_long_name}),
+            **{k: (k, v, {"long_name": "position", **one}) for k, v in grid.items()},
+        },
         mu=mu,
         param_names=names or None,
-        attrs=attrs,
+        attrs={
+            "long_name": long_name,
+            **one,
+            "source": f"slift_plugin {__version__} slift_plugin.systems.{attrs['system']}",
+            **attrs,
+        },
         name=name,
+        time_attrs={"long_name": "time", **one},
     )
+    for p in names:
+        da[MU_PREFIX + p].attrs.update(one)
+    return da

@@ -299,5 +299,10 @@ def allen_cahn(
         "seed": seed,
     }
     return state_array(
-        out[:, :, None, :], output_times(t0, dt, n_steps), ["u"], attrs=attrs, grid={"x": x}
+        out[:, :, None, :],
+        output_times(t0, dt, n_steps),
+        ["u"],
+        attrs=attrs,
+        grid={"x": x},
+        long_name="phase field u",
     )

@@ -292,4 +292,12 @@ def lorenz96(
     }
     params = {"forcing": f_values} if per_sample else None
     channels = [f"x{i}" for i in range(dim)]
-    return state_array(out, output_times(t0, dt, n_steps), channels, attrs=attrs, params=params)
+    return state_array(
+        out,
+        output_times(t0, dt, n_steps),
+        channels,
+        attrs=attrs,
+        params=params,
+        long_name="Lorenz-96 state",
+        channel_long_name="site",
+    )

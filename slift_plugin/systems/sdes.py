@@ -481,7 +481,9 @@ def ornstein_uhlenbeck(
         "seed": seed,
         "method": method,
     }
-    return state_array(values, times, channels, attrs=attrs, params=params)
+    return state_array(
+        values, times, channels, attrs=attrs, params=params, long_name="Ornstein-Uhlenbeck state"
+    )
 
 
 def double_well(
@@ -573,7 +575,7 @@ def double_well(
         "seed": seed,
         "method": method,
     }
-    return state_array(values, times, ["x"], attrs=attrs)
+    return state_array(values, times, ["x"], attrs=attrs, long_name="double-well state")
 
 
 def lorenz63(
@@ -677,4 +679,4 @@ def lorenz63(
         "seed": seed,
         "method": method,
     }
-    return state_array(values, times, ["x", "y", "z"], attrs=attrs)
+    return state_array(values, times, ["x", "y", "z"], attrs=attrs, long_name="Lorenz-63 state")

@@ -90,6 +90,7 @@ import torch
 import xarray as xr
 
 from ._xarray import (
+    NONDIMENSIONAL,
     check_device,
     check_float,
     check_positive_int,
@@ -640,21 +641,45 @@ def _to_dataset(out: torch.Tensor, diag: np.ndarray, s: _TwoStreamSetup) -> xr.D
     attrs = _attrs(s)
     times = output_times(0.0, s.dt, s.n_steps)
     state = state_array(
-        out, times, ["x", "v"], attrs=attrs, params={"v0": np.full(s.n_particles, s.v0)}
+        out,
+        times,
+        ["x", "v"],
+        attrs=attrs,
+        params={"v0": np.full(s.n_particles, s.v0)},
+        long_name="electron phase-space coordinates",
+        channel_long_name="phase-space coordinate (x position, v velocity)",
     )
     beam = np.concatenate([np.ones(s.half, np.int8), -np.ones(s.half, np.int8)])
-    state = state.assign_coords(beam=("sample", beam))
+    beam_attrs = {  # CF flags: the values as the variable's int8, their meanings in order
+        "long_name": "initial beam",
+        "flag_values": np.array([1, -1], np.int8),
+        "flag_meanings": "drifting_at_plus_v0 drifting_at_minus_v0",
+    }
+    state = state.assign_coords(beam=("sample", beam, beam_attrs))
     time_fine = s.h * np.arange(s.n_fine + 1, dtype=np.float64)
+    one = {"units": NONDIMENSIONAL}
     return xr.Dataset(
         {
             "state": state,
-            "field_energy": ("time", diag[:: s.n_sub, 0]),
-            "field_energy_fine": ("time_fine", diag[:, 0]),
-            "kinetic_energy_fine": ("time_fine", diag[:, 1]),
-            "momentum_fine": ("time_fine", diag[:, 2]),
+            "field_energy": (
+                "time",
+                diag[:: s.n_sub, 0],
+                {"long_name": "electric field energy at the output times", **one},
+            ),
+            "field_energy_fine": (
+                "time_fine",
+                diag[:, 0],
+                {"long_name": "electric field energy", **one},
+            ),
+            "kinetic_energy_fine": (
+                "time_fine",
+                diag[:, 1],
+                {"long_name": "kinetic energy", **one},
+            ),
+            "momentum_fine": ("time_fine", diag[:, 2], {"long_name": "total momentum", **one}),
         },
-        coords={"time_fine": time_fine},
-        attrs=attrs,
+        coords={"time_fine": ("time_fine", time_fine, {"long_name": "time", **one})},
+        attrs={"source": state.attrs["source"], **attrs},
     )
 
 
