@@ -149,7 +149,8 @@ EXPERIMENTS: dict[str, dict[str, list[str]]] = {
             "coupled-T3",
             "coupled-T3-inv40",
             "es-ft:coupled",
-        ]
+        ],
+        "allen_cahn": ["solver", "coupled", "coupled-inv160"],
     },
     "interpolation": {
         p: ["solver", "sl-l32", "coupled", "sl-l32-x2", "coupled-x2"] for p in _VECTORS
