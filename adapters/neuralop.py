@@ -49,6 +49,8 @@ from ..checkpoint import (
     load_checkpoint,
     load_model_state,
     load_stepper,
+    sidecar_config_path,
+    stepper_record,
     tensor_state,
 )
 from ..data import atomic_write
@@ -582,9 +584,7 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
             residual=residual,
             dt=dt,
         )
-
-    # Labels of batches that come without one (neuraloperator's Trainer on {"x", "y"}).
-    label_seed = 0
+        self._content_labels: dict[tuple[int, ...], ContentLabels] = {}
 
     def forward(
         self, x: Tensor, label: Tensor | None = None, mu: Tensor | None = None, **batch: Tensor
@@ -595,7 +595,7 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
         own ``{"x", "y"}`` batches. Without ``label``:
 
         * in training mode, each transition's label is a hash of its ``(x, y)`` values
-          (:class:`slift_plugin.ContentLabels`, seed :attr:`label_seed`): fixed per
+          (:class:`slift_plugin.ContentLabels`, seed 0): fixed per
           transition across batches and epochs, as Stochastic Lifting needs;
         * in evaluation mode, labels are independent of the training ones (another salt,
           and the row position, so that repeated inputs get different labels): an
@@ -655,7 +655,9 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
 
     def _content_label(self, x: Tensor, y: Tensor | None) -> Tensor:
         shape = self.noise_shape(tuple(x.shape[2:]))
-        labels = ContentLabels(shape, self.label_seed)
+        labels = self._content_labels.get(shape)
+        if labels is None:  # one per label shape: it caches its hash weights per size
+            labels = self._content_labels[shape] = ContentLabels(shape, seed=0)
         if self.training:
             if not torch.is_tensor(y):
                 raise ValueError(
@@ -709,8 +711,11 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
     def save_checkpoint(self, save_folder: str | os.PathLike, save_name: str) -> None:
         """neuraloperator's checkpoint layout, written atomically and safe to load.
 
-        Writes ``{save_name}_state_dict.pt`` (the tensors of the state dict) and
-        ``{save_name}_metadata.pkl`` (the constructor arguments) into ``save_folder``.
+        Writes ``{save_name}_state_dict.pt`` (the tensors of the state dict),
+        ``{save_name}_metadata.pkl`` (the constructor arguments) and
+        ``{save_name}_stepper_config.json`` (the stepper's configuration, so that
+        :func:`slift_plugin.load_stepper` of the state file, ``slift sample`` and the
+        learned ``sdeint`` rebuild the model) into ``save_folder``.
 
         Parameters
         ----------
@@ -725,6 +730,9 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
         atomic_write(folder / f"{save_name}_state_dict.pt", lambda p: torch.save(state, p))
         meta = dict(self._init_kwargs)
         atomic_write(folder / f"{save_name}_metadata.pkl", lambda p: torch.save(meta, p))
+        config = stepper_record(self)
+        sidecar = sidecar_config_path(folder / f"{save_name}_state_dict.pt")
+        atomic_write(sidecar, lambda p: Path(p).write_text(config))
 
     def load_checkpoint(self, save_folder, save_name, map_location=None) -> None:
         """Load the weights written by :meth:`save_checkpoint` into this model in place.

@@ -223,10 +223,14 @@ def _step_count(stepper, ts: torch.Tensor) -> list[int]:
     return [int(k) for k in steps]
 
 
-def _as_stepper(stepper: object) -> Stepper:
-    """``stepper`` itself, or the stepper a checkpoint path describes (``load_stepper``)."""
+def _as_stepper(stepper: object, y0: object) -> Stepper:
+    """``stepper`` itself, or the stepper a checkpoint path describes (``load_stepper``).
+
+    A rebuilt stepper lives on ``y0``'s device: the caller has no stepper to move.
+    """
     if isinstance(stepper, (str, os.PathLike)):
-        stepper = load_stepper(stepper)  # rebuilt from the config the checkpoint records
+        device = y0.device if isinstance(y0, torch.Tensor) else "cpu"
+        stepper = load_stepper(stepper, map_location=device)
     if not isinstance(stepper, Stepper):
         raise TypeError(
             "sdeint's first argument must be a slift Stepper or the path of its checkpoint; "
@@ -453,7 +457,7 @@ def sdeint(
     slift_plugin.CheckpointError
         If a checkpoint path cannot be read or rebuilt into a stepper.
     """
-    stepper = _as_stepper(stepper)
+    stepper = _as_stepper(stepper, y0)
     if not isinstance(y0, torch.Tensor) or y0.ndim != 2:
         got = tuple(y0.shape) if isinstance(y0, torch.Tensor) else type(y0).__name__
         raise ValueError(f"y0 must be a tensor of shape (batch, state_size); got {got}")

@@ -81,6 +81,5 @@ metrics = trainer.train(
     save_dir=args.save_dir,
     resume_from_dir=args.save_dir if args.resume else None,
 )
-u0 = torch.zeros(1, 128)  # forecasts start where every trajectory starts: u = 0
 print({name: round(float(value), 4) for name, value in metrics.items() if value is not None})
 print("checkpoints in", os.path.abspath(args.save_dir))

@@ -83,7 +83,6 @@ metrics = trainer.train(
     save_dir=args.save_dir,
     resume_from_dir=args.save_dir if args.resume else None,
 )
-u0 = torch.zeros(1, 128)  # forecasts start where every trajectory starts: u = 0
-ensemble = rollout(model, u0, N_STEPS, 256, seed=0, data_processor=data_processor)
+ensemble = rollout(model, torch.zeros(1, 128), N_STEPS, 256, seed=0, data_processor=data_processor)
 print({name: round(float(value), 4) for name, value in metrics.items() if value is not None})
 print("checkpoints in", os.path.abspath(args.save_dir))

@@ -36,6 +36,7 @@ from .stepper import Stepper
 __all__ = [
     "CONFIG_KEY",
     "LOCK_NAME",
+    "SIDECAR_SUFFIX",
     "CheckpointError",
     "check_model_state",
     "load_checkpoint",
@@ -44,6 +45,7 @@ __all__ = [
     "load_stepper",
     "save_checkpoint",
     "save_stepper",
+    "sidecar_config_path",
     "stepper_record",
     "tensor_state",
 ]
@@ -221,14 +223,57 @@ def load_stepper(
     return stepper
 
 
+SIDECAR_SUFFIX = "_stepper_config.json"
+
+
+def sidecar_config_path(state_path: str | os.PathLike) -> Path | None:
+    """Where a host framework's checkpoint keeps its stepper configuration, if it can.
+
+    neuraloperator's layout (``{name}_state_dict.pt``, read by its ``Trainer`` with
+    ``load_state_dict``) cannot hold anything but tensors, so :class:`SLFNO` writes the
+    configuration beside it, as ``{name}_stepper_config.json``.
+
+    Parameters
+    ----------
+    state_path : str or os.PathLike
+        A checkpoint file.
+
+    Returns
+    -------
+    pathlib.Path or None
+        ``{name}_stepper_config.json`` for a file ``{name}_state_dict.pt``, else None.
+    """
+    path = Path(state_path)
+    if not path.name.endswith("_state_dict.pt"):
+        return None
+    return path.with_name(path.name.removesuffix("_state_dict.pt") + SIDECAR_SUFFIX)
+
+
+def _recorded_config(payload: dict, path: str | os.PathLike) -> str | None:
+    """The configuration in the payload, else in a sidecar file beside ``path``."""
+    config = payload.get(CONFIG_KEY)
+    sidecar = sidecar_config_path(path)
+    if config is None and sidecar is not None and sidecar.is_file():
+        try:
+            config = sidecar.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CheckpointError(
+                f"cannot read the stepper configuration {sidecar}: {exc}"
+            ) from exc
+    return config
+
+
 def _rebuilt(payload: dict, path: str | os.PathLike, map_location: object) -> Stepper:
     """The stepper ``payload`` describes, checked on the meta device, then loaded."""
-    config = payload.get(CONFIG_KEY)
+    config = _recorded_config(payload, path)
     pass_it = "build the stepper as it was trained and pass it: load_stepper(path, stepper)"
     if config is None:
+        sidecar = sidecar_config_path(path)
         raise CheckpointError(
-            f"checkpoint {path} does not record its stepper's configuration (written by an "
-            f"older slift_plugin, or without save_stepper or fit); {pass_it}"
+            f"checkpoint {path} does not record its stepper's configuration (written by "
+            "torch.save of a state dict, or by a slift_plugin before 2026-12-02"
+            + (f", and there is no {sidecar.name} beside it" if sidecar else "")
+            + f"); {pass_it}"
         )
     try:
         probe = build_stepper(config, device="meta")

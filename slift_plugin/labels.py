@@ -212,6 +212,8 @@ _PRIMES = (2_147_483_647, 2_147_483_629)
 def _integer_view(values: Tensor) -> Tensor:
     """The bit patterns of ``values`` ``(B, ...)`` as int64 ``(B, n)``, one per 32/16 bits."""
     flat = values.detach().reshape(values.shape[0], -1).contiguous()
+    if flat.is_floating_point() or flat.is_complex():
+        flat = flat + 0  # -0.0 + 0 = +0.0: the two zeros are one value, one label
     if flat.is_complex():
         flat = torch.view_as_real(flat).reshape(values.shape[0], -1).contiguous()
     if flat.dtype == torch.bool:
@@ -232,8 +234,13 @@ class ContentLabels:
     and returns :class:`IndexedGaussianLabels` of that key. The same transition, in any
     batch, at any position, in any epoch, gets the same label; two different transitions
     get independent labels (a collision needs both hashes to agree, about one pair in
-    ``2**62``). The cost per batch is a few integer operations per value and one
-    ``(B,)`` copy to the host.
+    ``2**62``). The hash depends on the exact values and their dtype (``-0.0`` counts
+    as ``0.0``): a pipeline that changes the dtype or rounds differently draws other
+    labels. Cost per batch: the hash is a few integer operations per value on the
+    tensors' device (0.22 s for two ``(32, 1, 256, 256)`` float32 tensors on one CPU
+    core) and one ``(B,)`` copy to the host; the normals are drawn on the host, like
+    :class:`IndexedGaussianLabels` (1 ms for ``(64, 32)``; 0.8 s for a
+    ``(32, 4, 256, 256)`` noise field, where index-keyed fixed labels cost the same).
 
     Parameters
     ----------

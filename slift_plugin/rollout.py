@@ -781,6 +781,11 @@ def _to_store(
         "dt": dt,
         "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype),
         "param_names": None if labels.param_names is None else [str(p) for p in labels.param_names],
+        # Settings that change the values but not the weights (flow matching's n_euler,
+        # DICE's sigma), the device type (it sets the noise stream) and the processor.
+        "stepper_config": labels.attrs.get("stepper_config"),
+        "device": labels.attrs.get("device"),
+        "data_processor": labels.attrs.get("data_processor"),
     }
     fp = fingerprint(
         job.stepper, windows=job.windows, mu=job.mu, coords=template.coords, **settings

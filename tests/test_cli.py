@@ -112,16 +112,13 @@ def test_quick_demo_writes_every_output(tmp_path):
     assert float(sl.isel(time=-1).std("sample").mean()) > 0.0
 
 
-@pytest.mark.parametrize(
-    "script", ["fno_allen_cahn.py", "dice_vlasov.py", "replace_sdeint_lorenz.py"]
-)
+@pytest.mark.parametrize("script", ["dice_vlasov.py", "replace_sdeint_lorenz.py"])
 def test_example_quick_mode(script, monkeypatch, tmp_path):
     import torch
 
     monkeypatch.setattr(sys, "argv", [script, "--quick"])
     namespace = runpy.run_path(str(ROOT / "examples" / script), run_name="example")
-    uses_out = "fno" not in script
-    args = ["--quick"] + (["--out", str(tmp_path), "--threads", "1"] if uses_out else [])
+    args = ["--quick", "--out", str(tmp_path), "--threads", "1"]
     try:
         result = namespace["main"](args)
     finally:

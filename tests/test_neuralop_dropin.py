@@ -144,7 +144,7 @@ def test_training_labels_are_fixed_per_transition_and_fresh_in_eval(monkeypatch)
     order = torch.tensor([5, 3, 1, 0, 2, 4])
     model(x=x[order], y=y[order])  # another batch order, another epoch
     assert torch.equal(seen[1], seen[0][order])
-    expected = ContentLabels((4,), model.label_seed)(x, y)
+    expected = ContentLabels((4,), seed=0)(x, y)
     assert torch.equal(seen[0], expected)
     model.eval()
     model(x=x, y=y)
@@ -257,3 +257,70 @@ def test_a_processed_stepper_only_rolls_out():
     assert wrapped.noise_shape((16,)) == model.noise_shape((16,))
     wrapped.eval()
     assert not model.training and not wrapped.training
+
+
+def test_every_rolled_out_step_goes_through_the_processor():
+    # A deterministic SL-FNO (no label): the whole rollout must be the composition
+    # x_{k+1} = out^-1(model(in(x_k))) applied step after step on physical states.
+    torch.manual_seed(0)
+    fno = FNO(n_modes=(4,), in_channels=1, out_channels=1, hidden_channels=8, n_layers=2)
+    model = lift(fno, label_dim=0, dt=0.5).eval()
+    model.set_normalization({"state_mean": [0.1], "state_std": [1.2], "delta_std": [0.3]})
+    p = processor(4)
+    u0 = 0.5 * torch.randn(3, 1, 16, generator=torch.Generator().manual_seed(1))
+    got = torch.as_tensor(rollout(model, u0, 4, data_processor=p).values)
+    inn, out = p.in_normalizer, p.out_normalizer
+    state = u0
+    with torch.no_grad():
+        for k in range(1, 5):
+            normalised = (state - inn.mean) / (inn.std + inn.eps)
+            state = model.step(normalised, None) * (out.std + out.eps) + out.mean
+            torch.testing.assert_close(got[:, k], state)
+
+
+def test_content_labels_are_standard_normal_and_independent_of_neighbours():
+    from scipy import stats
+
+    x = torch.randn(4000, 1, 8, generator=torch.Generator().manual_seed(0))
+    y = x.clone()
+    y[:, 0, 3] = torch.nextafter(y[:, 0, 3], torch.tensor(10.0))  # one ulp from x
+    labels = ContentLabels((5,), seed=3)
+    a, b = labels(x, x), labels(x, y)
+    assert stats.kstest(a.flatten().numpy(), "norm").pvalue > 1e-3
+    assert stats.kstest(b.flatten().numpy(), "norm").pvalue > 1e-3
+    r = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
+    assert abs(float(r)) < 0.03  # one ulp apart: independent labels
+    keys = labels.keys(x, y)
+    assert keys.dtype.name == "int64" and keys.min() >= 0 and len(set(keys.tolist())) == 4000
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.bool, torch.complex64]
+)
+def test_content_labels_take_every_dtype_and_see_every_value(dtype):
+    g = torch.Generator().manual_seed(1)
+    x = (10 * torch.randn(6, 2, 5, generator=g)).to(dtype)
+    labels = ContentLabels((3,))
+    base = labels(x)
+    changed = x.clone()
+    changed[2, 1, 4] = (changed[2, 1, 4] == 0) if dtype == torch.bool else changed[2, 1, 4] + 1
+    other = labels(changed)
+    assert torch.equal(other[[0, 1, 3, 4, 5]], base[[0, 1, 3, 4, 5]])
+    assert not torch.equal(other[2], base[2])
+
+
+def test_both_zeros_give_one_label():
+    labels = ContentLabels((4,))
+    assert torch.equal(labels(torch.zeros(1, 3)), labels(-torch.zeros(1, 3)))
+
+
+def test_a_trainer_checkpoint_rebuilds_without_code(tmp_path):
+    from slift_plugin import load_stepper
+
+    model = small_model().eval()
+    model.set_normalization({"state_mean": [0.1], "state_std": [1.2], "delta_std": [0.3]})
+    model.save_checkpoint(tmp_path, "model")  # what the Trainer's save_every calls
+    rebuilt = load_stepper(tmp_path / "model_state_dict.pt").eval()
+    assert type(rebuilt) is SLFNO
+    window, noise = torch.randn(3, 1, 16), torch.randn(3, 4)
+    assert torch.equal(rebuilt.step(window, noise), model.step(window, noise))

@@ -293,3 +293,18 @@ def test_a_store_killed_while_writing_a_chunk_resumes_and_leaves_no_temporary_fi
     assert counted == [CHUNK] * 2 * STEPS + [N - 5 * CHUNK] * STEPS  # chunks 3, 4 and 5
     assert [p.name for p in tmp_path.iterdir()] == ["ens.zarr"]
     assert not [f for f in files_under(path) if f.endswith((".partial", ".tmp"))]
+
+
+def test_settings_that_change_values_but_not_weights_are_refused(tmp_path):
+    # Flow matching's Euler steps change the ensemble without changing a weight: a store
+    # of 20 steps must not be completed by a run with 1 step (mixed chunks, false attrs).
+    from slift_plugin import FlowMatching
+
+    torch.manual_seed(0)
+    fm = FlowMatching(MLP(2, 1, label_dim=0, n_cond=1, hidden=8), (1,), n_euler=20, dt=0.1)
+    fm.set_normalization({"state_mean": [0.0], "state_std": [1.0], "delta_std": [1.0]})
+    out = tmp_path / "e.zarr"
+    rollout(fm, torch.zeros(1), 2, 8, chunk_size=4, seed=0, out=out)
+    fm.n_euler = 1
+    with pytest.raises(ValueError, match="stepper_config: store has"):
+        rollout(fm, torch.zeros(1), 2, 8, chunk_size=4, seed=0, out=out)
