@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -178,6 +179,53 @@ def _tiled(values: torch.Tensor | None, n_samples: int | None) -> torch.Tensor |
     return values.repeat(n_samples // values.shape[0], *([1] * (values.ndim - 1)))
 
 
+def _start_time(stepper: torch.nn.Module, source: xr.DataArray, k: int, path: str) -> float:
+    """``t0``: the time of the start states (0 without a ``time`` coord), in the model's unit.
+
+    Parameters
+    ----------
+    stepper : torch.nn.Module
+        The model; ``dt = nan`` when it counts time in steps (trained on such data).
+    source : xarray.DataArray
+        The ensemble the start states come from.
+    k : int
+        The index of the start time.
+    path : str
+        The file, as the messages name it.
+
+    Returns
+    -------
+    float
+        ``source``'s time at ``k``.
+
+    Raises
+    ------
+    ValueError
+        The time holds dates or durations (not numbers), or it counts steps while the model
+        steps in physical time, or the reverse: the output times would mix the two.
+    """
+    from .cli_train import _check_numeric_time
+    from .data.ensemble import time_counts_steps
+
+    if "time" not in source.coords:
+        return 0.0
+    _check_numeric_time(source["time"], path, "sample")
+    counts = time_counts_steps(source)
+    if counts is False and math.isnan(stepper.dt):
+        raise ValueError(
+            f"the model has no physical time step (it was trained on a time that counts "
+            f"steps), but {path}'s time coord is physical time (long_name 'time'): the output "
+            "times would mix the two; start it from an ensemble whose time counts steps"
+        )
+    if counts and not math.isnan(stepper.dt):
+        raise ValueError(
+            f"the model steps dt = {stepper.dt:g} in physical time, but {path}'s time coord "
+            "counts steps (long_name 'step'): the output times would mix the two; start it "
+            "from an ensemble in physical time"
+        )
+    return float(source["time"].values[k])
+
+
 def _coords(source: xr.DataArray) -> dict[str, np.ndarray]:
     """The channel and grid coords of the output: the source's, or positions."""
     return {
@@ -243,6 +291,7 @@ def _sample(args: argparse.Namespace) -> int:
         stepper = load_stepper(ckpt, map_location="cpu")
     if args.n_euler is not None:
         _set_n_euler(stepper, args.n_euler, ckpt)
+    t0 = _start_time(stepper, source, k, path)
     x0 = _tiled(_windows(stepper, source, k, path), args.n_samples)
     mu = _tiled(_params(stepper, source, path), args.n_samples)
     if mu is not None and mu.shape[0] == 1:
@@ -257,7 +306,7 @@ def _sample(args: argparse.Namespace) -> int:
             seed=args.seed,
             chunk_size=args.chunk_size,
             device=args.device,
-            t0=float(source["time"].values[k]) if "time" in source.coords else 0.0,
+            t0=t0,
             coords=_coords(source),
             param_names=param_names(source) or None,
             progress=not args.quiet,
@@ -276,7 +325,13 @@ state of every sample of --x0 FILE, or the states at --time-index K of --data FI
 model with a history of h states takes the h states up to that time); physics parameters
 come from the file's mu_<name> coords. A .zarr output is written chunk by chunk, and
 rerunning the same command after an interruption resumes it; a .nc output is written
-atomically when done."""
+atomically when done.
+
+The output's time starts at the file's time of the initial states (0 if it has none) and
+advances by the model's dt; a model trained on a time that counts steps (dt = nan) counts
+steps (long_name "step"). The file's time must be plain numbers (dates or durations, as
+xarray decodes CF units such as "hours since ...", are refused), and must count steps if
+and only if the model does."""
 
 _EXAMPLES = """examples:
   slift sample ckpt --data ou.nc --n-steps 10 --n-samples 4096 --out ens.nc
@@ -352,7 +407,8 @@ def add_sample_parser(sub: argparse._SubParsersAction, formatter: type) -> None:
         "--n-euler",
         type=_positive_int,
         default=None,
-        help="flow-matching models: Euler steps per output step (default: as trained)",
+        help="flow-matching (cfm) models only, refused for others: Euler steps per output "
+        "step (default: as trained)",
     )
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     sample.set_defaults(run=_sample)

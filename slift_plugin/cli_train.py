@@ -1,8 +1,10 @@
 """``slift train``: fit a stepper to the trajectories of a netCDF file or zarr store.
 
 The data is an ensemble as ``slift generate`` writes it: dims ``(sample, time, channel,
-*grid)``, a uniformly spaced ``time`` coord (the step ``dt``) and optional ``mu_<name>``
-coords along ``sample`` (physics parameters, which the stepper is then conditioned on).
+*grid)``, a uniformly spaced numeric ``time`` coord (the step ``dt``; ``nan`` when it counts
+steps; dates and durations are refused) and optional ``mu_<name>`` coords along ``sample``
+(physics parameters, which the stepper is then conditioned on). An option that the chosen
+method or backbone does not use is refused, not ignored.
 The checkpoint is :func:`slift_plugin.fit`'s ``CKPT_DIR/last.pt``: atomic, resumable with
 ``--resume`` (the same settings and data), and what ``slift sample`` reads.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import os
 import sys
 from functools import partial
@@ -80,19 +83,21 @@ def _load_training_data(path: str, history: int) -> xr.DataArray:
     Returns
     -------
     xarray.DataArray
-        The ensemble, loaded, with finite values and a uniform ``time`` coord.
+        The ensemble, loaded, with finite values and a uniform, numeric ``time`` coord.
 
     Raises
     ------
     FileNotFoundError, ValueError
-        Nothing at ``path``; an unreadable file, another layout, no ``time`` coord or a
-        non-uniform one, too few times, or NaN/Inf values or parameters.
+        Nothing at ``path``; an unreadable file, another layout, no ``time`` coord, a
+        non-numeric one (dates or durations) or a non-uniform one, too few times, or
+        NaN/Inf values or parameters.
     """
     from .data import ensemble_params, load_ensemble, uniform_step
 
     data = load_ensemble(path)
     if "time" not in data.coords:
         raise ValueError(f"{path} has no time coordinate; slift train takes the step dt from it")
+    _check_numeric_time(data["time"], path, "train")
     n_times = data.sizes["time"]
     if n_times < history + 1:
         raise ValueError(
@@ -109,6 +114,67 @@ def _load_training_data(path: str, history: int) -> xr.DataArray:
     if mu is not None and not torch.isfinite(mu).all():
         raise ValueError(f"{path} has NaN or Inf physics parameters (mu_* coords)")
     return data
+
+
+def _check_numeric_time(time: xr.DataArray, path: str, command: str) -> None:
+    """Refuse a ``time`` coord that is not plain numbers: dates, durations or cftime objects.
+
+    xarray decodes a netCDF time with CF units (``"hours since 2000-01-01"``, or a duration
+    unit with a timedelta ``dtype`` attribute) into datetime64 or timedelta64; its step as a
+    float would be in nanoseconds, and a datetime as a float the nanoseconds since 1970.
+
+    Parameters
+    ----------
+    time : xarray.DataArray
+        The ``time`` coord of the ensemble at ``path``.
+    path : str
+        The file, as the message names it.
+    command : str
+        ``"train"`` or ``"sample"``, as the message names it.
+
+    Raises
+    ------
+    ValueError
+        ``time`` does not hold integers or floats.
+    """
+    if time.dtype.kind in "iuf":
+        return
+    kind = {"M": "dates (datetime64)", "m": "durations (timedelta64)"}.get(
+        time.dtype.kind, f"non-numeric values ({time.dtype}, e.g. cftime dates)"
+    )
+    units = time.encoding.get("units")
+    decoded = f", decoded by xarray from the CF units {units!r}" if units else ""
+    raise ValueError(
+        f"{path}: its time coord holds {kind}{decoded}; slift {command} needs a numeric "
+        "time whose step is dt in the data's time unit: open the file with "
+        "xarray.open_dataset(path, decode_times=False, decode_timedelta=False), replace "
+        "time.attrs by {'long_name': 'time', 'units': 'hours'} or another plain unit (no "
+        "'since', no 'dtype' attribute), and save it again"
+    )
+
+
+def _time_step(data: xr.DataArray, path: str, method: str) -> float:
+    """The stepper's ``dt``: the step of ``data``'s time coord, or nan when it counts steps.
+
+    A time coord marked as a step count (``long_name`` ``"step"``, as ``slift sample``
+    writes for a stepper without a physical step; see
+    :func:`slift_plugin.data.ensemble.time_counts_steps`) has no physical step: the stepper is
+    trained with ``dt = nan`` and its samples count time in steps. DICE integrates an SDE
+    in physical time and is refused such data.
+    """
+    from .data import uniform_step
+    from .data.ensemble import time_counts_steps
+
+    dt = uniform_step(data["time"].values, f"{path} time")
+    if not time_counts_steps(data):
+        return dt
+    if method == "dice":
+        raise ValueError(
+            f"--method dice integrates in physical time, but {path}'s time coord counts steps "
+            "(long_name 'step'): it has no physical dt; give the file a time coord in "
+            "physical time, or use another --method"
+        )
+    return math.nan
 
 
 def _backbone_kind(choice: str, data: xr.DataArray, path: str) -> str:
@@ -221,7 +287,7 @@ def _dice(args: argparse.Namespace, kind: str, data: xr.DataArray, **common) -> 
     return DICE(potential, sigma=args.sigma, n_substeps=args.n_substeps, **common)
 
 
-def _build_stepper(args: argparse.Namespace, kind: str, data: xr.DataArray) -> nn.Module:
+def _build_stepper(args: argparse.Namespace, kind: str, data: xr.DataArray, dt: float) -> nn.Module:
     """The untrained stepper of ``--method`` on backbone ``kind``, sized for ``data``.
 
     Parameters
@@ -231,14 +297,16 @@ def _build_stepper(args: argparse.Namespace, kind: str, data: xr.DataArray) -> n
     kind : str
         The backbone, one of :data:`BACKBONES` but ``auto``.
     data : xarray.DataArray
-        The training ensemble (its channels, grid, parameters and time step).
+        The training ensemble (its channels, grid and parameters).
+    dt : float
+        The step of :func:`_time_step` (nan: the data's time counts steps).
 
     Returns
     -------
     torch.nn.Module
         The stepper; its weights are drawn from ``--seed``.
     """
-    from .data import param_names, uniform_step
+    from .data import param_names
     from .methods import EnergyScoreLifting, FlowMatching, MeanRegression, StochasticLifting
 
     n_params = len(param_names(data))
@@ -246,7 +314,7 @@ def _build_stepper(args: argparse.Namespace, kind: str, data: xr.DataArray) -> n
     common = {
         "state_shape": (data.sizes["channel"], *grid),
         "n_params": n_params,
-        "dt": uniform_step(data["time"].values),
+        "dt": dt,
     }
     net = partial(_network, args, kind, data, n_cond=n_params)
     h, method = args.history, args.method
@@ -319,7 +387,8 @@ def _checkpoint_dir(out: str, *, resume: bool, overwrite: bool, data: str) -> tu
     ValueError
         ``out`` is the data or inside it, is a file, cannot be written, holds a checkpoint
         without ``--resume`` or ``--overwrite``, or is a non-empty folder without one and
-        without ``--overwrite``.
+        without ``--overwrite`` (with ``--resume`` too: there is nothing to resume there,
+        and a fresh run does not write into an unrelated folder).
     """
     from .train import CHECKPOINT_NAME
 
@@ -332,9 +401,17 @@ def _checkpoint_dir(out: str, *, resume: bool, overwrite: bool, data: str) -> tu
     if os.path.lexists(path) and not path.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory; expected a checkpoint folder")
     held = os.path.lexists(path / CHECKPOINT_NAME)
-    if resume:
+    if resume and held:
         _check_writable(path, out)
-        return path, held
+        return path, True
+    if resume and path.is_dir() and any(path.iterdir()):
+        shown = sorted(p.name for p in path.iterdir())
+        shown = ", ".join(shown[:4]) + (", ..." if len(shown) > 4 else "")
+        raise ValueError(
+            f"--out {out} holds no checkpoint ({CHECKPOINT_NAME}) to resume, and is a "
+            f"non-empty folder (holds {shown}); refusing to start a run in it: choose "
+            "another --out, or pass --overwrite instead of --resume to write into it"
+        )
     if held and not overwrite:
         raise ValueError(
             f"--out {out} holds a checkpoint ({CHECKPOINT_NAME}); pass --resume to continue "
@@ -358,10 +435,84 @@ def _summary(args, kind, data, n_examples, dt, result) -> str:
     )
     done = result.resumed_from_epoch
     start = f" (resumed after epoch {done})" if done else ""
+    step = "none (time counts steps)" if math.isnan(dt) else f"{dt:g}"
     return (
-        f"trained {args.method} on a {kind} backbone: {examples}, dt {dt:g}, "
+        f"trained {args.method} on a {kind} backbone: {examples}, dt {step}, "
         f"{result.epochs} epochs{start}, final loss {result.final_loss:.4g}"
     )
+
+
+# -- options a run does not use ------------------------------------------------------------------
+_OPERATORS = ("fno", "tfno", "uno")
+_LABELLED = ("sl", "es")
+#: option dest -> (the methods, the backbones that use it); None: every one.
+_USED_BY: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...] | None]] = {
+    "label_dim": (_LABELLED, None),
+    "hidden": (None, ("mlp",)),
+    "depth": (None, ("mlp",)),
+    "n_modes": (None, _OPERATORS),
+    "hidden_channels": (None, _OPERATORS),
+    "n_layers": (None, _OPERATORS),
+    "injection": (_LABELLED, _OPERATORS),
+    "n_euler": (("cfm",), None),
+    "n_members": (("es",), None),
+    "sigma": (("dice",), None),
+    "n_substeps": (("dice",), None),
+}
+
+
+class _Given(argparse.Action):
+    """Stores the value, as ``store`` does, and notes that the option was given.
+
+    The parser keeps the real default (so that ``--help`` shows it); ``args.given`` tells
+    a default apart from an option given explicitly, which is refused when the run does
+    not use it (:func:`_refuse_unused`).
+    """
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = (*getattr(namespace, "given", ()), self.dest)
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _names(values: tuple[str, ...]) -> str:
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
+
+
+def _refuse_unused(args: argparse.Namespace, kind: str | None = None) -> None:
+    """Refuse an option given explicitly that ``--method`` (or backbone ``kind``) ignores.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``slift train`` arguments (``given``: the options given explicitly).
+    kind : str or None
+        The backbone once known (``--backbone auto`` picks it by the data); None checks
+        the method only.
+
+    Raises
+    ------
+    ValueError
+        Naming the first such option, and what uses it.
+    """
+    for dest in getattr(args, "given", ()):
+        methods, backbones = _USED_BY.get(dest, (None, None))
+        if methods is not None and args.method not in methods:
+            raise ValueError(
+                f"{_flag(dest)} applies to --method {_names(methods)} only; --method "
+                f"{args.method} does not use it: drop it"
+            )
+        if kind is not None and backbones is not None and kind not in backbones:
+            chosen = f"--backbone {kind}"
+            if args.backbone == "auto":
+                chosen = f"the {kind} backbone (--backbone auto, by the dims of {args.data})"
+            raise ValueError(
+                f"{_flag(dest)} applies to the {_names(backbones)} backbone only; {chosen} "
+                "does not use it: drop it"
+            )
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -371,9 +522,12 @@ def _train(args: argparse.Namespace) -> int:
     out, resumable = _checkpoint_dir(
         args.out, resume=args.resume, overwrite=args.overwrite, data=args.data
     )
+    _refuse_unused(args)
     data = _load_training_data(args.data, args.history)
     kind = _backbone_kind(args.backbone, data, args.data)
-    stepper = _build_stepper(args, kind, data)
+    _refuse_unused(args, kind)
+    dt = _time_step(data, args.data, args.method)
+    stepper = _build_stepper(args, kind, data, dt)
     dataset = _training_set(args, stepper, data)
     if args.resume and not resumable:
         note = f"slift train: no checkpoint in {args.out} to resume; starting afresh"
@@ -404,8 +558,20 @@ def _train(args: argparse.Namespace) -> int:
 
 # -- the parser ---------------------------------------------------------------------------------
 _DESCRIPTION = """Train a stepper on the trajectories of an ensemble file, as slift generate writes
-it: dims (sample, time, channel, *grid), a uniform time coord (the step dt), optional
-mu_<name> coords along sample (physics parameters the stepper is then conditioned on).
+it: dims (sample, time, channel, *grid), a uniform numeric time coord (its step is dt, in
+the data's time unit), optional mu_<name> coords along sample (physics parameters the
+stepper is then conditioned on).
+
+time: dates or durations (a netCDF time with CF units such as "hours since 2000-01-01",
+which xarray decodes) are refused; store the time as plain numbers in a stated unit. A
+time coord that counts steps (long_name "step", as slift sample writes for such a model)
+has no physical step: the stepper is trained with dt = nan and its samples count time in
+steps; --method dice, which integrates in physical time, refuses such data.
+
+Options that the chosen --method or backbone does not use (e.g. --n-euler without
+--method cfm, --hidden with an operator backbone) are refused, not ignored; each option's
+help names what uses it.
+
 The checkpoint is --out/last.pt, written atomically every --checkpoint-every epochs and at
 the end; --resume continues it (with the same data and settings), slift sample reads it."""
 
@@ -417,7 +583,10 @@ _EXAMPLES = """examples:
 
 
 def _add_model_options(train: argparse.ArgumentParser) -> None:
-    model = train.add_argument_group("model")
+    """The method, the backbone and their sizes; each option's help names what uses it."""
+    model = train.add_argument_group(
+        "model", "options that the chosen --method or backbone does not use are refused"
+    )
     model.add_argument("--method", choices=METHODS, default="sl", help=_METHOD_HELP)
     model.add_argument(
         "--backbone",
@@ -426,44 +595,38 @@ def _add_model_options(train: argparse.ArgumentParser) -> None:
         help="network: mlp for vector data (sample, time, channel); fno, tfno or uno "
         "(neuraloperator) for fields (sample, time, channel, *grid); auto picks by the dims",
     )
-    model.add_argument(
-        "--label-dim", type=_positive_int, default=32, help="label size per point (sl, es)"
-    )
+    given = partial(model.add_argument, action=_Given)
+    given("--label-dim", type=_positive_int, default=32, help="sl, es: label size per point")
     model.add_argument(
         "--history", type=_positive_int, default=1, help="past states in the input window"
     )
-    model.add_argument("--hidden", type=_positive_int, default=128, help="MLP width")
-    model.add_argument("--depth", type=_positive_int, default=3, help="MLP hidden layers")
-    model.add_argument(
+    given("--hidden", type=_positive_int, default=128, help="mlp backbone: width")
+    given("--depth", type=_positive_int, default=3, help="mlp backbone: hidden layers")
+    given(
         "--n-modes",
         type=_positive_int,
         nargs="+",
         default=None,
         metavar="M",
-        help="operator Fourier modes: one count for every grid dim or one per dim "
-        "(default: min(16, points // 2) per dim)",
+        help="operator backbones (fno, tfno, uno): Fourier modes, one count for every grid "
+        "dim or one per dim (default: min(16, points // 2) per dim)",
     )
-    model.add_argument("--hidden-channels", type=_positive_int, default=32, help="operator width")
-    model.add_argument("--n-layers", type=_positive_int, default=4, help="operator blocks")
-    model.add_argument(
+    given("--hidden-channels", type=_positive_int, default=32, help="operator backbones: width")
+    given("--n-layers", type=_positive_int, default=4, help="operator backbones: blocks")
+    given(
         "--injection",
         choices=("channels", "noise_field", "embedding"),
         default="channels",
-        help="how an operator takes the label (sl, es): constant channels, a white-noise "
-        "field of the state's grid, or an embedding added in every block",
+        help="sl, es on an operator backbone: how the operator takes the label: constant "
+        "channels, a white-noise field of the state's grid, or an embedding added in every "
+        "block",
     )
-    model.add_argument(
-        "--n-euler", type=_positive_int, default=20, help="cfm: Euler steps per output step"
-    )
-    model.add_argument(
+    given("--n-euler", type=_positive_int, default=20, help="cfm: Euler steps per output step")
+    given(
         "--n-members", type=_positive_int, default=2, help="es: samples per transition in the loss"
     )
-    model.add_argument(
-        "--sigma", type=_nonnegative_float, default=0.0, help="dice: known diffusion (0: none)"
-    )
-    model.add_argument(
-        "--n-substeps", type=_positive_int, default=4, help="dice: Euler sub-steps per step"
-    )
+    given("--sigma", type=_nonnegative_float, default=0.0, help="dice: known diffusion (0: none)")
+    given("--n-substeps", type=_positive_int, default=4, help="dice: Euler sub-steps per step")
 
 
 def _add_fit_options(train: argparse.ArgumentParser) -> None:
@@ -507,15 +670,17 @@ def add_train_parser(sub: argparse._SubParsersAction, formatter: type) -> None:
     )
     train.add_argument(
         "data",
-        help="netCDF file or zarr store: dims (sample, time, channel, *grid), a uniform time "
-        "coord (gives dt), optional mu_<name> coords along sample (physics parameters)",
+        help="netCDF file or zarr store: dims (sample, time, channel, *grid), a uniform "
+        "numeric time coord (gives dt; one that counts steps gives dt = nan), optional "
+        "mu_<name> coords along sample (physics parameters)",
     )
     train.add_argument("--out", required=True, help="checkpoint folder (gets last.pt)")
     again = train.add_mutually_exclusive_group()
     again.add_argument(
         "--resume",
         action="store_true",
-        help="continue --out/last.pt (same data and settings; starts afresh when absent)",
+        help="continue --out/last.pt (same data and settings); without one, start afresh "
+        "in a new or empty --out (a non-empty folder is refused)",
     )
     again.add_argument(
         "--overwrite",
@@ -525,4 +690,4 @@ def add_train_parser(sub: argparse._SubParsersAction, formatter: type) -> None:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_options(train)
     _add_fit_options(train)
-    train.set_defaults(run=_train)
+    train.set_defaults(run=_train, given=())
