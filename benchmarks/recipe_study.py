@@ -165,7 +165,13 @@ EXPERIMENTS: dict[str, dict[str, list[str]]] = {
     "history": {p: ["solver", "sl-l32", "sl-l32-h2"] for p in _VECTORS},
     "es_finetune": {
         **{p: ["solver", "sl-l32", "es-ft:sl-l32", "coupled", "es-ft:coupled"] for p in _VECTORS},
-        "allen_cahn": ["solver", "sl-noise_field", "es-ft:sl-noise_field"],
+        "allen_cahn": [
+            "solver",
+            "sl-noise_field",
+            "es-ft:sl-noise_field",
+            "coupled",
+            "es-ft:coupled",
+        ],
     },
 }
 
