@@ -205,6 +205,72 @@ def test_snapshot_data_from_xarray_layouts_and_parameter_holdout():
     torch.testing.assert_close(batch["t"], torch.tensor([0.0, 1.5]))  # endpoints kept
 
 
+def _groups_by_python_loop(pops, exclude=()):
+    """The grouping rule spelled out per sample: value rounded to 6 decimals, order of
+    first appearance, a group keeps the times at which it has samples."""
+    excluded = {tuple(round(float(v), 6) for v in p) for p in exclude}
+    order, rows = [], {}
+    for k, pop in enumerate(pops):
+        mu = np.stack([pop[c].values for c in sorted(pop.coords) if c.startswith("mu_")], 1)
+        for i in range(pop.sizes["sample"]):
+            key = tuple(round(float(v), 6) for v in mu[i].astype(np.float32))
+            if key in excluded:
+                continue
+            if key not in rows:
+                order.append(key)
+                rows[key] = {}
+            rows[key].setdefault(k, []).append(pop.values[i])
+    return [(key, {k: np.stack(v) for k, v in rows[key].items()}) for key in order]
+
+
+def test_snapshot_grouping_matches_the_per_sample_rule():
+    # interleaved values, two that differ below the 6th decimal (one group), a value only
+    # present at some times, two parameters, an excluded value
+    g = np.random.default_rng(3)
+    values = np.array([[2.0, 0.5], [1.0, 0.5], [1.0000001, 0.5], [3.0, 0.25], [1.0, 0.75]])
+    pops = []
+    for k, t in enumerate((0.0, 0.3, 0.9, 1.4)):
+        n = 40 + 7 * k
+        pick = g.integers(0, 4 if k % 2 else 5, size=n)
+        pops.append(
+            xr.DataArray(
+                g.normal(size=(n, 2)),
+                dims=("sample", "channel"),
+                coords={
+                    "time": t,
+                    "mu_a": ("sample", values[pick, 0]),
+                    "mu_b": ("sample", values[pick, 1]),
+                },
+            )
+        )
+    expected = _groups_by_python_loop(pops, exclude=[[3.0, 0.25]])
+    ds = SnapshotDataset.from_xarray(pops, exclude_params=[[3.0, 0.25]])
+    assert [tuple(round(float(v), 6) for v in m) for m in ds.params] == [k for k, _ in expected]
+    for (times, populations, _), (_, per_time) in zip(ds.groups, expected, strict=True):
+        assert times.tolist() == pytest.approx([pops[k]["time"].item() for k in per_time])
+        for pop, ref in zip(populations, per_time.values(), strict=True):
+            torch.testing.assert_close(pop, torch.tensor(ref, dtype=torch.float32))
+
+
+def test_snapshot_grouping_of_a_large_ensemble():
+    # 4 values x 5,000 samples x 101 times: grouped per distinct value, not per sample
+    # (per sample this took minutes at the authors' sizes)
+    n, n_times = 5000, 101
+    v0 = np.repeat([0.8, 0.9, 1.1, 1.2], n)
+    states = np.arange(4 * n, dtype=np.float64)[:, None, None] + np.zeros((1, n_times, 2))
+    ens = xr.DataArray(
+        states,
+        dims=("sample", "time", "channel"),
+        coords={"time": np.linspace(0, 40, n_times), "mu_v0": ("sample", v0)},
+    )
+    ds = SnapshotDataset.from_xarray(ens, exclude_params=[[1.1]])
+    assert [float(m) for m in ds.params] == pytest.approx([0.8, 0.9, 1.2])
+    for j, (times, populations, _) in enumerate(ds.groups):
+        assert len(times) == n_times
+        first = [0, 1, 3][j] * n
+        torch.testing.assert_close(populations[-1][:, 0], torch.arange(first, first + n).float())
+
+
 @pytest.mark.parametrize(
     "groups, match",
     [

@@ -143,6 +143,33 @@ def _populations(
     return torch.tensor(t, dtype=dtype), per_time, per_time_mu
 
 
+def _split_by_value(mu: Tensor) -> list[tuple[tuple, Tensor]]:
+    """The rows of each parameter value of one population, in order of first appearance.
+
+    Parameters
+    ----------
+    mu : torch.Tensor
+        ``(n, n_params)`` parameters of the population's samples.
+
+    Returns
+    -------
+    list of tuple
+        ``(key, mask)``: the value rounded to 6 decimals and the boolean mask ``(n,)`` of
+        its rows. Distinct values that round alike share one key.
+    """
+    # Python rounding only on the distinct rows: per sample it cost ~14 us, minutes for
+    # the authors' regime (tens of thousands of particles at hundreds of times).
+    distinct, inverse = torch.unique(mu, dim=0, return_inverse=True)
+    first = torch.full((len(distinct),), mu.shape[0], dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(mu.shape[0]), "amin")
+    masks: dict[tuple, Tensor] = {}
+    for u in first.argsort().tolist():
+        key = tuple(round(float(v), 6) for v in distinct[u])
+        mask = inverse == u
+        masks[key] = masks[key] | mask if key in masks else mask
+    return list(masks.items())
+
+
 def _group_by_params(
     times: Tensor,
     per_time: list[Tensor],
@@ -174,20 +201,21 @@ def _group_by_params(
     excluded = {tuple(round(float(v), 6) for v in p) for p in exclude_params}
     keys: dict[tuple, int] = {}
     buckets: list[list[list[Tensor]]] = []
+    split_of: dict[int, list[tuple[tuple, Tensor]]] = {}  # an ensemble shares one mu
     for k, (pop, mu) in enumerate(zip(per_time, per_time_mu, strict=True)):
-        rows = (
-            [()] * pop.shape[0]
-            if mu is None
-            else [tuple(round(float(v), 6) for v in m) for m in mu]
-        )
-        for key in dict.fromkeys(rows):
+        if mu is None:
+            split = [((), slice(None))]
+        elif id(mu) in split_of:
+            split = split_of[id(mu)]
+        else:
+            split = split_of[id(mu)] = _split_by_value(mu)
+        for key, rows in split:
             if key in excluded:
                 continue
-            mask = torch.tensor([r == key for r in rows])
             if key not in keys:
                 keys[key] = len(buckets)
                 buckets.append([[] for _ in per_time])
-            buckets[keys[key]][k].append(pop[mask])
+            buckets[keys[key]][k].append(pop[rows])
     groups = []
     for key, b in zip(keys, buckets, strict=True):
         present = [k for k in range(len(per_time)) if b[k]]
