@@ -33,7 +33,6 @@ import torch
 
 from slift_plugin import (
     EnergyScoreLifting,
-    FlowMatching,
     StochasticLifting,
     TransitionDataset,
     evaluate,
@@ -42,7 +41,8 @@ from slift_plugin import (
     teacher_labels,
 )
 from slift_plugin.bench.methods import ES_MEMBERS
-from slift_plugin.demo import DemoConfig, _fit, _fno, summary_table
+from slift_plugin.bench.problems import spectrum_error
+from slift_plugin.demo import DemoConfig, _fit, _fno, _teacher, summary_table
 from slift_plugin.systems import allen_cahn
 
 FINETUNE_EPOCHS, FINETUNE_LR = 0.3, 0.25  # as benchmarks/recipe_study.py
@@ -68,6 +68,7 @@ def scored(cfg: DemoConfig, stepper, reference) -> dict:
         "std_rel_error": table["std_rel_error"].round(3).tolist(),
         "mean_rel_error": table["mean_rel_error"].round(3).tolist(),
         "times": table["time"].tolist(),
+        "spectrum_error": round(spectrum_error(ensemble, reference), 4),
         "sample_seconds": round(seconds, 1),
     }
 
@@ -99,12 +100,7 @@ def run(teacher_epochs: int, distil: bool, out: Path, es_finetune: bool = False)
     train = allen_cahn(n_samples=cfg.n_train, seed=cfg.seed, **common)
     reference = allen_cahn(n_samples=2 * cfg.n_generate, seed=cfg.seed + 1, **common)
     transitions = TransitionDataset.from_xarray(train)
-    teacher = FlowMatching(
-        _fno(cfg, label_dim=0, history=2, n_cond=1),
-        (1, None),
-        n_euler=cfg.inversion_steps,
-        dt=cfg.dt,
-    )
+    teacher = _teacher(cfg)
     fitted = _fit(cfg, teacher, transitions, "teacher (CFM)", cfg.teacher_epochs)
     record = {
         "config": asdict(cfg),

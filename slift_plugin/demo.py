@@ -55,10 +55,16 @@ class DemoConfig:
         Euler steps of the teacher's backward flow that gives the SL labels.
     teacher_epochs : int
         Training epochs of the flow-matching teacher: half the models' budget, which
-        keeps its cost to about a third of the demo's training time (265 s against 398 s
-        for SL and 378 s for MSE, measured 2026-12-02).
+        keeps its cost to about a third of the demo's training time (288 s against 517 s
+        for SL and 488 s for MSE, measured 2026-12-02).
     hidden_channels, n_modes, n_layers : int
         FNO width, Fourier modes and layers (the same for the teacher, SL and MSE).
+        ``n_modes`` counts as neuraloperator does (``n_modes // 2 + 1`` real-FFT modes),
+        so 128 keeps every mode of the 128-cell grid: the label is a white noise field
+        and the model must shape it at every wavenumber. With 16 (9 modes) the spectrum
+        error of the SL ensemble was 0.42, with 128 it is 0.073 (a solver ensemble:
+        0.028), at about the same ED ratio and up to 1.3x the training time
+        (``benchmarks/demo_rollout_loss_study.py``, BENCHMARKS.md).
     epochs, batch_size : int
         Training budget of each model.
     lr : float
@@ -78,7 +84,7 @@ class DemoConfig:
     inversion_steps: int = 20
     teacher_epochs: int = 60
     hidden_channels: int = 32
-    n_modes: int = 16
+    n_modes: int = 128
     n_layers: int = 4
     epochs: int = 120
     batch_size: int = 64
@@ -139,12 +145,17 @@ def _fit(cfg: DemoConfig, stepper, data: TransitionDataset, name: str, epochs: i
     )
 
 
+def _teacher(cfg: DemoConfig) -> FlowMatching:
+    """The untrained flow-matching teacher: the demo's FNO as a velocity ``v(z, x_k, s)``."""
+    velocity = _fno(cfg, label_dim=0, history=2, n_cond=1)
+    return FlowMatching(velocity, (1, None), n_euler=cfg.inversion_steps, dt=cfg.dt)
+
+
 def _coupled_labels(cfg: DemoConfig, train: xr.DataArray) -> tuple[StoredLabels, float]:
     """Train the flow-matching teacher and invert it on every training transition."""
     started = time.perf_counter()
     transitions = TransitionDataset.from_xarray(train)
-    velocity = _fno(cfg, label_dim=0, history=2, n_cond=1)
-    teacher = FlowMatching(velocity, (1, None), n_euler=cfg.inversion_steps, dt=cfg.dt)
+    teacher = _teacher(cfg)
     _fit(cfg, teacher, transitions, "teacher (CFM)", cfg.teacher_epochs)
     labels = teacher_labels(teacher, transitions, n_steps=cfg.inversion_steps)
     return labels, time.perf_counter() - started
