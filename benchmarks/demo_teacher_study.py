@@ -9,12 +9,25 @@ the coupled labels. With ``--es-finetune``, each distilled model is then fine-tu
 the energy score as the recipe study does it (``EnergyScoreLifting`` on a copy of its
 backbone, 30% of the epochs at a quarter of the learning rate, 2 members, fresh noise on
 the plain transitions) and scored again. Everything else is the demo's
-(``slift_plugin.demo.DemoConfig``).
+(``slift_plugin.demo.DemoConfig``), except that the FNOs keep neuraloperator's grid
+embedding unless ``--no-grid-embedding`` is given (the demo's FNOs before 2026-12-02). The
+first two commands ran when the demo trained SL for 120 epochs with ``n_modes=16``;
+``--sl-epochs 120`` gives that budget today.
 
     OMP_NUM_THREADS=2 python benchmarks/demo_teacher_study.py --teacher-epochs 60 120 \\
         --distil 120
     OMP_NUM_THREADS=2 python benchmarks/demo_teacher_study.py --teacher-epochs 60 \\
         --distil 60 --es-finetune
+
+The demo's budget and FNO (``--sl-epochs`` trains one SL model per value from the same
+teacher; ``--seed`` is the demo's seed, which also draws its data; ``--no-grid-embedding``
+drops neuraloperator's positional embedding from every FNO), as in BENCHMARKS.md:
+
+    OMP_NUM_THREADS=1 python benchmarks/demo_teacher_study.py --teacher-epochs 60 \\
+        --distil 60 --sl-epochs 15 30 60 --out benchmarks/results/cpu/demo_budget
+    OMP_NUM_THREADS=1 python benchmarks/demo_teacher_study.py --teacher-epochs 60 \\
+        --distil 60 --sl-epochs 30 --no-grid-embedding --seed 1 \\
+        --out benchmarks/results/cpu/demo_budget
 
 Results: one JSON per run in ``--out`` (default ``benchmarks/results/cpu/demo_teacher``)
 and a table on stdout: the ED ratio at the demo's horizons (t = 2, 4, 8).
@@ -26,10 +39,12 @@ import argparse
 import copy
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
+import xarray as xr
 
 from slift_plugin import (
     EnergyScoreLifting,
@@ -94,10 +109,22 @@ def finetuned(cfg: DemoConfig, sl: StochasticLifting, train, reference) -> dict:
     }
 
 
-def run(teacher_epochs: int, distil: bool, out: Path, es_finetune: bool = False) -> dict:
-    cfg = DemoConfig(teacher_epochs=teacher_epochs)
+def run(
+    teacher_epochs: int,
+    distil: bool,
+    out: Path,
+    es_finetune: bool = False,
+    sl_epochs: tuple[int, ...] | None = None,
+    seed: int = 0,
+    embedding: str | None = "grid",
+    sign_flip: bool = False,
+) -> dict:
+    """Train the teacher once; distil it into one SL model per entry of ``sl_epochs``."""
+    cfg = DemoConfig(teacher_epochs=teacher_epochs, seed=seed, positional_embedding=embedding)
     common = dict(n_steps=cfg.n_steps, dt=cfg.dt, n_grid=cfg.n_grid)
     train = allen_cahn(n_samples=cfg.n_train, seed=cfg.seed, **common)
+    if sign_flip:
+        train = with_sign_flips(train)
     reference = allen_cahn(n_samples=2 * cfg.n_generate, seed=cfg.seed + 1, **common)
     transitions = TransitionDataset.from_xarray(train)
     teacher = _teacher(cfg)
@@ -108,21 +135,51 @@ def run(teacher_epochs: int, distil: bool, out: Path, es_finetune: bool = False)
         | {"train_seconds": round(fitted.wall_time, 1), "train_loss": fitted.final_loss},
     }
     if distil:
+        started = time.perf_counter()
         labels = teacher_labels(teacher, transitions, n_steps=cfg.inversion_steps)
-        sl = StochasticLifting(_fno(cfg, label_dim=1), (1, None), dt=cfg.dt)
-        result = _fit(
-            cfg, sl, TransitionDataset.from_xarray(train, labels=labels), "SL", cfg.epochs
-        )
-        record["sl"] = scored(cfg, sl, reference) | {
-            "train_seconds": round(result.wall_time, 1),
-            "train_loss": result.final_loss,
-        }
-        if es_finetune:
-            record["sl+es"] = finetuned(cfg, sl, train, reference)
+        record["teacher"]["inversion_seconds"] = round(time.perf_counter() - started, 1)
+        for epochs in sl_epochs or (cfg.epochs,):
+            key = "sl" if sl_epochs is None else f"sl{epochs}"
+            record.update(distilled(replace(cfg, epochs=epochs), train, labels, reference, key))
+            if es_finetune:
+                record[f"{key}+es"] = finetuned(cfg, record.pop("_model"), train, reference)
+            record.pop("_model", None)
     out.mkdir(parents=True, exist_ok=True)
     name = f"teacher{teacher_epochs}" + ("-es" if es_finetune else "")
+    if sl_epochs is not None:
+        name += "-sl" + "-".join(map(str, sl_epochs))
+    if seed:
+        name += f"-seed{seed}"
+    if embedding is None:
+        name += "-noembed"
+    if sign_flip:
+        name += "-signflip"
     (out / f"{name}.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def with_sign_flips(train: xr.DataArray) -> xr.DataArray:
+    """``train`` and its mirror image ``-train``: the Allen-Cahn law is symmetric under
+    ``u -> -u`` (odd drift, additive noise), so every trajectory's negative is as likely."""
+    n = train.sizes["sample"]
+    flipped = train.copy(data=-train.values).assign_coords(sample=np.arange(n, 2 * n))
+    return xr.concat([train.assign_coords(sample=np.arange(n)), flipped], dim="sample")
+
+
+def distilled(cfg: DemoConfig, train, labels, reference, key: str) -> dict:
+    """The demo's SL-FNO trained for ``cfg.epochs`` on the coupled labels, scored."""
+    sl = StochasticLifting(_fno(cfg, label_dim=1), (1, None), dt=cfg.dt)
+    data = TransitionDataset.from_xarray(train, labels=labels)
+    result = _fit(cfg, sl, data, f"SL ({cfg.epochs} epochs)", cfg.epochs)
+    return {
+        key: scored(cfg, sl, reference)
+        | {
+            "epochs": cfg.epochs,
+            "train_seconds": round(result.wall_time, 1),
+            "train_loss": result.final_loss,
+        },
+        "_model": sl,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,18 +188,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--distil", type=int, nargs="*", default=[120], help="teacher epochs to distil into SL"
     )
+    parser.add_argument(
+        "--sl-epochs",
+        type=int,
+        nargs="+",
+        default=None,
+        help="SL training epochs, one model each (default: the demo's)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the demo's seed (data and models)")
+    parser.add_argument(
+        "--no-grid-embedding",
+        action="store_true",
+        help="FNOs without neuraloperator's positional embedding (translation-equivariant)",
+    )
+    parser.add_argument(
+        "--sign-flip",
+        action="store_true",
+        help="train on every trajectory and its negative (twice the transitions per epoch)",
+    )
     parser.add_argument("--es-finetune", action="store_true", help="also ES-fine-tune SL")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu/demo_teacher"))
     args = parser.parse_args(argv)
+    sl_epochs = tuple(args.sl_epochs) if args.sl_epochs else None
     for epochs in args.teacher_epochs:
-        record = run(epochs, epochs in args.distil, args.out, args.es_finetune)
-        for model in ("teacher", "sl", "sl+es"):
-            if model in record:
-                r = record[model]
+        record = run(
+            epochs,
+            epochs in args.distil,
+            args.out,
+            args.es_finetune,
+            sl_epochs,
+            args.seed,
+            None if args.no_grid_embedding else "grid",
+            args.sign_flip,
+        )
+        for model, r in record.items():
+            if model != "config":
                 print(
-                    f"teacher {epochs} epochs, {model}: ED ratio at t = {r['times']}: "
-                    f"{r['ed_ratio']}, std error {r['std_rel_error']}, "
-                    f"train {r['train_seconds']} s",
+                    f"seed {args.seed}, teacher {epochs} epochs, {model}: ED ratio at t = "
+                    f"{r['times']}: {r['ed_ratio']}, std error {r['std_rel_error']}, "
+                    f"spectrum error {r['spectrum_error']}, train {r['train_seconds']} s",
                     flush=True,
                 )
 

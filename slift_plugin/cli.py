@@ -271,7 +271,7 @@ def _add_demo(sub) -> None:
         "--epochs",
         type=_positive_int,
         default=None,
-        help="training epochs of the SL and MSE models (default: the demo's own, 120; --quick: 3)",
+        help="training epochs of the SL and MSE models (default: the demo's own, 30; --quick: 3)",
     )
     demo.set_defaults(run=_demo)
 

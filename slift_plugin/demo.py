@@ -54,9 +54,11 @@ class DemoConfig:
     inversion_steps : int
         Euler steps of the teacher's backward flow that gives the SL labels.
     teacher_epochs : int
-        Training epochs of the flow-matching teacher: half the models' budget, which
-        keeps its cost to about a third of the demo's training time (288 s against 517 s
-        for SL and 488 s for MSE, measured 2026-12-02).
+        Training epochs of the flow-matching teacher. The teacher bounds the student on
+        this field: with 30, 60 and 90 teacher epochs the SL model's ED ratio at t = 8 is
+        2.27, 1.62 and 1.38 (seed 0). With 90, ``make demo`` takes 8.4 minutes on 2
+        cores, the teacher about 60% of it (305 s of 503 s, measured 2026-12-02;
+        ``benchmarks/demo_teacher_study.py``, BENCHMARKS.md).
     hidden_channels, n_modes, n_layers : int
         FNO width, Fourier modes and layers (the same for the teacher, SL and MSE).
         ``n_modes`` counts as neuraloperator does (``n_modes // 2 + 1`` real-FFT modes),
@@ -65,8 +67,16 @@ class DemoConfig:
         error of the SL ensemble was 0.42, with 128 it is 0.073 (a solver ensemble:
         0.028), at about the same ED ratio and up to 1.3x the training time
         (``benchmarks/demo_rollout_loss_study.py``, BENCHMARKS.md).
+    positional_embedding : str or None
+        neuraloperator's ``positional_embedding`` of every FNO. Its default, ``"grid"``,
+        appends the cell coordinates as input channels, and the FNO then learns the
+        chance spatial pattern of the 128 training trajectories (mean error 9-17% of the
+        reference spread). None keeps the FNO equivariant under shifts of the periodic
+        grid, right for this homogeneous field: the SL model's ED ratio went from
+        1.26 / 1.68 / 2.10 to 0.90 / 1.19 / 1.62 at the same budget (seed 0).
     epochs, batch_size : int
-        Training budget of each model.
+        Training budget of the SL and MSE models. 30 epochs are within 1-5% of 60 for
+        SL (BENCHMARKS.md); the teacher is where training time pays.
     lr : float
         Peak learning rate.
     seed : int
@@ -82,11 +92,12 @@ class DemoConfig:
     dt: float = 0.4
     n_grid: int = 128
     inversion_steps: int = 20
-    teacher_epochs: int = 60
+    teacher_epochs: int = 90
     hidden_channels: int = 32
     n_modes: int = 128
     n_layers: int = 4
-    epochs: int = 120
+    positional_embedding: str | None = None
+    epochs: int = 30
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0
@@ -128,6 +139,7 @@ def _fno(cfg: DemoConfig, **kwargs: int) -> torch.nn.Module:
             n_modes=(cfg.n_modes,),
             hidden_channels=cfg.hidden_channels,
             n_layers=cfg.n_layers,
+            positional_embedding=cfg.positional_embedding,
             **kwargs,
         )
 

@@ -181,6 +181,40 @@ def test_every_injection_makes_the_output_depend_on_the_label(kind, injection):
     assert not torch.allclose(a, c)  # so do the physics parameters
 
 
+@pytest.mark.parametrize("injection", ["channels", "noise_field", "embedding"])
+def test_without_positional_embedding_the_lifted_fno_commutes_with_circular_shifts(injection):
+    # The demo's FNOs drop neuraloperator's grid embedding: on a periodic, homogeneous
+    # field the learned law must not depend on where a cell is (BENCHMARKS.md). A noise
+    # field label shifts with the state; a vector label is the same everywhere.
+    torch.manual_seed(0)
+    kw = dict(n_modes=(GRID,), hidden_channels=8, n_layers=2)
+    sl = {
+        pe: StochasticLifting(
+            lifted_operator(
+                "fno",
+                state_channels=1,
+                label_dim=2,
+                injection=injection,
+                positional_embedding=pe,
+                **kw,
+            ),
+            (1, None),
+        )
+        for pe in (None, "grid")
+    }
+    x = torch.randn(3, 1, GRID)
+    label = torch.randn(3, *sl[None].noise_shape((GRID,)))
+    shifted_label = torch.roll(label, 5, dims=-1) if injection == "noise_field" else label
+    with torch.no_grad():
+        for pe, stepper in sl.items():
+            a = torch.roll(stepper.step(x, label), 5, dims=-1)
+            b = stepper.step(torch.roll(x, 5, dims=-1), shifted_label)
+            if pe is None:
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+            else:  # the coordinates are inputs: a shifted state is a different input
+                assert (a - b).abs().max() > 1e-3
+
+
 def test_lift_keeps_the_user_architecture(tmp_path):
     user = TFNO(n_modes=(6,), in_channels=1, out_channels=1, hidden_channels=12, n_layers=3)
     sl = lift(user, label_dim=5, n_params=1)

@@ -618,6 +618,10 @@ def _field_backbone(problem: ProblemData, quick: bool, **kwargs) -> nn.Module:
     # FFT): a white label field must be shaped at every wavenumber. On the demo's field 16
     # (9 modes) left a spectrum error of 0.42, all modes 0.073 (solver 0.028), for up to
     # 1.3x the training time (BENCHMARKS.md, "A rollout loss, and every Fourier mode").
+    # No positional embedding: the field is homogeneous on a periodic grid; without the
+    # cell coordinates as inputs the FNO commutes with shifts and cannot learn the chance
+    # spatial pattern of the training ensemble (BENCHMARKS.md, "Translation-equivariant
+    # FNOs").
     n_grid = problem.state_shape[-1]
     return lifted_operator(
         "fno",
@@ -625,6 +629,7 @@ def _field_backbone(problem: ProblemData, quick: bool, **kwargs) -> nn.Module:
         n_modes=(n_grid,),
         hidden_channels=budget(problem, quick).hidden,
         n_layers=2 if quick else 4,
+        positional_embedding=None,
         **kwargs,
     )
 
