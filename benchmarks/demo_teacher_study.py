@@ -21,12 +21,16 @@ first two commands ran when the demo trained SL for 120 epochs with ``n_modes=16
 
 The demo's budget and FNO (``--sl-epochs`` trains one SL model per value from the same
 teacher; ``--seed`` is the demo's seed, which also draws its data; ``--no-grid-embedding``
-drops neuraloperator's positional embedding from every FNO), as in BENCHMARKS.md:
+drops neuraloperator's positional embedding from every FNO; ``--sign-flip`` trains on every
+trajectory and its negative, a symmetry of the Allen-Cahn law), as in BENCHMARKS.md:
 
     OMP_NUM_THREADS=1 python benchmarks/demo_teacher_study.py --teacher-epochs 60 \\
         --distil 60 --sl-epochs 15 30 60 --out benchmarks/results/cpu/demo_budget
     OMP_NUM_THREADS=1 python benchmarks/demo_teacher_study.py --teacher-epochs 60 \\
         --distil 60 --sl-epochs 30 --no-grid-embedding --seed 1 \\
+        --out benchmarks/results/cpu/demo_budget
+    OMP_NUM_THREADS=1 python benchmarks/demo_teacher_study.py --teacher-epochs 45 \\
+        --distil 45 --sl-epochs 15 --no-grid-embedding --sign-flip \\
         --out benchmarks/results/cpu/demo_budget
 
 Results: one JSON per run in ``--out`` (default ``benchmarks/results/cpu/demo_teacher``)
@@ -140,9 +144,10 @@ def run(
         record["teacher"]["inversion_seconds"] = round(time.perf_counter() - started, 1)
         for epochs in sl_epochs or (cfg.epochs,):
             key = "sl" if sl_epochs is None else f"sl{epochs}"
-            record.update(distilled(replace(cfg, epochs=epochs), train, labels, reference, key))
-            if es_finetune:
-                record[f"{key}+es"] = finetuned(cfg, record.pop("_model"), train, reference)
+            student = replace(cfg, epochs=epochs)
+            record.update(distilled(student, train, labels, reference, key))
+            if es_finetune:  # a share of the student's own epochs
+                record[f"{key}+es"] = finetuned(student, record.pop("_model"), train, reference)
             record.pop("_model", None)
     out.mkdir(parents=True, exist_ok=True)
     name = f"teacher{teacher_epochs}" + ("-es" if es_finetune else "")
