@@ -1,6 +1,6 @@
 """Does a better teacher make a better coupled SL model? (issue 11, the demo's bar).
 
-The demo's SL-FNO distils a flow-matching teacher (60 epochs, half the models' budget).
+The demo's SL-FNO distils a flow-matching teacher (60 epochs when this study began; 90 now).
 On Allen-Cahn the bench found coupled SL within 5% of its teacher at every horizon, so the
 teacher may bound it. This trains the demo's teacher for each of ``--teacher-epochs``,
 scores the teacher itself (CFM, ``inversion_steps`` Euler steps, the demo's rollout seed
@@ -10,9 +10,10 @@ the energy score as the recipe study does it (``EnergyScoreLifting`` on a copy o
 backbone, 30% of the epochs at a quarter of the learning rate, 2 members, fresh noise on
 the plain transitions) and scored again. Everything else is the demo's
 (``slift_plugin.demo.DemoConfig``), except that the FNOs keep neuraloperator's grid
-embedding unless ``--no-grid-embedding`` is given (the demo's FNOs before 2026-12-02). The
+embedding unless ``--no-grid-embedding`` is given (the demo's FNOs until 2026-12-02). The
 first two commands ran when the demo trained SL for 120 epochs with ``n_modes=16``;
-``--sl-epochs 120`` gives that budget today.
+``--sl-epochs 120`` gives that budget today, with the FNO keeping every Fourier mode (the
+mode count has no flag), so they no longer reproduce those JSON files exactly.
 
     OMP_NUM_THREADS=2 python benchmarks/demo_teacher_study.py --teacher-epochs 60 120 \\
         --distil 120
