@@ -591,12 +591,13 @@ _DESCRIPTIONS = {
         "2E|X-Y| - E|X-X'| - E|Y-Y'| (V-statistic, Euclidean norm over channel and grid; "
         "periodic coordinates, if any, by their distance on the circle, see the attrs "
         "periodic_coordinates and periods) between n generated samples and a reference "
-        "subsample A of size n",
+        "subsample A of size n (mean over the n_splits splits of the attrs)",
     ),
     "noise_floor": (
         "energy distance between two disjoint reference subsamples",
         "the same statistic between reference subsamples A and B (disjoint, both of size n): "
-        "the value a perfect generator would get, sampling noise and V-statistic bias included",
+        "the value a perfect generator would get, sampling noise and V-statistic bias included "
+        "(mean over the n_splits splits)",
     ),
     "ed_ratio": (
         "energy distance / noise floor",
@@ -641,9 +642,10 @@ class _Subsamples(NamedTuple):
     gen_idx : numpy.ndarray
         ``(n,)`` sorted indices of the generated samples used by the distances.
     ref_a : numpy.ndarray
-        ``(n,)`` indices of reference subsample A.
+        ``(n_splits, n)`` indices of reference subsample A, one row per split.
     ref_b : numpy.ndarray
-        ``(n,)`` indices of reference subsample B, disjoint from A.
+        ``(n_splits, n)`` indices of reference subsample B, disjoint from A in the same
+        row.
     theta : torch.Tensor
         ``(D, n_projections)`` float64 directions of the sliced distances.
     """
@@ -766,7 +768,7 @@ def _align_times(gen: xr.DataArray, ref: xr.DataArray, time_rtol: float) -> xr.D
 
 
 def _draw_subsamples(
-    n_gen: int, n_ref: int, dim: int, n_projections: int, seed: int
+    n_gen: int, n_ref: int, dim: int, n_projections: int, seed: int, n_splits: int = 1
 ) -> _Subsamples:
     """Draw the subsamples and the projection directions of :func:`evaluate`.
 
@@ -780,29 +782,35 @@ def _draw_subsamples(
         Number of directions of the sliced distances.
     seed : int
         Seed of the one CPU generator all draws come from.
+    n_splits : int
+        Number of reference splits (A, B).
 
     Returns
     -------
     _Subsamples
         ``n = min(n_gen, n_ref // 2)``; the generated indices are all samples when
-        ``n_gen == n``, else a sorted random subset.
+        ``n_gen == n``, else a sorted random subset (the same for every split).
 
     Raises
     ------
     ValueError
-        ``n_projections`` is not positive.
+        ``n_projections`` or ``n_splits`` is not positive.
     """
+    if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or n_splits < 1:
+        raise ValueError(f"n_splits must be a positive integer, got {n_splits!r}")
     n = min(n_gen, n_ref // 2)
-    # One generator, drawn in a fixed order (reference permutation, generated subset,
-    # directions), so that a seed reproduces every draw.
+    # One generator, drawn in a fixed order (first reference permutation, generated subset,
+    # directions, further permutations), so that a seed reproduces every draw and the
+    # first split of n_splits > 1 is the single split of n_splits = 1.
     g = torch.Generator(device="cpu").manual_seed(int(seed))
-    perm_ref = torch.randperm(n_ref, generator=g)
-    ref_a, ref_b = perm_ref[:n].numpy(), perm_ref[n : 2 * n].numpy()
+    perms = [torch.randperm(n_ref, generator=g)]
     gen_idx = (
         np.arange(n_gen) if n_gen == n else np.sort(torch.randperm(n_gen, generator=g)[:n].numpy())
     )
     theta = random_projections(dim, n_projections, generator=g)
-    return _Subsamples(n, gen_idx, ref_a, ref_b, theta)
+    perms += [torch.randperm(n_ref, generator=g) for _ in range(int(n_splits) - 1)]
+    perm_ref = torch.stack(perms).numpy()
+    return _Subsamples(n, gen_idx, perm_ref[:, :n], perm_ref[:, n : 2 * n], theta)
 
 
 def _distances_per_time(
@@ -834,25 +842,35 @@ def _distances_per_time(
     -------
     dict of str to numpy.ndarray
         ``"energy_distance"``, ``"noise_floor"``, ``"sliced_w2"`` and
-        ``"sliced_w2_noise_floor"``, each ``(n_t,)`` float64.
+        ``"sliced_w2_noise_floor"``, each ``(n_t,)`` float64: the mean over the splits
+        of ``sub`` (the squared distance for sliced W2, reported as its square root).
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     n_gen, n_ref = gen.sizes["sample"], ref.sizes["sample"]
     gen_idx = torch.as_tensor(sub.gen_idx, device=dev)
-    ref_a = torch.as_tensor(sub.ref_a, device=dev)
-    ref_b = torch.as_tensor(sub.ref_b, device=dev)
+    splits = list(
+        zip(
+            torch.as_tensor(sub.ref_a, device=dev),
+            torch.as_tensor(sub.ref_b, device=dev),
+            strict=True,
+        )
+    )
     n_t = gen.sizes["time"]
-    ed, nf, sw, sw_nf = (np.empty(n_t) for _ in range(4))
+    ed, nf, sw, sw_nf = (np.zeros(n_t) for _ in range(4))
     for k in range(n_t):
         xg = torch.as_tensor(np.asarray(gen.isel(time=k).values), device=dev)
         xr_ = torch.as_tensor(np.asarray(ref.isel(time=k).values), device=dev)
         xg = xg.reshape(n_gen, -1).to(torch.float64)[gen_idx]
         xr_ = xr_.reshape(n_ref, -1).to(torch.float64)
-        a, b = xr_[ref_a], xr_[ref_b]
-        ed[k] = float(energy_distance(xg, a, period=period, block_size=block_size))
-        nf[k] = float(energy_distance(b, a, period=period, block_size=block_size))
-        sw[k] = float(sliced_wasserstein2(xg, a, projections=sub.theta))
-        sw_nf[k] = float(sliced_wasserstein2(b, a, projections=sub.theta))
+        for ref_a, ref_b in splits:
+            a, b = xr_[ref_a], xr_[ref_b]
+            ed[k] += float(energy_distance(xg, a, period=period, block_size=block_size))
+            nf[k] += float(energy_distance(b, a, period=period, block_size=block_size))
+            sw[k] += float(sliced_wasserstein2(xg, a, projections=sub.theta)) ** 2
+            sw_nf[k] += float(sliced_wasserstein2(b, a, projections=sub.theta)) ** 2
+    n_splits = len(splits)
+    ed, nf = ed / n_splits, nf / n_splits
+    sw, sw_nf = np.sqrt(sw / n_splits), np.sqrt(sw_nf / n_splits)
     return {
         "energy_distance": ed,
         "noise_floor": nf,
@@ -938,8 +956,8 @@ def _metrics_dataset(
             **attrs,
             "description": (
                 "generated vs reference per output time; distances use n generated samples and "
-                "two disjoint seeded reference subsamples A, B of size n (noise floor = A vs B); "
-                "moment errors use the full ensembles"
+                "two disjoint seeded reference subsamples A, B of size n (noise floor = A vs B), "
+                "averaged over n_splits seeded splits; moment errors use the full ensembles"
             ),
         },
     )
@@ -955,6 +973,7 @@ def evaluate(
     device: str | torch.device | None = None,
     time_rtol: float = 1e-6,
     period: float | Sequence[float | None] | None = None,
+    n_splits: int = 1,
 ) -> xr.Dataset:
     """Compare a generated ensemble with a reference ensemble at every output time.
 
@@ -972,6 +991,15 @@ def evaluate(
     compare equal sample sizes, so ``ed_ratio`` = energy_distance / noise_floor is about 1 for a
     generator that matches the reference law and grows when it does not. The moment errors use
     the full ensembles.
+
+    With ``n_splits > 1`` the reference is split ``n_splits`` times (seeded, independent
+    permutations; the first is the split of ``n_splits=1``), and ``energy_distance`` and
+    ``noise_floor`` are the means over the splits of ED(generated, A) and ED(B, A) (the
+    sliced W2 distances: the root of the mean squared distance). The ratio of means keeps its
+    meaning and loses the noise of one split: for a law with few directions of spread (1-D, or
+    bimodal) a single split's ED is close to a chi-square variable with one degree of
+    freedom, so ``ed_ratio`` of a perfect generator scatters over about 0.1-4 from split to
+    split. Cost grows with ``n_splits``.
 
     Parameters
     ----------
@@ -995,6 +1023,9 @@ def evaluate(
         flattened state in the dim order of ``generated`` (e.g. ``[L, None]`` for
         channels ``("x", "v")`` of particles in a box of length ``L``). The sliced W2
         distances and the moment errors stay Euclidean.
+    n_splits : int
+        Number of seeded reference splits the distances and noise floors average over
+        (default 1).
 
     Returns
     -------
@@ -1015,8 +1046,8 @@ def evaluate(
         Missing "sample"/"time" dims, different non-sample dims, sizes or coordinates, a
         time coord counting steps (``rollout`` of a stepper without ``dt``) against one
         in physical time, no common times or generated times missing from reference,
-        NaN/Inf in either ensemble, fewer than 2 generated or 4 reference samples, or an
-        invalid ``period``.
+        NaN/Inf in either ensemble, fewer than 2 generated or 4 reference samples, an
+        invalid ``period``, or ``n_splits`` not a positive integer.
     """
     gen = _check_ensemble(generated, "generated")
     ref = _check_ensemble(reference, "reference")
@@ -1028,7 +1059,7 @@ def evaluate(
     n_gen, n_ref = gen.sizes["sample"], ref.sizes["sample"]
     dim = int(np.prod([gen.sizes[d] for d in state_dims], dtype=np.int64))
     periodic = _check_period(period, dim)  # before any work: a bad period fails fast
-    sub = _draw_subsamples(n_gen, n_ref, dim, n_projections, seed)
+    sub = _draw_subsamples(n_gen, n_ref, dim, n_projections, seed, n_splits)
     dist = _distances_per_time(gen, ref, sub, block_size, device, period)
     errors = _moment_errors(gen, ref, state_dims)
     values = {
@@ -1044,6 +1075,7 @@ def evaluate(
         "n_generated": n_gen,
         "n_reference": n_ref,
         "seed": int(seed),
+        "n_splits": int(sub.ref_a.shape[0]),
         "n_projections": int(sub.theta.shape[1]),
         "std_ddof": 1,
         # netCDF-safe: the periodic coordinates' positions and lengths (empty: none)

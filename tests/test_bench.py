@@ -13,7 +13,7 @@ import pytest
 import torch
 import xarray as xr
 
-from slift_plugin import MeanRegression
+from slift_plugin import MeanRegression, evaluate
 from slift_plugin.adapters import neuralop as neuralop_adapter
 from slift_plugin.bench import BenchConfig, BenchResult, aggregate, run_bench, runs_frame
 from slift_plugin.bench import methods as M
@@ -30,8 +30,10 @@ from slift_plugin.bench.problems import (
     spectrum_error,
     well_occupancy_error,
 )
-from slift_plugin.bench.report import RUN_SCHEMA, markdown_table
+from slift_plugin.bench.report import RUN_SCHEMA, markdown_report, markdown_table
+from slift_plugin.bench.runner import DATA_SEED
 from slift_plugin.cli import main
+from slift_plugin.labels import hash_seed
 
 # -- peak memory ---------------------------------------------------------------------------
 
@@ -238,11 +240,30 @@ def test_adding_a_method_is_one_family(monkeypatch):
         ({"seeds": ()}, "at least one"),
         ({"methods": ["sl", "gan"]}, "unknown method"),
         ({"threads": 0}, "threads"),
+        ({"floor_splits": 0}, "floor_splits"),
     ],
 )
 def test_bad_configuration_is_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         BenchConfig(**kwargs)
+
+
+def test_floor_splits_reach_the_scores_and_the_report():
+    small = dict(problems=["double_well"], methods=["solver"], seeds=(0,), quick=True)
+    one = run_bench(BenchConfig(**small), progress=False)
+    four = run_bench(BenchConfig(floor_splits=4, **small), progress=False)
+    problem = build_problem("double_well", quick=True, seed=DATA_SEED)
+    # the solver row's own draw (seeded like the runner's)
+    ens = problem.solve(problem.n_generate, hash_seed(DATA_SEED, 0, 11))
+    ens = ens.assign_coords(time=problem.reference["time"].values)
+    for result, n_splits in ((one, 1), (four, 4)):
+        expected = evaluate(ens, problem.reference, seed=0, n_splits=n_splits)["ed_ratio"]
+        (row,) = result.runs
+        k = problem.horizons[-1]
+        assert row["ed_ratio_final"] == pytest.approx(float(expected[k]), rel=1e-12)
+    report = markdown_report(four, aggregate(runs_frame(four)))
+    assert "means over 4 reference splits" in report
+    assert "reference splits" not in markdown_report(one, aggregate(runs_frame(one)))
 
 
 # -- seeds: each training seed is its own, reproducible experiment -------------------------

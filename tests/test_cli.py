@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slift_plugin import load_ensemble
+from slift_plugin import evaluate, load_ensemble
 from slift_plugin.cli import main
 from slift_plugin.demo import DemoConfig, run_demo
 
@@ -64,6 +64,12 @@ def test_generate_and_evaluate_two_reference_ensembles(tmp_path, capsys):
     table = pd.read_csv(csv)
     # two ensembles of the same law: energy distance at the noise floor
     assert table["ed_ratio"].iloc[1:].between(0.2, 5).all()
+    # --splits averages over reference splits: the same as evaluate(n_splits=...)
+    csv4 = tmp_path / "m4.csv"
+    assert main(["evaluate", str(a), str(b), "--splits", "4", "--out", str(csv4)]) == 0
+    expected = evaluate(load_ensemble(a), load_ensemble(b), n_splits=4)
+    np.testing.assert_allclose(pd.read_csv(csv4)["noise_floor"], expected["noise_floor"])
+    assert not np.allclose(table["noise_floor"].iloc[1:], expected["noise_floor"][1:])
 
 
 def test_cli_bad_input_is_a_clear_error_and_leaves_no_file(tmp_path, capsys):

@@ -459,6 +459,69 @@ def test_evaluate_noise_floor_uses_disjoint_reference_halves():
         assert np.all(ds["noise_floor"] > 0)
 
 
+def _samples_over_time(values: np.ndarray) -> xr.DataArray:
+    """``(n, D)`` samples as an ensemble with one output time."""
+    return xr.DataArray(
+        values[:, None, :], dims=("sample", "time", "channel"), coords={"time": [0.0]}
+    )
+
+
+def test_evaluate_many_splits_converge_to_the_mean_over_all_splits():
+    # Independent truth: over uniformly random halvings of a pool of 2n reference points,
+    # E[ED_V(B, A)] = 2 Dbar / n (Dbar: mean distance over distinct pool pairs), and with the
+    # generated sample G fixed, E[ED_V(G, A)] = 2 mean|g - r| - mean_{g,g'}|g - g'|
+    # - (1 - 1/n) Dbar. Both are closed forms of scipy's pairwise distances.
+    from scipy.spatial.distance import cdist, pdist
+
+    rng = np.random.default_rng(5)
+    n = 40
+    pool, gen = rng.normal(size=(2 * n, 2)), rng.normal(loc=0.3, size=(n, 2))
+    d_bar = pdist(pool).mean()
+    floor_mean = 2 * d_bar / n
+    ed_mean = 2 * cdist(gen, pool).mean() - cdist(gen, gen).mean() - (1 - 1 / n) * d_bar
+    many = evaluate(_samples_over_time(gen), _samples_over_time(pool), seed=3, n_splits=3000)
+    one = evaluate(_samples_over_time(gen), _samples_over_time(pool), seed=3)
+    assert many.attrs["n_splits"] == 3000 and one.attrs["n_splits"] == 1
+    assert float(many["noise_floor"][0]) == pytest.approx(floor_mean, rel=0.06)
+    assert float(many["energy_distance"][0]) == pytest.approx(ed_mean, rel=0.06)
+    # one split is one draw of that law, well away from its mean
+    assert float(one["noise_floor"][0]) != pytest.approx(floor_mean, rel=0.06)
+
+
+def test_evaluate_more_splits_narrow_the_ratio_of_a_perfect_generator():
+    # A 1-D law: one split's ED is close to a chi-square variable with one degree of freedom,
+    # so a perfect generator's ed_ratio scatters widely; averaging over splits removes the
+    # floor's share of that scatter (the generated sample's own share stays).
+    def draw(n, seed):
+        return _samples_over_time(np.random.default_rng(seed).standard_normal((n, 1)))
+
+    ref = draw(400, 12345)
+    spread = {}
+    for n_splits in (1, 8):
+        ratios = [
+            float(evaluate(draw(200, s), ref, seed=s, n_splits=n_splits)["ed_ratio"][0])
+            for s in range(100)
+        ]
+        q25, q75 = np.percentile(np.log(ratios), [25, 75])
+        spread[n_splits] = q75 - q25
+    assert spread[8] < 0.8 * spread[1]
+
+
+def test_evaluate_one_split_is_the_default():
+    gen, ref = _gaussian_ensemble(N_GEN, seed=21), _gaussian_ensemble(2 * N_GEN, seed=22)
+    one = evaluate(gen, ref, seed=4)
+    xr.testing.assert_identical(one, evaluate(gen, ref, seed=4, n_splits=1))
+    two = evaluate(gen, ref, seed=4, n_splits=2)
+    assert two.attrs["n_splits"] == 2
+    assert not np.allclose(two["noise_floor"], one["noise_floor"], rtol=1e-3)
+
+
+@pytest.mark.parametrize("n_splits", [0, -1, 2.5, True, "4"])
+def test_evaluate_rejects_a_bad_number_of_splits(reference, n_splits):
+    with pytest.raises(ValueError, match="n_splits must be a positive integer"):
+        evaluate(_gaussian_ensemble(N_GEN, seed=9), reference, n_splits=n_splits)
+
+
 def test_evaluate_vector_states_and_transposed_reference():
     rng = np.random.default_rng(7)
     t = [0.0, 0.5]

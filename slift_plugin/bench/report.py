@@ -170,7 +170,12 @@ def markdown_report(result: BenchResult, summary: pd.DataFrame) -> str:
         "",
         "Cells: median over training seeds [min, max]. ED ratio: energy distance to the "
         "reference over the noise floor (1 = indistinguishable at this sample size). "
-        "short/mid/final: 1/8, 1/2 and all of the horizon.",
+        "short/mid/final: 1/8, 1/2 and all of the horizon."
+        + (
+            f" Distances and noise floors are means over {meta['floor_splits']} reference splits."
+            if meta.get("floor_splits", 1) > 1
+            else ""
+        ),
     ]
     for problem in dict.fromkeys(p for p, _ in summary.index):
         parts += ["", f"### {problem}", "", f"Problem score: {quantities.get(problem, '')}."]
