@@ -34,6 +34,13 @@ trajectory and its negative, a symmetry of the Allen-Cahn law), as in BENCHMARKS
         --distil 45 --sl-epochs 15 --no-grid-embedding --sign-flip \\
         --out benchmarks/results/cpu/demo_budget
 
+The labels' calibration (``--calibrate none fourier``: one SL model per calibration from
+the same teacher; the demo's default since 2026-12-02 is ``fourier``):
+
+    OMP_NUM_THREADS=1 python benchmarks/demo_teacher_study.py --teacher-epochs 90 \\
+        --distil 90 --sl-epochs 30 --no-grid-embedding --calibrate none fourier \\
+        --seed 1 --out benchmarks/results/cpu/demo_calibration
+
 Results: one JSON per run in ``--out`` (default ``benchmarks/results/cpu/demo_teacher``)
 and a table on stdout: the ED ratio at the demo's horizons (t = 2, 4, 8).
 """
@@ -123,9 +130,16 @@ def run(
     seed: int = 0,
     embedding: str | None = "grid",
     sign_flip: bool = False,
+    calibrations: tuple[str | None, ...] = (None,),
 ) -> dict:
-    """Train the teacher once; distil it into one SL model per entry of ``sl_epochs``."""
-    cfg = DemoConfig(teacher_epochs=teacher_epochs, seed=seed, positional_embedding=embedding)
+    """Train the teacher once; distil it into one SL model per entry of ``sl_epochs`` and
+    of ``calibrations``."""
+    cfg = DemoConfig(
+        teacher_epochs=teacher_epochs,
+        seed=seed,
+        positional_embedding=embedding,
+        label_calibration=calibrations[0],
+    )
     common = dict(n_steps=cfg.n_steps, dt=cfg.dt, n_grid=cfg.n_grid)
     train = allen_cahn(n_samples=cfg.n_train, seed=cfg.seed, **common)
     if sign_flip:
@@ -139,13 +153,16 @@ def run(
         "teacher": scored(cfg, teacher, reference)
         | {"train_seconds": round(fitted.wall_time, 1), "train_loss": fitted.final_loss},
     }
-    if distil:
+    for calibration in calibrations if distil else ():
         started = time.perf_counter()
-        labels = teacher_labels(teacher, transitions, n_steps=cfg.inversion_steps)
+        labels = teacher_labels(
+            teacher, transitions, n_steps=cfg.inversion_steps, calibrate=calibration
+        )
         record["teacher"]["inversion_seconds"] = round(time.perf_counter() - started, 1)
         for epochs in sl_epochs or (cfg.epochs,):
             key = "sl" if sl_epochs is None else f"sl{epochs}"
-            student = replace(cfg, epochs=epochs)
+            key += "" if calibration is None else f"-{calibration}"
+            student = replace(cfg, epochs=epochs, label_calibration=calibration)
             record.update(distilled(student, train, labels, reference, key))
             if es_finetune:  # a share of the student's own epochs
                 record[f"{key}+es"] = finetuned(student, record.pop("_model"), train, reference)
@@ -160,6 +177,8 @@ def run(
         name += "-noembed"
     if sign_flip:
         name += "-signflip"
+    if calibrations != (None,):
+        name += "-calibrate-" + "-".join(str(c).lower() for c in calibrations)
     (out / f"{name}.json").write_text(json.dumps(record, indent=2))
     return record
 
@@ -212,6 +231,14 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="train on every trajectory and its negative (twice the transitions per epoch)",
     )
+    parser.add_argument(
+        "--calibrate",
+        nargs="+",
+        default=["none"],
+        choices=["none", "fourier", "coordinates"],
+        help="teacher_labels(calibrate=...) of the labels, one SL model each (default: none, "
+        "the demo's labels until 2026-12-02)",
+    )
     parser.add_argument("--es-finetune", action="store_true", help="also ES-fine-tune SL")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu/demo_teacher"))
     args = parser.parse_args(argv)
@@ -226,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
             args.seed,
             None if args.no_grid_embedding else "grid",
             args.sign_flip,
+            tuple(None if c == "none" else c for c in args.calibrate),
         )
         for model, r in record.items():
             if model != "config":

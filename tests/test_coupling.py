@@ -8,6 +8,7 @@ quantile label of a pair is the ``Z`` that generated it. The truths here are tha
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -133,3 +134,98 @@ def test_label_tables_refuse_what_would_pair_labels_and_data_wrongly(teacher_and
         teacher_labels(untrained, data)
     with pytest.raises(TypeError, match="FlowMatching"):
         teacher_labels(trained_lifting(None, 2, states, epochs=1), data)
+
+
+# -- calibration: the Euler inversion's contraction, on an exact Gaussian flow ----------------
+
+GRID, N_FIELDS = 32, 400
+
+
+class ExactGaussianVelocity(torch.nn.Module):
+    """The exact straight-path velocity from white noise to a stationary Gaussian field
+    whose Fourier mode k has standard deviation ``spread[k]`` (modes independent):
+    ``v_k(z, s) = a_k(s) z_k``, ``a = (s sigma^2 - (1 - s)) / ((1 - s)^2 + s^2 sigma^2)``."""
+
+    window_channels, n_cond, label_dim = 2, 1, 0
+
+    def __init__(self, spread):
+        super().__init__()
+        self.spread = spread
+
+    def forward(self, inputs, label, cond):
+        z, s = inputs[:, -1:], cond[:, -1:, None].double()
+        var = self.spread.pow(2)
+        a = (s * var - (1 - s)) / ((1 - s) ** 2 + s**2 * var)
+        modes = torch.fft.rfft(z.double(), dim=-1, norm="ortho") * a
+        return torch.fft.irfft(modes, n=z.shape[-1], dim=-1, norm="ortho").to(z.dtype)
+
+
+def euler_contraction(sigma, n_steps):
+    """The label spread that n backward Euler steps (v at the upper end) give for a target
+    of spread sigma (exact inversion: 1): sigma times the per-step factors, in numpy."""
+    s = np.linspace(0.0, 1.0, n_steps + 1)[1:]
+    a = (s * sigma**2 - (1 - s)) / ((1 - s) ** 2 + s**2 * sigma**2)
+    return sigma * np.prod(1 - a / n_steps)
+
+
+@pytest.fixture(scope="module")
+def gaussian_field_flow():
+    k = torch.arange(GRID // 2 + 1, dtype=torch.float64)
+    spread = 0.8 / (1 + k / 2)  # 0.8 down to 0.089: fine modes are narrow
+    g = torch.Generator().manual_seed(4)
+    noise = torch.randn(N_FIELDS, 1, GRID, generator=g, dtype=torch.float64)
+    increment = torch.fft.irfft(
+        torch.fft.rfft(noise, dim=-1, norm="ortho") * spread, n=GRID, dim=-1, norm="ortho"
+    )
+    x = torch.randn(N_FIELDS, 1, GRID, generator=g, dtype=torch.float64)
+    states = torch.stack([x, x + increment], 1).float()
+    teacher = FlowMatching(ExactGaussianVelocity(spread), (1, GRID), dt=DT)
+    teacher.set_normalization({"state_mean": [0.0], "state_std": [1.0], "delta_std": [1.0]})
+    return teacher, TransitionDataset(states), noise.float(), spread.numpy()
+
+
+def mode_power(labels):
+    return torch.fft.rfft(labels.double(), dim=-1, norm="ortho").abs().pow(2).mean((0, 1))
+
+
+def test_euler_inversion_contracts_narrow_modes_and_fourier_calibration_undoes_it(
+    gaussian_field_flow,
+):
+    teacher, data, noise, spread = gaussian_field_flow
+    raw = teacher_labels(teacher, data, n_steps=20).values
+    # the contraction is the closed-form Euler product, mode by mode (0.94 .. 0.77)
+    expected = np.array([euler_contraction(s, 20) for s in spread])
+    np.testing.assert_allclose(
+        mode_power(raw).sqrt().numpy(), expected * mode_power(noise).sqrt().numpy(), rtol=1e-3
+    )
+    assert expected.max() < 0.95 and expected.min() < 0.8
+    # calibrated labels are the noise that made the data, up to the sample's own power error
+    calibrated = teacher_labels(teacher, data, n_steps=20, calibrate="fourier").values
+    torch.testing.assert_close(
+        mode_power(calibrated), torch.ones(GRID // 2 + 1, dtype=torch.float64)
+    )
+    assert (calibrated - noise).pow(2).mean().sqrt() < 0.06
+    assert (raw - noise).pow(2).mean().sqrt() > 0.1
+    # per coordinate the calibration cannot tell fine modes from coarse ones
+    per_coordinate = teacher_labels(teacher, data, n_steps=20, calibrate="coordinates").values
+    torch.testing.assert_close(
+        per_coordinate.pow(2).mean(0), torch.ones(1, GRID), rtol=1e-5, atol=1e-5
+    )
+    power = mode_power(per_coordinate)
+    assert power[-4:].mean() < 0.9 < 1.05 < power[:4].mean(), power
+
+
+def test_calibration_refuses_what_it_cannot_rescale(teacher_and_data, gaussian_field_flow):
+    teacher, data, _, _ = teacher_and_data
+    with pytest.raises(ValueError, match="calibrate must be None or one of"):
+        teacher_labels(teacher, data, n_steps=2, calibrate="spectral")
+    with pytest.raises(ValueError, match="needs labels on a grid"):
+        teacher_labels(teacher, data, n_steps=2, calibrate="fourier")
+    vector = teacher_labels(teacher, data, n_steps=10, calibrate="coordinates").values
+    raw = teacher_labels(teacher, data, n_steps=10).values
+    torch.testing.assert_close(vector.pow(2).mean(), torch.tensor(1.0))
+    torch.testing.assert_close(vector / raw, (vector / raw)[:1].expand_as(raw))
+    field_teacher, _, _, _ = gaussian_field_flow
+    flat = TransitionDataset(torch.zeros(6, 2, 1, GRID))
+    with pytest.raises(ValueError, match="zero power"):
+        teacher_labels(field_teacher, flat, n_steps=2, calibrate="fourier")

@@ -21,7 +21,9 @@ builds its stepper, what it trains on and how it samples. A method name is parse
     Stochastic Lifting with coupled labels: a flow-matching teacher (the ``cfm`` model,
     trained with the same budget) run backwards from each training transition gives its
     label, of the state's shape (``noise_field`` injection on fields); sampling is SL's,
-    one evaluation per step. The teacher's training and inversion show as ``data_seconds``;
+    one evaluation per step. On fields the labels are calibrated to unit power per Fourier
+    mode (:data:`LABEL_CALIBRATION`). The teacher's training and inversion show as
+    ``data_seconds``;
 ``dice``
     DICE on unpaired populations (diffusion variant with the system's known sigma; on
     fields the potential is a neural operator, :func:`slift_plugin.adapters.neuralop.
@@ -75,6 +77,7 @@ __all__ = [
     "DICE_TIMES_PER_BATCH",
     "ES_MEMBERS",
     "FAMILIES",
+    "LABEL_CALIBRATION",
     "Budget",
     "MethodFamily",
     "MethodSpec",
@@ -104,6 +107,11 @@ COUPLING_STEPS = 20  # Euler steps per output step of the flow-matching teacher'
 # 3 seeds); the inversion is a one-off pass, 160 steps cost about 10 s there. Fields keep
 # 20: their short horizon was already at 1.3, and an FNO inversion pass costs 8x more.
 INVERSION_STEPS = {"vector": 160, "field": 20}
+# teacher_labels(calibrate=...) by problem kind. On fields the 20 Euler steps contract the
+# fine Fourier modes of the labels (0.85-0.94 by mode), and SL comes out too rough; unit
+# power per mode removes that (the demo's spectrum error 0.080 -> 0.028; BENCHMARKS.md,
+# "Calibrated labels"). Vectors' 160 steps leave the labels' spread at 0.99-1.00.
+LABEL_CALIBRATION = {"vector": None, "field": "fourier"}
 
 
 @dataclass(frozen=True)
@@ -869,7 +877,12 @@ class _CoupledLifting(TransitionFamily):
     ) -> TransitionDataset:
         data = TransitionDataset.from_xarray(problem.train)
         teacher = self._trained_teacher(problem, data, seed)
-        labels = teacher_labels(teacher, data, n_steps=INVERSION_STEPS[problem.kind])
+        labels = teacher_labels(
+            teacher,
+            data,
+            n_steps=INVERSION_STEPS[problem.kind],
+            calibrate=LABEL_CALIBRATION[problem.kind],
+        )
         return TransitionDataset.from_xarray(problem.train, labels=labels)
 
     @staticmethod
