@@ -219,7 +219,7 @@ def test_calibration_refuses_what_it_cannot_rescale(teacher_and_data, gaussian_f
     teacher, data, _, _ = teacher_and_data
     with pytest.raises(ValueError, match="calibrate must be None or one of"):
         teacher_labels(teacher, data, n_steps=2, calibrate="spectral")
-    with pytest.raises(ValueError, match="needs labels on a grid"):
+    with pytest.raises(ValueError, match=r"needs states on a grid .*got state shape \(1,\)"):
         teacher_labels(teacher, data, n_steps=2, calibrate="fourier")
     vector = teacher_labels(teacher, data, n_steps=10, calibrate="coordinates").values
     raw = teacher_labels(teacher, data, n_steps=10).values
