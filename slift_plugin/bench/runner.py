@@ -305,7 +305,7 @@ def _run_solver(problem: ProblemData, seed: int, device: str):
 
 
 def _score(
-    row: dict, ens: xr.DataArray, problem: ProblemData, seed: int, result, floor_splits: int
+    row: dict, ens: xr.DataArray, problem: ProblemData, seed: int, result, floor_splits: int = 1
 ) -> None:
     if problem.postprocess is not None:
         ens = problem.postprocess(ens)
