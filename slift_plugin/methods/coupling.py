@@ -40,10 +40,6 @@ from .flow_matching import FlowMatching
 __all__ = ["LABEL_CALIBRATIONS", "teacher_labels"]
 
 LABEL_CALIBRATIONS = ("fourier", "coordinates")
-_FOURIER_NEEDS_A_GRID = (
-    "calibrate='fourier' needs states on a grid (C, *grid), got state shape {shape}; use "
-    "calibrate='coordinates' for vector states"
-)
 
 
 def teacher_labels(
@@ -116,7 +112,10 @@ def teacher_labels(
             f"calibrate must be None or one of {LABEL_CALIBRATIONS}, got {calibrate!r}"
         )
     if calibrate == "fourier" and len(teacher.state_shape) < 2:
-        raise ValueError(_FOURIER_NEEDS_A_GRID.format(shape=teacher.state_shape))
+        raise ValueError(
+            "calibrate='fourier' needs states on a grid (C, *grid), got state shape "
+            f"{teacher.state_shape}; use calibrate='coordinates' for vector states"
+        )
     home, dtype = teacher.param_device_dtype()
     run = torch.device(device) if device is not None else home
     was_training = teacher.training
@@ -146,10 +145,9 @@ def _nonzero_rms(values: torch.Tensor, what: str) -> torch.Tensor:
 
 
 def _unit_power_modes(labels: torch.Tensor) -> torch.Tensor:
-    """``labels`` ``(N, C, *grid)`` with every channel and Fourier mode at unit mean power."""
+    """``labels`` ``(N, C, *grid)`` (a grid: checked on the teacher) with every channel and
+    Fourier mode at unit mean power."""
     grid = tuple(labels.shape[2:])
-    if not grid:
-        raise ValueError(_FOURIER_NEEDS_A_GRID.format(shape=tuple(labels.shape[1:])))
     dims = tuple(range(2, labels.ndim))
     modes = torch.fft.rfftn(labels.double(), dim=dims, norm="ortho")
     modes = modes / _nonzero_rms(modes, "Fourier mode")
