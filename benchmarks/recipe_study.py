@@ -18,7 +18,11 @@ held-out energy score and the ED ratio against optimiser steps:
 ``history``
     one state against two states in the input window;
 ``es_finetune``
-    energy-score fine-tuning of a trained SL model.
+    energy-score fine-tuning of a trained SL model;
+``autocorrelation``
+    Lorenz-63's problem score (the autocorrelation of x(t)) under coupled labels with 160
+    inversion steps: the teacher sampled with 20 or 160 Euler steps and trained 1x to
+    6x the budget, coupled SL from those teachers, SL trained 3x, ES fine-tuning.
 
 Every trained run keeps its weights after chosen epochs (curves) and its held-out best
 epoch. The curves come from one uninterrupted ``fit`` per run: the held-out data handed
@@ -79,6 +83,7 @@ POOLED_EVAL_SEEDS = 4  # short-horizon ED ratio pooled over this many reference 
 FINETUNE_EPOCHS = 0.3  # ES fine-tuning: this fraction of the budget's epochs ...
 FINETUNE_LR = 0.25  # ... at this fraction of its learning rate
 REFERENCE_COLOURS = ("black", "tab:gray", "tab:brown", "tab:olive")
+TEACHER_MULTIPLES = (1, 2, 3, 4, 6)  # teacher epochs / the budget's (autocorrelation)
 AC_EPOCHS = {False: 60, True: 10}  # Allen-Cahn epochs (the quick budget has 2)
 AC_SIZES = {False: (512, 256), True: (128, 64)}  # Allen-Cahn reference, generated
 
@@ -90,7 +95,8 @@ class Variant:
     ``family``: ``solver`` (the reference system), ``teacher`` (the CFM-20 teacher of
     coupled labels), ``sl`` (independent labels), ``coupled`` (teacher labels) or
     ``es-ft`` (energy-score fine-tuning of ``base``). ``epochs`` and ``teacher_epochs``
-    are multiples of the problem's budget.
+    are multiples of the problem's budget; ``teacher_steps`` are the Euler steps per
+    output step with which a ``teacher`` variant samples.
     """
 
     name: str
@@ -101,6 +107,7 @@ class Variant:
     epochs: float = 1.0
     teacher_epochs: float = 1.0
     inversion_steps: int = M.COUPLING_STEPS
+    teacher_steps: int = M.COUPLING_STEPS
     base: str | None = None
     curve: bool = True  # ED ratio at CURVE_FRACTIONS of the run, not only at its end
     pooled: bool = False  # also the short-horizon ED ratio over POOLED_EVAL_SEEDS splits
@@ -124,12 +131,27 @@ def _catalogue() -> dict[str, Variant]:
             pooled=True,
         ),
         Variant("coupled-x2", "coupled", epochs=2.0, pooled=True),
+        Variant("coupled-inv160-x3", "coupled", epochs=3.0, inversion_steps=160),
+        Variant("es-ft:coupled-inv160", "es-ft", base="coupled-inv160"),
         Variant("sl-l32-x2", "sl", epochs=2.0),
         Variant("sl-l32-h2", "sl", history=2),
         Variant("es-ft:sl-l32", "es-ft", base="sl-l32"),
         Variant("es-ft:coupled", "es-ft", base="coupled", pooled=True),
         Variant("es-ft:sl-noise_field", "es-ft", base="sl-noise_field"),
     ]
+    for mult in TEACHER_MULTIPLES:
+        tag = "" if mult == 1 else f"-T{mult}"
+        v.append(Variant(f"teacher{tag}-n160", "teacher", teacher_epochs=mult, teacher_steps=160))
+        if mult > 1:  # coupled-inv160 is above
+            v.append(
+                Variant(
+                    f"coupled{tag}-inv160",
+                    "coupled",
+                    teacher_epochs=mult,
+                    inversion_steps=160,
+                    curve=False,
+                )
+            )
     v += [Variant(f"sl-l{n}", "sl", label_dim=n, pooled=n == 32) for n in (1, 3, 4, 32, 128)]
     v += [Variant(f"sl-{i}", "sl", injection=i) for i in ("channels", "noise_field", "embedding")]
     return {x.name: x for x in v}
@@ -151,6 +173,19 @@ EXPERIMENTS: dict[str, dict[str, list[str]]] = {
             "es-ft:coupled",
         ],
         "allen_cahn": ["solver", "coupled", "coupled-inv160"],
+    },
+    "autocorrelation": {
+        "lorenz63": [
+            "solver",
+            "teacher",
+            "teacher-n160",
+            "teacher-T3",
+            *(f"teacher-T{m}-n160" for m in TEACHER_MULTIPLES[1:]),
+            "coupled-inv160",
+            *(f"coupled-T{m}-inv160" for m in TEACHER_MULTIPLES[1:]),
+            "coupled-inv160-x3",
+            "es-ft:coupled-inv160",
+        ]
     },
     "interpolation": {
         p: ["solver", "sl-l32", "coupled", "sl-l32-x2", "coupled-x2"] for p in _VECTORS
@@ -186,25 +221,26 @@ class Context:
     budget: M.Budget
     held_out: xr.DataArray
     cache: Path
+    data_seed: int = DATA_SEED  # the bench's; another draws another training set
     memory: dict = dataclasses.field(default_factory=dict)
 
 
-def make_context(name: str, quick: bool, cache: Path) -> Context:
+def make_context(name: str, quick: bool, cache: Path, data_seed: int = DATA_SEED) -> Context:
     """Build ``name`` at the study's sizes (see the module docstring)."""
     field_problem = name == "allen_cahn"
     sizes_quick = quick or field_problem
-    problem = build_problem(name, quick=sizes_quick, seed=DATA_SEED)
+    problem = build_problem(name, quick=sizes_quick, seed=data_seed)
     budget = M.budget(problem, sizes_quick)
     if field_problem:
         n_ref, n_gen = AC_SIZES[quick]
         problem = dataclasses.replace(
-            problem, reference=problem.solve(n_ref, DATA_SEED + 1), n_generate=n_gen
+            problem, reference=problem.solve(n_ref, data_seed + 1), n_generate=n_gen
         )
         budget = dataclasses.replace(budget, epochs=AC_EPOCHS[quick])
-    # held-out trajectories: a data seed of their own (train: DATA_SEED, reference: +1)
+    # held-out trajectories: a data seed of their own (train: data_seed, reference: +1)
     n_held_out = problem.train.sizes["sample"] if field_problem else (64 if quick else 128)
-    held_out = problem.solve(n_held_out, DATA_SEED + 2)
-    return Context(problem, sizes_quick, budget, held_out, cache)
+    held_out = problem.solve(n_held_out, data_seed + 2)
+    return Context(problem, sizes_quick, budget, held_out, cache, data_seed)
 
 
 def _padded(states: xr.DataArray, history: int) -> torch.Tensor:
@@ -229,12 +265,13 @@ def _state_shape(problem: ProblemData) -> tuple[int | None, ...]:
 # -- scoring ----------------------------------------------------------------------------------
 def score(ens: xr.DataArray, ctx: Context, seed: int, pooled: bool) -> dict[str, float]:
     """ED ratio at the bench's three horizons (evaluation seed = training seed, as the
-    bench), with the energy distance and noise floor; optionally the short horizon pooled
-    over several reference splits (sum of distances over sum of floors)."""
+    bench), with the energy distance and noise floor and the problem score (the bench's
+    ``quantity_error``); optionally the short horizon pooled over several reference splits
+    (sum of distances over sum of floors)."""
     p = ctx.problem
     ens = ens.assign_coords(time=p.reference["time"].values)
     scores = evaluate(ens.isel(time=p.horizons), p.reference, seed=seed)
-    row = {}
+    row = {"problem_score": p.quantity_error(ens, p.reference)}
     for i, h in enumerate(HORIZONS):
         row[f"ed_{h}"] = float(scores["ed_ratio"][i])
         row[f"energy_distance_{h}"] = float(scores["energy_distance"][i])
@@ -323,7 +360,8 @@ def train_tracked(stepper, data, ctx: Context, variant: Variant, seed: int, epoc
 
 def _cache_path(ctx: Context, seed: int, name: str) -> Path:
     size = "quick" if ctx.quick else "full"
-    return ctx.cache / f"{ctx.problem.name}-{size}-seed{seed}-{name}.pt"
+    data = "" if ctx.data_seed == DATA_SEED else f"-data{ctx.data_seed}"
+    return ctx.cache / f"{ctx.problem.name}-{size}{data}-seed{seed}-{name}.pt"
 
 
 def _teacher(ctx: Context, seed: int, mult: float):
@@ -462,10 +500,10 @@ def run_reference(variant: Variant, ctx: Context, seed: int) -> dict:
     p = ctx.problem
     facts: dict = {}
     if variant.family == "solver":
-        ens = p.solve(p.n_generate, hash_seed(DATA_SEED, seed, 11))
+        ens = p.solve(p.n_generate, hash_seed(ctx.data_seed, seed, 11))
     else:
         teacher, facts = _teacher(ctx, seed, variant.teacher_epochs)
-        teacher.n_euler = M.COUPLING_STEPS
+        teacher.n_euler = variant.teacher_steps
         ens = generate(teacher, ctx, seed)
     row = {"selection": "final", **score(ens, ctx, seed, variant.pooled)}
     return {**facts, "curve": [], "losses": [], "held_out_scores": [], "results": [row]}
@@ -491,6 +529,7 @@ def run_one(ctx: Context, variant: Variant, seed: int, out: Path, force: bool = 
         "variant": variant.name,
         "family": variant.family,
         "quick": ctx.quick,
+        "data_seed": ctx.data_seed,
         "wall_seconds": time.perf_counter() - start,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -562,7 +601,8 @@ def table(results: pd.DataFrame, problem: str, names: list[str]) -> str:
     """Markdown: one row per variant and selection, medians [min, max] over seeds."""
     head = (
         "| variant | selection | seeds | ED short | ED mid | ED final | ED short, pooled "
-        "| epoch kept / run | train loss | held-out ES |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| problem score | epoch kept / run | train loss | held-out ES |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for name in names:
@@ -571,6 +611,7 @@ def table(results: pd.DataFrame, problem: str, names: list[str]) -> str:
             kept = f"{_cell(s['epoch'], '{:.0f}')} / {_cell(s['epochs'], '{:.0f}')}"
             cells = [_cell(s[f"ed_{h}"]) for h in HORIZONS]
             cells.append(_cell(s.get("ed_short_pooled", pd.Series(dtype=float))))
+            cells.append(_cell(s.get("problem_score", pd.Series(dtype=float))))
             cells += [kept, _cell(s.get("train_loss", pd.Series(dtype=float)))]
             cells.append(_cell(s.get("held_out_score", pd.Series(dtype=float)), "{:.4g}"))
             lines.append(f"| {name} | {sel} | {s['seed'].nunique()} | " + " | ".join(cells) + " |")
@@ -585,9 +626,9 @@ def plot(results, curves, losses, experiment: str, problem: str, names: list[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8), layout="constrained")
+    fig, axes = plt.subplots(2, 4, figsize=(19, 8), layout="constrained")
     panels = [("train_loss", losses), ("held_out_score", losses)]
-    panels += [(f"ed_{h}", curves) for h in HORIZONS]
+    panels += [(f"ed_{h}", curves) for h in HORIZONS] + [("problem_score", curves)]
     for ax, (column, frame) in zip(axes.flat, panels, strict=False):
         for name in names:
             g = (
@@ -597,7 +638,8 @@ def plot(results, curves, losses, experiment: str, problem: str, names: list[str
             )
             if g.empty or column not in g or g[column].isna().all():
                 reference = results[(results["problem"] == problem) & (results["variant"] == name)]
-                if column.startswith("ed_") and not reference.empty:
+                scored = column.startswith("ed_") or column == "problem_score"
+                if scored and not reference.empty and column in reference:
                     # untrained references: solver, teachers (grey shades, not the cycle)
                     shade = REFERENCE_COLOURS[names.index(name) % len(REFERENCE_COLOURS)]
                     median = reference[column].median()
@@ -623,8 +665,9 @@ def plot(results, curves, losses, experiment: str, problem: str, names: list[str
         if column.startswith("ed_"):
             ax.axhline(1.0, color="k", lw=0.6, ls="--")
     handles, labels = axes.flat[4].get_legend_handles_labels()
-    axes.flat[5].axis("off")
-    axes.flat[5].legend(handles, labels, loc="center", fontsize=9)
+    for ax in axes.flat[6:]:
+        ax.axis("off")
+    axes.flat[6].legend(handles, labels, loc="center", fontsize=9)
     fig.suptitle(f"{experiment}: {problem} (median over seeds, min-max band)")
     path = out / f"{experiment}_{problem}.png"
     fig.savefig(path, dpi=80)
@@ -678,6 +721,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu/recipe"))
     parser.add_argument("--cache", type=Path, default=Path("/tmp/slift_recipe_cache"))
+    parser.add_argument(
+        "--data-seed",
+        type=int,
+        default=DATA_SEED,
+        help="seed of the training set, reference and held-out data (default: the bench's)",
+    )
     parser.add_argument("--variants", nargs="+", help="run only these variants (default: all)")
     parser.add_argument(
         "--label-stats", action="store_true", help="only the label std against inversion steps"
@@ -690,7 +739,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     args.cache.mkdir(parents=True, exist_ok=True)
     if args.label_stats:
-        label_stats(make_context(args.problems[0], args.quick, args.cache), args.seeds, args.out)
+        ctx = make_context(args.problems[0], args.quick, args.cache, args.data_seed)
+        label_stats(ctx, args.seeds, args.out)
         return
     if not args.report_only:
         for problem in args.problems:
@@ -699,7 +749,7 @@ def main(argv: list[str] | None = None) -> None:
             names = [n for n in names if args.variants is None or n in args.variants]
             if not names:
                 continue
-            ctx = make_context(problem, args.quick, args.cache)
+            ctx = make_context(problem, args.quick, args.cache, args.data_seed)
             for seed in args.seeds:
                 for name in names:
                     run_one(ctx, VARIANTS[name], seed, args.out)

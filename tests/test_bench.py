@@ -502,6 +502,35 @@ def test_sl_coupled_trains_on_its_teachers_labels_of_the_state_shape():
     assert not torch.equal(teacher_labels(teacher, transitions, n_steps=20).values, labels)
 
 
+def test_sl_coupled_teacher_trains_for_the_budgets_teacher_epochs(monkeypatch):
+    from slift_plugin import TransitionDataset, fit
+
+    problem = build_problem("double_well", quick=True, seed=0)
+    small = M.Budget(epochs=2, batch_size=128, lr=3e-3, hidden=64, teacher_epochs=3)
+    monkeypatch.setitem(M.BUDGETS, ("double_well", True), small)
+    transitions = TransitionDataset.from_xarray(problem.train)
+    teacher = M.FAMILIES["sl-coupled"]._trained_teacher(problem, transitions, 0)
+
+    def cfm_trained(epochs: int):
+        cfm = M.MethodSpec("cfm", "cfm", n_euler=M.COUPLING_STEPS)
+        model = M.build_seeded(cfm, problem, True, 0, key="sl-coupled teacher")
+        fit(model, transitions, epochs=epochs, batch_size=128, lr=3e-3, weight_decay=0.0, seed=0)
+        return model.state_dict()
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    trained = teacher.state_dict()
+    assert same(trained, cfm_trained(3))
+    assert not same(trained, cfm_trained(2))  # not the budget's epochs
+    # without teacher_epochs the teacher gets the budget's epochs
+    monkeypatch.setitem(
+        M.BUDGETS, ("double_well", True), dataclasses.replace(small, teacher_epochs=None)
+    )
+    plain = M.FAMILIES["sl-coupled"]._trained_teacher(problem, transitions, 0)
+    assert same(plain.state_dict(), cfm_trained(2))
+
+
 def test_quick_dice_and_cfm_runs_on_lorenz96_and_dice_on_allen_cahn_fields():
     config = BenchConfig(
         problems=["lorenz96"], methods=["solver", "dice", "cfm5"], seeds=(0,), quick=True
