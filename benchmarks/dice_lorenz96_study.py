@@ -16,11 +16,13 @@ Results: one JSON per run in ``--out`` (default ``benchmarks/results/cpu/dice_lo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import torch
+import xarray as xr
 
 from slift_plugin import DICE, PotentialMLP, SnapshotDataset, evaluate, fit, rollout
 from slift_plugin.bench.problems import build_problem
@@ -35,9 +37,21 @@ def horizon_scores(ensemble, problem, seed: int) -> dict[str, list[float]]:
     }
 
 
+def larger_populations(problem, seed: int, multiple: int):
+    """``problem`` with ``multiple`` times the particles per training forcing: the bench's
+    populations plus independent draws of the same sizes (data seeds ``seed + 10 k``, clear
+    of the reference's ``seed + 100`` and the start states' ``seed + 101``)."""
+    extra = [
+        build_problem("lorenz96", quick=False, seed=seed + 10 * k).train for k in range(1, multiple)
+    ]
+    return dataclasses.replace(problem, train=xr.concat([problem.train, *extra], "sample"))
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     problem = build_problem("lorenz96", quick=False, seed=args.seed)
+    if args.population_multiple > 1:
+        problem = larger_populations(problem, args.seed, args.population_multiple)
     d = problem.state_shape[0]
     data = SnapshotDataset.from_xarray(problem.train, n_times=args.n_times)
     steps_per_epoch = data.steps_per_epoch(args.batch_size)
@@ -109,13 +123,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--substeps", type=int, default=4)
     parser.add_argument("--alpha", type=float, default=0.0)
     parser.add_argument("--kinetic-on-neighbours", type=float, default=0.0)
+    parser.add_argument(
+        "--population-multiple",
+        type=int,
+        default=1,
+        help="particles per training forcing, as a multiple of the bench's 512",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="", help="suffix of the JSON file")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu/dice_lorenz96"))
     args = parser.parse_args(argv)
     record = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"times{args.n_times}-steps{args.steps}-seed{args.seed}{args.tag}"
+    particles = "" if args.population_multiple == 1 else f"-particles{args.population_multiple}x"
+    name = f"times{args.n_times}-steps{args.steps}{particles}-seed{args.seed}{args.tag}"
     (args.out / f"{name}.json").write_text(json.dumps(record, indent=2))
     dice, solver = record["dice"], record["solver"]
     print(
