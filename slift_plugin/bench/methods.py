@@ -636,17 +636,23 @@ def set_sampling(stepper: Stepper, spec: MethodSpec) -> None:
 
 
 # -- backbones ------------------------------------------------------------------------------
-def _field_backbone(problem: ProblemData, quick: bool, **kwargs) -> nn.Module:
+def _field_backbone(
+    problem: ProblemData, quick: bool, *, spatial_noise: bool, **kwargs
+) -> nn.Module:
     from ..adapters.neuralop import lifted_operator
 
     # Every Fourier mode of the grid (neuraloperator keeps n_modes // 2 + 1 of the real
     # FFT): a white label field must be shaped at every wavenumber. On the demo's field 16
     # (9 modes) left a spectrum error of 0.42, all modes 0.073 (solver 0.028), for up to
     # 1.3x the training time (BENCHMARKS.md, "A rollout loss, and every Fourier mode").
-    # No positional embedding: the field is homogeneous on a periodic grid; without the
+    # No positional embedding where the input carries noise that varies in space (a
+    # noise-field label, CFM's z): the field is homogeneous on a periodic grid; without the
     # cell coordinates as inputs the FNO commutes with shifts and cannot learn the chance
     # spatial pattern of the training ensemble (BENCHMARKS.md, "Translation-equivariant
-    # FNOs").
+    # FNOs"). Methods whose label is constant in space or absent keep the grid embedding:
+    # from the homogeneous start u0 = 0 an equivariant FNO returns uniform fields whatever
+    # the label (spectrum error 8.9, a uniform ensemble's; BENCHMARKS.md, "Stochastic
+    # Allen-Cahn with the current field backbone").
     n_grid = problem.state_shape[-1]
     return lifted_operator(
         "fno",
@@ -654,15 +660,21 @@ def _field_backbone(problem: ProblemData, quick: bool, **kwargs) -> nn.Module:
         n_modes=(n_grid,),
         hidden_channels=budget(problem, quick).hidden,
         n_layers=2 if quick else 4,
-        positional_embedding=None,
+        positional_embedding=None if spatial_noise else "grid",
         **kwargs,
     )
 
 
-def _backbone(problem: ProblemData, quick: bool, *, label_dim: int, **kwargs) -> nn.Module:
-    """The problem's backbone with ``label_dim`` label inputs (0: none)."""
+def _backbone(
+    problem: ProblemData, quick: bool, *, label_dim: int, spatial_noise: bool = False, **kwargs
+) -> nn.Module:
+    """The problem's backbone with ``label_dim`` label inputs (0: none); ``spatial_noise``:
+    an input varies in space at random (a noise-field label, CFM's z), which decides the
+    operator's positional embedding (MLPs ignore it)."""
     if problem.kind == "field":
-        return _field_backbone(problem, quick, label_dim=label_dim, **kwargs)
+        return _field_backbone(
+            problem, quick, label_dim=label_dim, spatial_noise=spatial_noise, **kwargs
+        )
     d = problem.state_shape[0]
     extra = set(kwargs) - {"history", "n_cond"}
     if extra:
@@ -681,7 +693,8 @@ def _labelled_backbone(
 ) -> nn.Module:
     # only operators take an injection; MLPs concatenate the label
     injection = {"injection": spec.injection} if problem.kind == "field" else {}
-    return _backbone(problem, quick, label_dim=label_dim, **injection)
+    spatial_noise = spec.injection == "noise_field"
+    return _backbone(problem, quick, label_dim=label_dim, spatial_noise=spatial_noise, **injection)
 
 
 def _n_params(problem: ProblemData) -> int:
@@ -776,7 +789,9 @@ class _FlowMatching(TransitionFamily):
 
     def build(self, spec: MethodSpec, problem: ProblemData, quick: bool, seed: int) -> Stepper:
         n_params = _n_params(problem)  # conditioned on [mu, flow time s]
-        net = _backbone(problem, quick, label_dim=0, history=2, n_cond=n_params + 1)
+        net = _backbone(
+            problem, quick, label_dim=0, spatial_noise=True, history=2, n_cond=n_params + 1
+        )
         return FlowMatching(
             net,
             _state_shape(problem),
