@@ -42,7 +42,7 @@ from slift_plugin.bench.problems import ProblemData, build_problem
 from slift_plugin.bench.runner import DATA_SEED
 from slift_plugin.labels import hash_seed
 
-PROBLEMS = ("double_well", "lorenz63")
+PROBLEMS = ("double_well", "lorenz63", "allen_cahn")
 METHODS = ("solver", "sl-coupled", "cfm20")
 HORIZONS = ("short", "mid", "final")
 DRAW_KEY = 1000  # seeds of draws after the bench's: hash_seed(<the bench's>, 1000 + g)
@@ -75,9 +75,11 @@ def _generator(name: str, problem: ProblemData, seed: int) -> tuple[Callable, in
             problem.x0,
             problem.n_steps,
             problem.n_generate,
+            mu=problem.mu,
             seed=s,
             chunk_size=problem.n_generate,
             coords=problem.coords,
+            param_names=problem.param_names,
         )
 
     return generate, hash_seed(seed, 7)
@@ -90,7 +92,10 @@ def _scores(name: str, problem: ProblemData, seed: int, draws: int) -> dict:
     times = problem.reference["time"].values
     scores, ed_ratios = [], []
     for g in range(draws):
-        ens = generate(_draw_seed(bench_seed, g)).assign_coords(time=times)
+        ens = generate(_draw_seed(bench_seed, g))
+        if problem.postprocess is not None:
+            ens = problem.postprocess(ens)
+        ens = ens.assign_coords(time=times)
         scores.append(problem.quantity_error(ens, problem.reference))
         ed = evaluate(
             ens.isel(time=problem.horizons),
