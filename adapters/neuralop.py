@@ -31,7 +31,6 @@ and FNO weights do not survive a dtype cast (any cast away from float32 is refus
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from pathlib import Path
@@ -57,6 +56,7 @@ from ..data import atomic_write
 from ..labels import ContentLabels
 from ..methods import StochasticLifting
 from ..rollout import rollout
+from ._neuralop_arguments import INJECTIONS, OPERATORS, checkpoint_arguments, constructor_arguments
 
 __all__ = [
     "INJECTIONS",
@@ -69,24 +69,6 @@ __all__ = [
     "operator_potential",
     "rollout",
 ]
-
-INJECTIONS = ("channels", "noise_field", "embedding")
-OPERATORS = {"fno": FNO, "tfno": TFNO, "uno": UNO}
-_HOST_KEYS = ("_version", "args", "_name")
-# Generous bounds on the sizes a checkpoint's metadata may ask for: beyond them it is
-# broken or hostile, and building the model would exhaust memory or time before the
-# weights could say so.
-_SIZE_LIMITS = {
-    "in_channels": (1, 4096),
-    "hidden_channels": (1, 65536),
-    "n_layers": (1, 256),
-    "label_dim": (0, 65536),
-    "n_params": (0, 4096),
-    "history": (1, 1024),
-    "embedding_hidden": (1, 65536),
-}
-_MAX_GRID_DIMS = 6
-_MAX_MODES = 65536
 
 
 def _extra_channels(injection: str, label_dim: int, n_cond: int) -> int:
@@ -378,36 +360,6 @@ def lifted_operator(
     )
 
 
-def _constructor_arguments(model: BaseModel) -> dict[str, Any]:
-    """The user's constructor arguments (positional ones bound to names), minus defaults."""
-    if type(model) is UNO:  # neuraloperator 2.0's UNO is no BaseModel: no _init_kwargs
-        from .neuralop_config import _uno_arguments
-
-        channels = {"in_channels": model.in_channels, "out_channels": model.out_channels}
-        return channels | _uno_arguments(model)
-    init = FNO.__init__ if isinstance(model, FNO) else type(model).__init__
-    signature = inspect.signature(init)
-    stored = {k: v for k, v in model._init_kwargs.items() if k not in _HOST_KEYS}
-    bound = signature.bind_partial(None, *model._init_kwargs.get("args", ()), **stored)
-    arguments = dict(bound.arguments)
-    arguments.pop(next(iter(signature.parameters)))  # self
-    # BaseModel records every default too; keep only what differs, so that the
-    # metadata stays plain data (no functions or classes) and loads with weights_only.
-    return {
-        k: v
-        for k, v in arguments.items()
-        if signature.parameters[k].default is inspect.Parameter.empty
-        or not _same(v, signature.parameters[k].default)
-    }
-
-
-def _same(a: object, b: object) -> bool:
-    try:
-        return bool(a == b)
-    except Exception:
-        return a is b
-
-
 def lift(
     model: BaseModel,
     *,
@@ -459,7 +411,7 @@ def lift(
     """
     if not isinstance(model, tuple(OPERATORS.values())):
         raise TypeError(f"lift() takes an FNO, TFNO or UNO, got {type(model).__name__}")
-    kwargs = _constructor_arguments(model)
+    kwargs = constructor_arguments(model)
     in_channels, out_channels = kwargs.pop("in_channels"), kwargs.pop("out_channels")
     if in_channels != out_channels:
         raise ValueError(
@@ -794,7 +746,7 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
             raise CheckpointError(
                 f"SLFNO metadata {path} is corrupt or holds non-data objects: {exc}"
             ) from exc
-        arguments = _checkpoint_arguments(meta, path)
+        arguments = checkpoint_arguments(meta, path, SLFNO)
         try:
             with torch.device("meta"):  # shapes only: nothing is allocated
                 probe = cls(**arguments)
@@ -808,114 +760,6 @@ class SLFNO(StochasticLifting, BaseModel, name="SLFNO"):
         instance = cls(**arguments)
         load_model_state(instance, state, state_path)
         return instance
-
-
-def _checked_size(key: str, value: object, path: Path) -> None:
-    """Raise unless ``value`` is an int (not a bool) within ``_SIZE_LIMITS[key]``."""
-    low, high = _SIZE_LIMITS[key]
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise CheckpointError(
-            f"SLFNO metadata {path}: {key} must be an integer in [{low}, {high}], got {value!r}"
-        )
-
-
-def _is_plain_data(value: object, depth: int = 0) -> bool:
-    """Numbers, strings, None and (shallowly nested) lists, tuples and dicts of those."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return True
-    if depth > 4:
-        return False
-    if isinstance(value, list | tuple):
-        return all(_is_plain_data(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return all(
-            isinstance(k, str | int) and _is_plain_data(v, depth + 1) for k, v in value.items()
-        )
-    return False
-
-
-def _check_argument(key: str, value: object, path: Path) -> None:
-    """Raise a CheckpointError unless ``value`` is a plausible SLFNO argument ``key``."""
-    expected = None
-    if key in _SIZE_LIMITS:
-        _checked_size(key, value, path)
-    elif key == "n_modes":
-        if not isinstance(value, list | tuple) or not 1 <= len(value) <= _MAX_GRID_DIMS:
-            expected = f"a tuple of 1 to {_MAX_GRID_DIMS} mode counts"
-        elif not all(type(m) is int and 1 <= m <= _MAX_MODES for m in value):
-            expected = f"mode counts that are integers in [1, {_MAX_MODES}]"
-    elif key == "label_injection" and value not in INJECTIONS:
-        expected = f"one of {INJECTIONS}"
-    elif key == "operator" and (not isinstance(value, str) or value.lower() not in OPERATORS):
-        expected = f"one of {sorted(OPERATORS)}"
-    elif key == "residual" and not isinstance(value, bool):
-        expected = "a bool"
-    elif key == "dt" and (isinstance(value, bool) or not isinstance(value, int | float)):
-        expected = "a number"
-    elif key == "operator_kwargs" and value is not None:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            expected = "None or a dict of keyword arguments"
-        elif not _is_plain_data(value):
-            expected = "plain data (numbers, strings, lists, dicts)"
-        else:
-            for name in _SIZE_LIMITS.keys() & value.keys():
-                _checked_size(name, value[name], path)
-    if expected is not None:
-        raise CheckpointError(f"SLFNO metadata {path}: {key} must be {expected}, got {value!r}")
-
-
-def _checkpoint_arguments(meta: object, path: Path) -> dict[str, Any]:
-    """The SLFNO constructor arguments stored in metadata ``meta``, checked.
-
-    Parameters
-    ----------
-    meta : object
-        What the metadata file holds: BaseModel's record of the constructor call,
-        keyword arguments (defaults filled in) plus ``args``, ``_version`` and ``_name``.
-    path : pathlib.Path
-        The metadata file, named in errors.
-
-    Returns
-    -------
-    dict of str to Any
-        Keyword arguments for :class:`SLFNO`; a positional argument overrides the
-        default BaseModel recorded under the same name.
-
-    Raises
-    ------
-    slift_plugin.CheckpointError
-        If ``meta`` is not a dict, names another model, holds unknown keys, too many
-        positional arguments, or a value :func:`_check_argument` rejects.
-    """
-    if not isinstance(meta, dict):
-        raise CheckpointError(
-            f"SLFNO metadata {path} must be a dict of constructor arguments, got "
-            f"{type(meta).__name__}"
-        )
-    names = list(inspect.signature(SLFNO.__init__).parameters)[1:]  # without self
-    unknown = sorted(str(k) for k in meta if k not in names and k not in _HOST_KEYS)
-    if unknown:
-        raise CheckpointError(
-            f"SLFNO metadata {path} holds unknown keys {unknown[:8]}; expected constructor "
-            f"arguments {names} and {list(_HOST_KEYS)}"
-        )
-    if meta.get("_name", "SLFNO") != "SLFNO":
-        raise CheckpointError(f"metadata {path} is for model {meta['_name']!r}, not SLFNO")
-    args = meta.get("args", ())
-    if not isinstance(args, list | tuple) or len(args) > len(names):
-        raise CheckpointError(
-            f"SLFNO metadata {path}: args must be at most {len(names)} positional "
-            f"arguments, got {args!r:.200}"
-        )
-    arguments = {k: v for k, v in meta.items() if k not in _HOST_KEYS}
-    # Python refuses an argument given twice, so a name both positional and recorded
-    # as a keyword was given positionally: the keyword is BaseModel's filled-in default.
-    arguments.update(zip(names, args, strict=False))
-    if "in_channels" not in arguments:
-        raise CheckpointError(f"SLFNO metadata {path} lacks in_channels")
-    for key, value in arguments.items():
-        _check_argument(key, value, path)
-    return arguments
 
 
 class OperatorPotential(_HostsOperator):

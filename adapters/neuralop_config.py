@@ -25,30 +25,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch.nn.functional as F
-from neuralop.layers.embeddings import GridEmbeddingND
-from neuralop.layers.fno_block import FNOBlocks
-from neuralop.layers.spectral_convolution import SpectralConv
 from neuralop.models import FNO, TFNO, UNO
 from torch import nn
 
 from ..checkpoint import CheckpointError
 from ..config import ConfigError, Configurable, NotDescribableError, argument_checker
-from .neuralop import (
-    _MAX_GRID_DIMS,
-    _MAX_MODES,
-    _SIZE_LIMITS,
+from ._neuralop_arguments import (
     INJECTIONS,
+    MAX_GRID_DIMS,
+    MAX_MODES,
     OPERATORS,
-    SLFNO,
-    LiftedOperator,
-    OperatorPotential,
-    _checkpoint_arguments,
-    _constructor_arguments,
-    _is_plain_data,
-    lifted_operator,
-    operator_potential,
+    SIZE_LIMITS,
+    checkpoint_arguments,
+    constructor_arguments,
+    is_plain_data,
 )
+from .neuralop import SLFNO, LiftedOperator, OperatorPotential, lifted_operator, operator_potential
 
 __all__ = ["LIFTED_OPERATOR", "OPERATOR_POTENTIAL", "SLFNO_CONFIG"]
 
@@ -57,24 +49,6 @@ _KINDS = {FNO: "fno", TFNO: "tfno", UNO: "uno"}
 # broken or hostile (a list per layer, a width or a mode count).
 _MAX_INT = 65536
 _MAX_LIST = 256
-# The arguments a UNO keeps as attributes under their own names.
-_UNO_KEPT = (
-    "hidden_channels",
-    "lifting_channels",
-    "projection_channels",
-    "n_layers",
-    "uno_out_channels",
-    "uno_n_modes",
-    "uno_scalings",
-    "horizontal_skips_map",
-    "rank",
-    "factorization",
-    "fixed_rank_modes",
-    "decomposition_kwargs",
-    "implementation",
-    "separable",
-    "preactivation",
-)
 
 
 def _operator_kind(operator: nn.Module) -> str:
@@ -108,53 +82,12 @@ def _skips_out(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _uno_arguments(uno: UNO) -> dict[str, Any]:
-    """A UNO's constructor arguments, read back from its attributes.
-
-    neuraloperator 2.0's UNO is no ``BaseModel`` and keeps no record of its arguments.
-    Those it does not keep (``channel_mlp_expansion``, ``channel_mlp_dropout``, ``norm``)
-    are taken at their defaults: a UNO built otherwise differs from the one the
-    description builds, which :func:`slift_plugin.config.describe_stepper` then detects.
-    """
-    code = {"non_linearity": F.gelu, "operator_block": FNOBlocks, "integral_operator": SpectralConv}
-    changed = sorted(k for k, v in code.items() if getattr(uno, k) is not v)
-    if changed:
-        raise NotDescribableError(f"its UNO was built with its own {changed} (code, not data)")
-    embedding = uno.positional_embedding
-    if embedding is not None and type(embedding) is not GridEmbeddingND:
-        raise NotDescribableError(f"its UNO has a {type(embedding).__name__} positional embedding")
-    padding = uno.domain_padding
-    args = {k: getattr(uno, k) for k in _UNO_KEPT}
-    args["positional_embedding"] = None if embedding is None else "grid"
-    args["domain_padding"] = None if padding is None else padding.domain_padding
-    n_layers = uno.n_layers
-    default_skips = {n_layers - i - 1: i for i in range(n_layers // 2)}
-    if args["horizontal_skips_map"] == default_skips:
-        args["horizontal_skips_map"] = None
-    defaults = inspect.signature(UNO.__init__).parameters
-    return {
-        k: v
-        for k, v in args.items()
-        if defaults[k].default is inspect.Parameter.empty or not _same(v, defaults[k].default)
-    }
-
-
-def _same(a: object, b: object) -> bool:
-    try:
-        return bool(a == b)
-    except Exception:
-        return False
-
-
 def _operator_kwargs(operator: nn.Module) -> dict[str, Any]:
     """The operator's non-default constructor arguments, without its channel counts."""
-    if type(operator) is UNO:
-        kwargs = _uno_arguments(operator)
-    else:
-        kwargs = _constructor_arguments(operator)
+    kwargs = constructor_arguments(operator)
     for name in ("in_channels", "out_channels"):
         kwargs.pop(name, None)
-    code = sorted(k for k, v in kwargs.items() if not _is_plain_data(v))
+    code = sorted(k for k, v in kwargs.items() if not is_plain_data(v))
     if code:
         raise NotDescribableError(
             f"its operator's arguments {code} are not plain data (functions or objects)"
@@ -179,19 +112,19 @@ def _bounded(value: object) -> bool:
 
 def _kwargs_problem(value: object) -> str | None:
     """What is wrong with a description's ``operator_kwargs``, or None."""
-    if not isinstance(value, dict) or not _is_plain_data(value):
+    if not isinstance(value, dict) or not is_plain_data(value):
         return "an object of plain constructor arguments"
     if {"in_channels", "out_channels"} & value.keys():
         return "free of in_channels and out_channels (they follow from the other arguments)"
-    for key in _SIZE_LIMITS.keys() & value.keys():
-        low, high = _SIZE_LIMITS[key]
+    for key in SIZE_LIMITS.keys() & value.keys():
+        low, high = SIZE_LIMITS[key]
         if type(value[key]) is not int or not low <= value[key] <= high:
             return f"such that {key} is an integer in [{low}, {high}]"
     modes = value.get("n_modes", [1])
-    if not isinstance(modes, list) or not 1 <= len(modes) <= _MAX_GRID_DIMS:
-        return f"such that n_modes is a list of 1 to {_MAX_GRID_DIMS} mode counts"
-    if not all(type(m) is int and 1 <= m <= _MAX_MODES for m in modes):
-        return f"such that n_modes holds integers in [1, {_MAX_MODES}]"
+    if not isinstance(modes, list) or not 1 <= len(modes) <= MAX_GRID_DIMS:
+        return f"such that n_modes is a list of 1 to {MAX_GRID_DIMS} mode counts"
+    if not all(type(m) is int and 1 <= m <= MAX_MODES for m in modes):
+        return f"such that n_modes holds integers in [1, {MAX_MODES}]"
     if not _bounded(value):
         return f"made of integers within +-{_MAX_INT}, lists of at most {_MAX_LIST} items"
     return None
@@ -211,7 +144,7 @@ def _from_json(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _size(key: str):
-    low, high = _SIZE_LIMITS[key]
+    low, high = SIZE_LIMITS[key]
     return lambda v: (
         None if type(v) is int and low <= v <= high else f"an integer in [{low}, {high}]"
     )
@@ -317,7 +250,7 @@ _RECORDED = Path("(the recorded SLFNO arguments)")  # named in from_checkpoint's
 
 def _describe_slfno(model: SLFNO) -> dict[str, Any]:
     try:
-        recorded = _checkpoint_arguments(dict(model._init_kwargs), _RECORDED)
+        recorded = checkpoint_arguments(dict(model._init_kwargs), _RECORDED, SLFNO)
     except CheckpointError as exc:
         raise NotDescribableError(str(exc)) from exc
     defaults = {k: p.default for k, p in _SLFNO_PARAMETERS.items() if k in _SLFNO_ARGUMENTS}
@@ -331,7 +264,7 @@ def _describe_slfno(model: SLFNO) -> dict[str, Any]:
     }
     kwargs = args["operator_kwargs"]
     if kwargs is not None:
-        if not _is_plain_data(kwargs):
+        if not is_plain_data(kwargs):
             raise NotDescribableError("its operator_kwargs are not plain data")
         args["operator_kwargs"] = _skips_out(kwargs)
     return _as_json(args)
@@ -341,7 +274,7 @@ def _check_slfno(args: Mapping[str, Any]) -> None:
     if args["dt"] is not None and (type(args["dt"]) not in (int, float) or args["dt"] <= 0):
         raise ConfigError(f"SLFNO: dt must be a number > 0 or null, got {args['dt']!r:.80}")
     try:
-        _checkpoint_arguments({**args, "dt": math.nan}, _RECORDED)
+        checkpoint_arguments({**args, "dt": math.nan}, _RECORDED, SLFNO)
     except CheckpointError as exc:
         raise ConfigError(str(exc)) from exc
     problem = args["operator_kwargs"] and _kwargs_problem(args["operator_kwargs"])
