@@ -18,16 +18,88 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import xarray as xr
+from torch import Tensor, nn
 
 from slift_plugin import DICE, PotentialMLP, SnapshotDataset, evaluate, fit, rollout
-from slift_plugin.bench.problems import build_problem
-from slift_plugin.systems.lorenz96 import lorenz96_drift
+from slift_plugin.bench.problems import LORENZ96_TRAIN_FORCING, build_problem
+from slift_plugin.systems.lorenz96 import lorenz96, lorenz96_drift
+
+
+class ScaledPotential(nn.Module):
+    """``scale * inner(x, t, cond)``: the potential's output in the units of the velocity.
+
+    ``DICE`` feeds the potential standardised states and times and takes its gradient
+    as the velocity in physical units, so a potential of order one gives velocities of
+    order ``state_std / (time span)``. Lorenz-96's early populations move about 50 times
+    faster than that (:func:`marginal_speed`), and Adam has to grow the output weights
+    that far first.
+    """
+
+    def __init__(self, inner: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.inner, self.n_cond, self.scale = inner, inner.n_cond, float(scale)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        return self.scale * self.inner(x, t, cond)
+
+
+class TimeFeatures(nn.Module):
+    """An inner potential over ``[x, sin(pi k t), cos(pi k t)]``, ``k = 1 .. n_freq``.
+
+    The features enter beside ``x`` (the inner potential's state has ``d + 2 n_freq``
+    entries), so that the gradient DICE takes with respect to ``x`` is unchanged: a
+    potential that can change quickly in time, as Lorenz-96's marginals do early on.
+    """
+
+    def __init__(self, dim: int, n_params: int, n_freq: int, hidden: int, depth: int) -> None:
+        super().__init__()
+        self.n_cond = n_params
+        self.inner = PotentialMLP(dim + 2 * n_freq, n_params=n_params, hidden=hidden, depth=depth)
+        self.register_buffer("freqs", math.pi * torch.arange(1, n_freq + 1, dtype=torch.float32))
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        phase = t[:, None] * self.freqs.to(t.dtype)
+        return self.inner(torch.cat([x, phase.sin(), phase.cos()], 1), t, cond)
+
+
+def marginal_speed(data: SnapshotDataset) -> float:
+    """RMS over groups and gaps of ``state_std_c * |d/dt (mean_c, std_c)|`` averaged over
+    the channels ``c``: the speed at which the marginals move, in the units of a potential
+    over standardised states (what :class:`ScaledPotential` multiplies by)."""
+    std = data.statistics()["state_std"].double()
+    squares = []
+    for times, populations, _ in data.groups:
+        moments = [(p.double().mean(0), p.double().std(0)) for p in populations]
+        for k, gap in enumerate((times[1:] - times[:-1]).tolist()):
+            rate_mean = (moments[k + 1][0] - moments[k][0]) / gap
+            rate_std = (moments[k + 1][1] - moments[k][1]) / gap
+            squares.append(float(((rate_mean**2 + rate_std**2) * std**2).mean()))
+    return math.sqrt(sum(squares) / len(squares))
+
+
+def full_grid_losses(dice: DICE, data: SnapshotDataset, problem) -> dict:
+    """The DICE loss on every snapshot time at once, without the minibatch's random subset
+    of times: on each training population (all its particles) and on the held-out
+    forcing's reference (its first 1024 particles). Training on subsets of times can
+    lower its own loss while this one rises."""
+    reference = problem.reference.transpose("time", "sample", ...)
+    held_out = {
+        "x": torch.as_tensor(reference.values[:, :1024], dtype=torch.float32),
+        "t": torch.as_tensor(reference["time"].values, dtype=torch.float32),
+        "mu": torch.tensor([float(problem.mu[0])]),
+    }
+    in_sample = {
+        f"{float(mu[0]):g}": dice.loss({"x": torch.stack(pops), "t": times, "mu": mu}).item()
+        for times, pops, mu in data.groups
+    }
+    return {"held_out": dice.loss(held_out).item(), "in_sample": in_sample}
 
 
 def horizon_scores(ensemble, problem, seed: int) -> dict[str, list[float]]:
@@ -47,6 +119,35 @@ def larger_populations(problem, seed: int, multiple: int):
         build_problem("lorenz96", quick=False, seed=seed + 10 * k).train for k in range(1, multiple)
     ]
     return dataclasses.replace(problem, train=xr.concat([problem.train, *extra], "sample"))
+
+
+def finer_snapshots(problem, seed: int, snapshot_dt: float):
+    """``problem`` with its training populations saved every ``snapshot_dt`` instead of
+    every ``problem.dt``: the same trajectories (forcings, sizes, burn-in, RK4 step and
+    seeds as the bench's ``_lorenz96``, checked against ``problem.train`` on the shared
+    times), more snapshot times."""
+    every = round(problem.dt / snapshot_dt)
+    if every < 1 or abs(every * snapshot_dt - problem.dt) > 1e-9:
+        raise ValueError(f"--snapshot-dt must divide {problem.dt}, got {snapshot_dt}")
+    n = problem.train.sizes["sample"] // len(LORENZ96_TRAIN_FORCING)
+    runs = [
+        lorenz96(
+            n,
+            problem.n_steps * every,
+            snapshot_dt,
+            dim=problem.state_shape[0],
+            forcing=np.full(n, forcing),
+            burn_in=0.2,
+            dt_internal=0.01,
+            seed=seed + i,
+        )
+        for i, forcing in enumerate(LORENZ96_TRAIN_FORCING)
+    ]
+    train = xr.concat(runs, "sample")
+    shared = train.isel(time=slice(None, None, every)).values
+    if not np.allclose(shared, problem.train.values, atol=1e-4):
+        raise RuntimeError("the finer populations are not the bench's trajectories")
+    return dataclasses.replace(problem, train=train)
 
 
 def exact_euler(problem, n_substeps: int) -> xr.DataArray | int:
@@ -132,11 +233,19 @@ def run(args: argparse.Namespace) -> dict:
     problem = build_problem("lorenz96", quick=False, seed=args.seed)
     if args.population_multiple > 1:
         problem = larger_populations(problem, args.seed, args.population_multiple)
+    if args.snapshot_dt is not None:
+        problem = finer_snapshots(problem, args.seed, args.snapshot_dt)
     d = problem.state_shape[0]
     data = SnapshotDataset.from_xarray(problem.train, n_times=args.n_times)
     steps_per_epoch = data.steps_per_epoch(args.batch_size)
     epochs = max(1, round(args.steps / steps_per_epoch))
-    potential = PotentialMLP(d, n_params=1, hidden=args.hidden, depth=args.depth)
+    if args.time_features:
+        potential = TimeFeatures(d, 1, args.time_features, args.hidden, args.depth)
+    else:
+        potential = PotentialMLP(d, n_params=1, hidden=args.hidden, depth=args.depth)
+    scale = marginal_speed(data) if args.potential_scale == "marginal" else args.potential_scale
+    if float(scale) != 1.0:
+        potential = ScaledPotential(potential, float(scale))
     dice = DICE(
         potential,
         (d,),
@@ -165,12 +274,17 @@ def run(args: argparse.Namespace) -> dict:
     solver_seconds = time.perf_counter() - started
     return {
         "config": {k: v for k, v in vars(args).items() if k != "out"}
-        | {"epochs": epochs, "optimiser_steps": epochs * steps_per_epoch},
+        | {
+            "epochs": epochs,
+            "optimiser_steps": epochs * steps_per_epoch,
+            "potential_scale_value": float(scale),
+        },
         "horizon_times": [float(problem.reference["time"][k]) for k in problem.horizons],
         "dice": horizon_scores(generated, problem, args.seed)
         | {
             "train_seconds": round(result.wall_time, 1),
             "final_loss": result.final_loss,
+            "full_grid_loss": full_grid_losses(dice, data, problem),
             "gradient_evals_per_step": dice.evals_per_step,
             "sample_seconds": round(sample_seconds, 2),
         },
@@ -201,6 +315,19 @@ def main(argv: list[str] | None = None) -> None:
         help="also sample with these Euler substeps per output step, next to the exact "
         "drift integrated the same way",
     )
+    parser.add_argument(
+        "--potential-scale",
+        type=lambda v: v if v == "marginal" else float(v),
+        default=1.0,
+        help="multiply the potential's output by this number, or by the marginals' speed "
+        "estimated from the training populations ('marginal')",
+    )
+    parser.add_argument(
+        "--time-features",
+        type=int,
+        default=0,
+        help="feed the potential sin/cos(pi k t), k = 1 .. this many, beside the state",
+    )
     parser.add_argument("--alpha", type=float, default=0.0)
     parser.add_argument("--kinetic-on-neighbours", type=float, default=0.0)
     parser.add_argument(
@@ -213,6 +340,13 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=1,
         help="particles per training forcing, as a multiple of the bench's 512",
+    )
+    parser.add_argument(
+        "--snapshot-dt",
+        type=float,
+        default=None,
+        help="save the training populations every this much time (a divisor of the "
+        "bench's 0.05; the same trajectories); --n-times counts these times",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="", help="suffix of the JSON file")
@@ -229,6 +363,12 @@ def main(argv: list[str] | None = None) -> None:
         f"(autocovariance error {dice['quantity_error']}, {dice['train_seconds']} s), solver "
         f"{solver['ed_ratio']} ({solver['quantity_error']})",
         flush=True,
+    )
+    losses = dice["full_grid_loss"]
+    print(
+        f"  potential scale {record['config']['potential_scale_value']:.4g}; loss: last "
+        f"batch {dice['final_loss']:.4g}, every time held out {losses['held_out']:.4g}, in "
+        f"sample {', '.join(f'F = {f}: {v:.4g}' for f, v in losses['in_sample'].items())}"
     )
     for n, scores in record["substeps"].items():
         exact = scores["exact_drift"]

@@ -279,6 +279,7 @@ _DICE = {
     "n_substeps": _int("n_substeps"),
     "kinetic_on_neighbours": _number(0.0, 1.0),
     "alpha": _number(0.0),
+    "potential_scale": _number(1e-30),
 }
 _MLP = {
     "in_features": _int("features"),
@@ -390,6 +391,7 @@ def _describe_dice(stepper: DICE) -> dict[str, Any]:
         "n_substeps": stepper.n_substeps,
         "kinetic_on_neighbours": stepper.kinetic_on_neighbours,
         "alpha": stepper.alpha,
+        "potential_scale": stepper.potential_scale,
     }
 
 

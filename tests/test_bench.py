@@ -572,3 +572,19 @@ def test_quick_dice_and_cfm_runs_on_lorenz96_and_dice_on_allen_cahn_fields():
     assert math.isfinite(rows["dice"]["train_loss"]) and math.isfinite(rows["cfm5"]["train_loss"])
     # the solver against an independent reference of the same law: at the noise floor
     assert max(rows["solver"][f"ed_ratio_{h}"] for h in ("short", "middle", "final")) < 5
+
+
+def test_dice_scales_its_potential_by_the_marginal_speed_where_the_budget_says():
+    """Lorenz-96's budget sets ``scale_potential``: the bench's DICE gets the training
+    populations' marginal speed (tens: the first half time unit moves fast); the double
+    well's does not, and keeps 1."""
+    spec = parse_method("dice")
+    scaled = {}
+    for name in ("lorenz96", "double_well"):
+        problem = build_problem(name, quick=True, seed=0)
+        stepper = M.build_stepper(spec, problem, quick=True, seed=0)
+        data = M.training_data(spec, stepper, problem, seed=0)
+        scaled[name] = (stepper.potential_scale, data.marginal_speed())
+    assert scaled["lorenz96"][0] == scaled["lorenz96"][1] > 10
+    assert scaled["double_well"][0] == 1.0 != scaled["double_well"][1]
+    assert M.budget(build_problem("lorenz96", quick=True, seed=0), True).scale_potential

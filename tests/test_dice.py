@@ -320,6 +320,68 @@ def test_bad_batches_and_settings():
         DICE(PotentialMLP(2), (2,), laplacian="trace")
     with pytest.raises(ValueError, match="n_cond=1"):
         DICE(PotentialMLP(2, n_params=1), (2,))
+    for scale in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="potential_scale must be finite and > 0"):
+            DICE(PotentialMLP(2), (2,), potential_scale=scale)
+
+
+def test_marginal_speed_against_numpy():
+    """Two groups of fields (2 channels, 5 points): one translating at a known rate per
+    channel, one stretching; the estimate recomputed independently in numpy, and the
+    translating group alone against its exact value ``sqrt(mean_c (v_c std_c)^2)``."""
+    g = np.random.default_rng(0)
+    base = g.normal(size=(40, 2, 5))
+    velocity = np.array([3.0, -0.5])
+    t_a = np.array([0.0, 0.1, 0.3, 0.6])
+    moving = [base + velocity[None, :, None] * t for t in t_a]
+    t_b = np.array([0.0, 0.5, 1.0])
+    stretching = [g.normal(size=(30, 2, 5)) * (1 + 2 * t) + t**2 for t in t_b]
+
+    def expected(groups):
+        pooled = np.concatenate([p for _, pops in groups for p in pops])
+        std = pooled.transpose(1, 0, 2).reshape(2, -1).std(1, ddof=1)
+        squares = []
+        for times, pops in groups:
+            m = [p.transpose(1, 0, 2).reshape(2, -1).mean(1) for p in pops]
+            sd = [p.transpose(1, 0, 2).reshape(2, -1).std(1, ddof=1) for p in pops]
+            for k in range(len(times) - 1):
+                gap = times[k + 1] - times[k]
+                rates = ((m[k + 1] - m[k]) / gap) ** 2 + ((sd[k + 1] - sd[k]) / gap) ** 2
+                squares.append((rates * std**2).mean())
+        return np.sqrt(np.mean(squares)), std
+
+    def dataset(groups):
+        return SnapshotDataset(
+            [(torch.tensor(t), [torch.tensor(p) for p in pops], None) for t, pops in groups],
+            dtype=torch.float64,
+        )
+
+    both = [(t_a, moving), (t_b, stretching)]
+    assert dataset(both).marginal_speed() == pytest.approx(expected(both)[0], rel=1e-6)
+    _, std = expected([(t_a, moving)])
+    exact = np.sqrt(np.mean((velocity * std) ** 2))
+    assert dataset([(t_a, moving)]).marginal_speed() == pytest.approx(exact, rel=1e-6)
+    assert dataset([(t_b, [stretching[0]] * 3)]).marginal_speed() == 0.0
+
+
+def test_potential_scale_multiplies_the_velocity():
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    plain = make_dice(dim=3)
+    scaled = make_dice(dim=3)
+    scaled.potential_scale = 7.0
+    for dice in (plain, scaled):
+        dice.set_normalization(
+            {
+                "state_mean": torch.zeros(3),
+                "state_std": torch.full((3,), 2.0),
+                "time_offset": torch.tensor(0.0),
+                "time_scale": torch.tensor(1.0),
+            }
+        )
+    v_plain, s_plain = plain.velocity(x, 0.3)
+    v_scaled, s_scaled = scaled.velocity(x, 0.3)
+    torch.testing.assert_close(v_scaled, 7.0 * v_plain, rtol=1e-12, atol=0)
+    torch.testing.assert_close(s_scaled, 7.0 * s_plain, rtol=1e-12, atol=0)
 
 
 def smooth_field(n, phase=0.3):

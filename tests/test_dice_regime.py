@@ -110,10 +110,11 @@ class TimeQuadratic(torch.nn.Module):
         return -0.5 * (1 + t) * (x**2).sum(1)
 
 
-def closed_form_loss(x, t, sigma, lam, alpha):
-    """The DICE loss of :class:`TimeQuadratic`, written out independently in numpy."""
+def closed_form_loss(x, t, sigma, lam, alpha, scale=1.0):
+    """The DICE loss of ``scale`` times :class:`TimeQuadratic`, written out independently
+    in numpy."""
     x, t = np.asarray(x, dtype=np.float64), np.asarray(t, dtype=np.float64)
-    a, d = 1 + t, np.diff(t)
+    a, d = scale * (1 + t), np.diff(t)
     m2 = (x**2).sum(-1).mean(1)  # E_k |x|^2
     m4 = ((x**2).sum(-1) ** 2).mean(1)
     w = np.zeros_like(t)
@@ -128,12 +129,22 @@ def closed_form_loss(x, t, sigma, lam, alpha):
     return kinetic - boundary + diffusion + alpha * squares
 
 
-@pytest.mark.parametrize("sigma, lam, alpha", [(0.0, 0.0, 0.0), (0.7, 0.5, 0.3), (0.0, 0.2, 0.0)])
-def test_float64_loss_matches_the_closed_form_and_float32_does_not(sigma, lam, alpha):
+@pytest.mark.parametrize(
+    "sigma, lam, alpha, scale",
+    [(0.0, 0.0, 0.0, 1.0), (0.7, 0.5, 0.3, 1.0), (0.0, 0.2, 0.0, 1.0), (0.7, 0.5, 0.3, 37.0)],
+)
+def test_float64_loss_matches_the_closed_form_and_float32_does_not(sigma, lam, alpha, scale):
     t = torch.tensor([0.0, 0.1, 0.35, 1.0])
     x = torch.randn(4, 9, 2, generator=torch.Generator().manual_seed(0))  # a float32 batch
-    expected = closed_form_loss(x, t, sigma, lam, alpha)
-    dice = DICE(TimeQuadratic(), (2,), sigma=sigma, kinetic_on_neighbours=lam, alpha=alpha)
+    expected = closed_form_loss(x, t, sigma, lam, alpha, scale)
+    dice = DICE(
+        TimeQuadratic(),
+        (2,),
+        sigma=sigma,
+        kinetic_on_neighbours=lam,
+        alpha=alpha,
+        potential_scale=scale,
+    )
     dice.set_normalization(IDENTITY)
     single = dice.loss({"x": x, "t": t}).item()
     dice.double()  # the float32 batch is cast to float64 by the loss

@@ -144,6 +144,7 @@ def test_operator_potentials_and_flow_matching_fields_are_rebuilt(kind, tmp_path
         n_substeps=3,
         kinetic_on_neighbours=0.25,
         alpha=0.01,
+        potential_scale=12.5,
     )
     assert_rebuilt(normalised(dice), save_stepper(tmp_path / "dice.pt", dice))
     velocity = lifted_operator(kind, state_channels=1, history=2, label_dim=0, n_cond=1, **kw)

@@ -27,7 +27,10 @@ builds its stepper, what it trains on and how it samples. A method name is parse
 ``dice``
     DICE on unpaired populations (diffusion variant with the system's known sigma; on
     fields the potential is a neural operator, :func:`slift_plugin.adapters.neuralop.
-    operator_potential`, with a Hutchinson Laplacian). Not run on Lorenz-63, whose
+    operator_potential`, with a Hutchinson Laplacian). Each batch draws
+    :attr:`Budget.snapshot_times` times (default :data:`DICE_TIMES_PER_BATCH`); where
+    :attr:`Budget.scale_potential` is set (Lorenz-96) the potential is scaled by the
+    training populations' marginal speed. Not run on Lorenz-63, whose
     point start is outside the method's regime (:attr:`MethodFamily.outside_regime`);
 ``<method>-bf16``
     a transition method (SL, MSE, CFM, ES) sampled under bfloat16 autocast, with the
@@ -138,6 +141,12 @@ class Budget:
         Epochs of the flow-matching teacher whose backward flow gives ``sl-coupled`` its
         labels; None: ``epochs``. The teacher is inverted with many Euler steps, and its
         best training length for that differs from the ``cfm`` rows' (sampled with 20).
+    snapshot_times : int or None
+        Snapshot times in each DICE batch (both endpoints among them); None:
+        :data:`DICE_TIMES_PER_BATCH`, or every time when there are fewer.
+    scale_potential : bool
+        DICE's ``potential_scale`` is the training populations'
+        :meth:`~slift_plugin.SnapshotDataset.marginal_speed` (else 1).
     """
 
     epochs: int
@@ -146,6 +155,8 @@ class Budget:
     hidden: int  # MLP width / FNO hidden channels
     snapshot_epochs: int | None = None
     teacher_epochs: int | None = None
+    snapshot_times: int | None = None
+    scale_potential: bool = False
 
 
 BUDGETS: dict[tuple[str, bool], Budget] = {
@@ -164,11 +175,24 @@ BUDGETS: dict[tuple[str, bool], Budget] = {
     ("allen_cahn", True): Budget(epochs=2, batch_size=32, lr=2e-3, hidden=8),
     ("vlasov", False): Budget(epochs=15, batch_size=256, lr=3e-4, hidden=128),
     ("vlasov", True): Budget(epochs=3, batch_size=256, lr=3e-4, hidden=64),
-    # CFM: 2048 x 40 transitions = 320 steps per epoch; DICE: 2048 / 256 = 8 per epoch
+    # CFM: 2048 x 40 transitions = 320 steps per epoch; DICE: 2048 / 256 = 8 per epoch.
+    # DICE sees all 41 times in every batch and scales its potential by the marginals'
+    # speed (53): ED ratio at t = 0.25 / 1 / 2 of 9.6 / 17 / 16.5 against 87 / 56 / 11 with
+    # 8 times and no scale, medians of 3 seeds, at 5.5x the training time
+    # (benchmarks/dice_lorenz96_study.py; BENCHMARKS.md, "DICE on Lorenz-96: the
+    # potential's scale and the times per batch")
     ("lorenz96", False): Budget(
-        epochs=10, batch_size=256, lr=1e-3, hidden=128, snapshot_epochs=100
+        epochs=10,
+        batch_size=256,
+        lr=1e-3,
+        hidden=128,
+        snapshot_epochs=100,
+        snapshot_times=41,
+        scale_potential=True,
     ),
-    ("lorenz96", True): Budget(epochs=3, batch_size=128, lr=2e-3, hidden=64, snapshot_epochs=30),
+    ("lorenz96", True): Budget(
+        epochs=3, batch_size=128, lr=2e-3, hidden=64, snapshot_epochs=30, scale_potential=True
+    ),
 }
 
 
@@ -886,8 +910,12 @@ class _DICE(MethodFamily):
         self, spec: MethodSpec, stepper: Stepper, problem: ProblemData, seed: int
     ) -> SnapshotDataset:
         # DICE's training draws a random sorted subset of times (endpoints kept) per batch
-        n_times = min(DICE_TIMES_PER_BATCH, problem.train.sizes["time"])
-        return SnapshotDataset.from_xarray(problem.train, n_times=n_times)
+        b = budget(problem, problem.quick)
+        n_times = min(b.snapshot_times or DICE_TIMES_PER_BATCH, problem.train.sizes["time"])
+        data = SnapshotDataset.from_xarray(problem.train, n_times=n_times)
+        if b.scale_potential:
+            stepper.potential_scale = data.marginal_speed()
+        return data
 
 
 class _CoupledLifting(TransitionFamily):

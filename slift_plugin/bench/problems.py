@@ -443,6 +443,7 @@ def _allen_cahn(quick: bool, seed: int) -> ProblemData:
     reference = solve(sizes[1], seed + 1)
     return ProblemData(
         name="allen_cahn",
+        quick=quick,
         kind=PROBLEM_KINDS["allen_cahn"],
         train=solve(sizes[0], seed),
         reference=reference,
@@ -491,6 +492,7 @@ def _vlasov(quick: bool, seed: int) -> ProblemData:
     channels = list(reference["channel"].values)  # ("x", "v"): only positions wrap
     return ProblemData(
         name="vlasov",
+        quick=quick,
         kind=PROBLEM_KINDS["vlasov"],
         train=train,
         reference=reference,
@@ -545,6 +547,7 @@ def _lorenz96(quick: bool, seed: int) -> ProblemData:
     test = LORENZ96_TEST_FORCING
     return ProblemData(
         name="lorenz96",
+        quick=quick,
         kind=PROBLEM_KINDS["lorenz96"],
         train=train,
         reference=run(n_reference, test, seed + 100),

@@ -20,6 +20,12 @@ __all__ = ["SnapshotDataset"]
 _Group = tuple[Tensor, list[Tensor], Tensor | None]
 
 
+def _channel_mean_std(population: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std (Bessel) of ``(n, C, *grid)`` over samples and grid, float64."""
+    flat = population.double().transpose(0, 1).reshape(population.shape[1], -1)
+    return flat.mean(1), flat.std(1) if flat.shape[1] > 1 else torch.zeros_like(flat[:, 0])
+
+
 def _check_group(
     g: int,
     times: Tensor,
@@ -431,6 +437,38 @@ class SnapshotDataset:
             seed = hash_seed(int(batch["probe_seed"]), rank)
             shard["probe_seed"] = torch.tensor(seed, dtype=batch["probe_seed"].dtype)
         return shard
+
+    def marginal_speed(self) -> float:
+        """How fast the populations' marginals move, as a scale for DICE's potential.
+
+        For every group and every gap ``k`` the per-channel rates
+        ``r_c = (m_c(t_{k+1}) - m_c(t_k)) / d_k`` and ``q_c = (sd_c(t_{k+1}) - sd_c(t_k))
+        / d_k`` of the population's mean ``m_c`` and standard deviation ``sd_c`` (over
+        samples and grid points) give ``u_k^2 = mean_c (r_c^2 + q_c^2) std_c^2``, with
+        ``std_c`` the ``state_std`` of :meth:`statistics`; the result is the root mean
+        square of ``u_k`` over all gaps of all groups.
+
+        ``u_k / std_c`` is the speed of the moments in physical units, so ``u_k`` is the
+        size of a potential over standardised states whose gradient moves them at that
+        speed: what :class:`slift_plugin.DICE`'s ``potential_scale`` multiplies by. It sees
+        the first two moments only (a law that changes its shape but not its moments
+        moves at speed zero here), and a periodic coordinate's linear moments mean little.
+
+        Returns
+        -------
+        float
+            The root-mean-square marginal speed, ``>= 0`` (0 when no moment changes).
+        """
+        std = self.statistics()["state_std"].double()
+        squares = []
+        for times, pops, _ in self.groups:
+            moments = [_channel_mean_std(pop) for pop in pops]
+            gaps = (times[1:] - times[:-1]).double()
+            for k, gap in enumerate(gaps):
+                rate_mean = (moments[k + 1][0] - moments[k][0]) / gap
+                rate_std = (moments[k + 1][1] - moments[k][1]) / gap
+                squares.append(float(((rate_mean**2 + rate_std**2) * std**2).mean()))
+        return math.sqrt(sum(squares) / len(squares))
 
     def statistics(self) -> dict[str, Tensor]:
         """Normalisation statistics over every population of every group.

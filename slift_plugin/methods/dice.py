@@ -32,6 +32,12 @@ its functional derivative ``(1/h) d s / d u``, kinetic energies use the ``L2`` n
 ``h sum_i v_i^2``, and the noise is space-time white (per-cell variance ``dt / h``). With
 ``h = 1`` this is the vector case. DICE matches marginals, not sample paths.
 
+Scale: the potential sees standardised states and times, so an output of order one gives
+velocities of order ``state_std / time_span``. Where the populations move much faster than
+that for part of the time (Lorenz-96's first half time unit: about 50 times faster), the
+optimiser spends its steps growing the output; ``potential_scale`` multiplies the output
+by a number chosen from the data, :meth:`slift_plugin.SnapshotDataset.marginal_speed`.
+
 Precision: the loss casts each batch to the dtype of the stepper's parameters, so a DICE
 over a :class:`slift_plugin.PotentialMLP` trains and samples in float64 after
 ``.double()`` (the authors' regime); neuraloperator potentials refuse the cast and stay
@@ -153,6 +159,14 @@ class DICE(NormalizedStepper):
         population the sampled mean is off by 0.01-0.03 marginal std at ``alpha = 0.01``
         (0.00-0.01 without) and 0.12-0.17 at 0.1. The scale of ``s`` depends on the
         normalisation, so ``alpha`` is problem-specific.
+    potential_scale : float
+        ``> 0``: ``s`` is this times the potential's output, so a potential of order one
+        gives velocities of order ``potential_scale / state_std``. 1 keeps the raw output;
+        :meth:`slift_plugin.SnapshotDataset.marginal_speed` estimates a scale from the
+        training populations. On Lorenz-96 (d = 20) that estimate (53) took the held-out
+        ED ratio at t = 0.25 from 56-107 to 7-14 (BENCHMARKS.md, "DICE on Lorenz-96: the
+        potential's scale"); on the double well and Vlasov it was mixed, so 1 stays the
+        default.
 
     Raises
     ------
@@ -188,6 +202,7 @@ class DICE(NormalizedStepper):
         n_substeps: int = 1,
         kinetic_on_neighbours: float = 0.0,
         alpha: float = 0.0,
+        potential_scale: float = 1.0,
     ) -> None:
         super().__init__(state_shape, history=1, n_params=n_params, dt=dt)
         if laplacian not in LAPLACIANS:
@@ -195,6 +210,8 @@ class DICE(NormalizedStepper):
         for name, value in (("sigma", sigma), ("alpha", alpha)):
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        if not (math.isfinite(potential_scale) and potential_scale > 0):
+            raise ValueError(f"potential_scale must be finite and > 0, got {potential_scale}")
         if not 0.0 <= kinetic_on_neighbours <= 1.0:
             raise ValueError(
                 f"kinetic_on_neighbours must be in [0, 1], got {kinetic_on_neighbours}"
@@ -218,6 +235,7 @@ class DICE(NormalizedStepper):
         self.n_substeps = int(n_substeps)
         self.kinetic_on_neighbours = float(kinetic_on_neighbours)
         self.alpha = float(alpha)
+        self.potential_scale = float(potential_scale)
 
     @property
     def evals_per_step(self) -> int:  # type: ignore[override]
@@ -263,7 +281,7 @@ class DICE(NormalizedStepper):
         """``s(x, t, mu)`` per sample, shape ``(B,)``; ``t`` scalar or ``(B,)``.
 
         ``x``, ``t`` and ``mu`` are standardised with the stored statistics before they
-        reach the potential.
+        reach the potential, whose output is multiplied by ``potential_scale``.
 
         Parameters
         ----------
@@ -293,7 +311,7 @@ class DICE(NormalizedStepper):
         shape = (1, -1, *([1] * (x.ndim - 2)))
         xn = (x - self.state_mean.reshape(shape)) / self.state_std.reshape(shape)
         tn = (t - self.time_offset) / self.time_scale
-        return self.potential(xn, tn, cond)
+        return self.potential_scale * self.potential(xn, tn, cond)
 
     def velocity(
         self, x: Tensor, t: Tensor | float, mu: Tensor | None = None, *, create_graph: bool = False
