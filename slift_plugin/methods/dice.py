@@ -32,9 +32,10 @@ its functional derivative ``(1/h) d s / d u``, kinetic energies use the ``L2`` n
 ``h sum_i v_i^2``, and the noise is space-time white (per-cell variance ``dt / h``). With
 ``h = 1`` this is the vector case. DICE matches marginals, not sample paths.
 
-Scale: the potential sees standardised states and times, so an output of order one gives
-velocities of order ``state_std / time_span``. Where the populations move much faster than
-that for part of the time (Lorenz-96's first half time unit: about 50 times faster), the
+Scale: the potential sees standardised states, so an output that changes by order one over
+a standard deviation gives velocities of order ``1 / state_std``. Where the populations move
+much faster than that for part of the time (Lorenz-96's first half time unit: about 50 times
+faster), the
 optimiser spends its steps growing the output; ``potential_scale`` multiplies the output
 by a number chosen from the data, :meth:`slift_plugin.SnapshotDataset.marginal_speed`.
 
@@ -165,8 +166,8 @@ class DICE(NormalizedStepper):
         :meth:`slift_plugin.SnapshotDataset.marginal_speed` estimates a scale from the
         training populations. On Lorenz-96 (d = 20) that estimate (53) took the held-out
         ED ratio at t = 0.25 from 56-107 to 7-14 (BENCHMARKS.md, "DICE on Lorenz-96: the
-        potential's scale"); on the double well and Vlasov it was mixed, so 1 stays the
-        default.
+        potential's scale and the times per batch"); on the double well and Vlasov it was
+        mixed, so 1 stays the default.
 
     Raises
     ------
