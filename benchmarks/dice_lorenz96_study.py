@@ -32,24 +32,6 @@ from slift_plugin.bench.problems import LORENZ96_TRAIN_FORCING, build_problem
 from slift_plugin.systems.lorenz96 import lorenz96, lorenz96_drift
 
 
-class ScaledPotential(nn.Module):
-    """``scale * inner(x, t, cond)``: the potential's output in the units of the velocity.
-
-    ``DICE`` feeds the potential standardised states and times and takes its gradient
-    as the velocity in physical units, so a potential of order one gives velocities of
-    order ``state_std / (time span)``. Lorenz-96's early populations move about 50 times
-    faster than that (:func:`marginal_speed`), and Adam has to grow the output weights
-    that far first.
-    """
-
-    def __init__(self, inner: nn.Module, scale: float) -> None:
-        super().__init__()
-        self.inner, self.n_cond, self.scale = inner, inner.n_cond, float(scale)
-
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        return self.scale * self.inner(x, t, cond)
-
-
 class TimeFeatures(nn.Module):
     """An inner potential over ``[x, sin(pi k t), cos(pi k t)]``, ``k = 1 .. n_freq``.
 
@@ -67,21 +49,6 @@ class TimeFeatures(nn.Module):
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         phase = t[:, None] * self.freqs.to(t.dtype)
         return self.inner(torch.cat([x, phase.sin(), phase.cos()], 1), t, cond)
-
-
-def marginal_speed(data: SnapshotDataset) -> float:
-    """RMS over groups and gaps of ``state_std_c * |d/dt (mean_c, std_c)|`` averaged over
-    the channels ``c``: the speed at which the marginals move, in the units of a potential
-    over standardised states (what :class:`ScaledPotential` multiplies by)."""
-    std = data.statistics()["state_std"].double()
-    squares = []
-    for times, populations, _ in data.groups:
-        moments = [(p.double().mean(0), p.double().std(0)) for p in populations]
-        for k, gap in enumerate((times[1:] - times[:-1]).tolist()):
-            rate_mean = (moments[k + 1][0] - moments[k][0]) / gap
-            rate_std = (moments[k + 1][1] - moments[k][1]) / gap
-            squares.append(float(((rate_mean**2 + rate_std**2) * std**2).mean()))
-    return math.sqrt(sum(squares) / len(squares))
 
 
 def full_grid_losses(dice: DICE, data: SnapshotDataset, problem) -> dict:
@@ -243,9 +210,7 @@ def run(args: argparse.Namespace) -> dict:
         potential = TimeFeatures(d, 1, args.time_features, args.hidden, args.depth)
     else:
         potential = PotentialMLP(d, n_params=1, hidden=args.hidden, depth=args.depth)
-    scale = marginal_speed(data) if args.potential_scale == "marginal" else args.potential_scale
-    if float(scale) != 1.0:
-        potential = ScaledPotential(potential, float(scale))
+    scale = data.marginal_speed() if args.potential_scale == "marginal" else args.potential_scale
     dice = DICE(
         potential,
         (d,),
@@ -255,6 +220,7 @@ def run(args: argparse.Namespace) -> dict:
         n_substeps=args.substeps,
         alpha=args.alpha,
         kinetic_on_neighbours=args.kinetic_on_neighbours,
+        potential_scale=float(scale),
     )
     result = fit(
         dice,
