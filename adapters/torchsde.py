@@ -19,8 +19,11 @@ import numpy as np
 import torch
 import torchsde
 
+from .._rollout.arguments import check_arguments
+from .._rollout.noise import BlockNoise
+from .._rollout.nonfinite import NonFiniteCheck
 from ..checkpoint import load_stepper
-from ..rollout import SEED_BLOCK, _BlockNoise, _check_arguments, _NonFiniteCheck, rollout
+from ..rollout import SEED_BLOCK, rollout
 from ..stepper import Stepper
 
 __all__ = ["DICESDE", "GridBrownian", "SDEStepper", "dice_sde", "integrate_sde", "sdeint"]
@@ -262,7 +265,7 @@ def _chunk_with_graph(
 ) -> torch.Tensor:
     """Samples ``[lo, lo + len(x))`` of :func:`rollout`, with autograd: ``(n, len(times), ...)``.
 
-    The noise is rollout's own (:class:`slift_plugin.rollout._BlockNoise` for the same
+    The noise is rollout's own (:class:`slift_plugin._rollout.noise.BlockNoise` for the same
     samples), so the values are those of the rollout chunk.
     """
     noise_shape = stepper.noise_shape(tuple(x.shape[2:]))
@@ -271,7 +274,7 @@ def _chunk_with_graph(
         kw = {"dtype": x.dtype, "device": x.device}
         buffer = torch.empty((x.shape[0], *noise_shape), **kw)
         scratch = torch.empty((SEED_BLOCK, *noise_shape), **kw)
-        noise = _BlockNoise(seed, lo, lo + x.shape[0], buffer, scratch)
+        noise = BlockNoise(seed, lo, lo + x.shape[0], buffer, scratch)
     states = [x]
     for t in times[:-1]:
         # draw() refills one buffer in place; the graph may keep the last step's noise
@@ -317,7 +320,7 @@ def _rollout_with_graph(
         mu = mu.expand(n, -1) if mu.ndim == 1 else mu
     stepper.check_mu(mu, n)
     times = (t0 + float(stepper.dt) * np.arange(n_steps + 1)).tolist()  # rollout's axis
-    check = None if on_nonfinite == "ignore" else _NonFiniteCheck(on_nonfinite, times)
+    check = None if on_nonfinite == "ignore" else NonFiniteCheck(on_nonfinite, times)
     chunk_size, parts, was_training = min(int(chunk_size), n), [], stepper.training
     stepper.eval()
     try:
@@ -483,7 +486,7 @@ def sdeint(
     x0 = y0.reshape(y0.shape[0], *state_shape)
     run = dict(mu=mu, seed=seed, chunk_size=chunk_size, t0=float(ts[0]), on_nonfinite=on_nonfinite)
     if _records_graph(y0, mu):
-        _, _, run["chunk_size"], run["seed"] = _check_arguments(
+        _, _, run["chunk_size"], run["seed"] = check_arguments(
             steps[-1], None, chunk_size, seed, on_nonfinite, None
         )
         values = _rollout_with_graph(stepper, x0, steps[-1], **run)[:, steps]

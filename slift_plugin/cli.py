@@ -14,43 +14,27 @@ import argparse
 import inspect
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
+
+from ._cli_arguments import (
+    OVERWRITE_DIR,
+    check_output_dir,
+    check_output_file,
+    device,
+    positive_int,
+    seed,
+)
 
 __all__ = ["SYSTEMS", "HelpFormatter", "build_parser", "main"]
 
 SYSTEMS = ("ornstein_uhlenbeck", "double_well", "lorenz63", "lorenz96", "allen_cahn")
 
-# Seeds end up in netCDF attributes and torch generators: both need a signed 64-bit int.
-_SEED_LIMIT = 2**63
 # Arguments of a system generator that have their own flags, not --params keys.
 _FLAGGED = ("n_samples", "n_steps", "seed")
 
 
 # -- argument types: argparse reports an ArgumentTypeError as "argument --x: <message>" ------
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < _SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**63), got {text!r}")
-    return value
-
-
 def _period(text: str) -> float | None:
     if text.lower() == "none":
         return None
@@ -65,91 +49,11 @@ def _period(text: str) -> float | None:
     return value
 
 
-def _device(text: str) -> str:
-    import torch
-
-    try:
-        torch.device(text)
-    except (RuntimeError, ValueError):  # torch's parse error is a RuntimeError
-        raise argparse.ArgumentTypeError(
-            f"expected a torch device such as cpu, cuda or cuda:1, got {text!r}"
-        ) from None
-    return text
-
-
-# -- output checks: run before any expensive work ----------------------------------------------
-def _is_or_is_inside(out: Path, source: Path) -> bool:
-    """Whether writing ``out`` would replace ``source`` or write into it (a zarr folder)."""
-    out_real, source_real = Path(os.path.realpath(out)), Path(os.path.realpath(source))
-    if out_real == source_real:
-        return True
-    # hard links and case-insensitive file systems: same file under another name
-    if out.exists() and source.exists() and os.path.samefile(out, source):
-        return True
-    return source_real.is_dir() and out_real.is_relative_to(source_real)
-
-
-def _check_writable(directory: Path, out: str) -> None:
-    """Refuse ``directory`` when it, or the folder that would hold it, cannot be written.
-
-    A real probe file, not ``os.access``: access() says yes to root on any permission bits
-    and cannot see every read-only mount.
-    """
-    existing = directory.absolute()
-    while not os.path.lexists(existing):  # missing folders are created by the write
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"--out {out} is under {existing}, which is not a directory")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".slift-write-check.", dir=existing)
-    except OSError as exc:
-        raise ValueError(f"--out {out}: cannot write in {existing} ({exc.strerror})") from None
-    os.close(fd)
-    os.unlink(probe)
-
-
-def _check_output_file(out: str, *, overwrite: bool, inputs: Sequence[str] = ()) -> Path:
-    """The output file ``out`` if the command may write it; ValueError naming why not."""
-    path = Path(out)
-    for source in inputs:
-        if _is_or_is_inside(path, Path(source)):
-            raise ValueError(
-                f"--out {out} is the input {source}; refusing to overwrite an input "
-                "(--overwrite does not change this)"
-            )
-    if path.is_dir() or out.endswith(("/", os.sep)):
-        raise ValueError(f"--out {out} is a directory; expected a file path")
-    if os.path.lexists(path):
-        if not path.is_file():  # /dev/null, a fifo, a dangling link: never replace those
-            raise ValueError(f"--out {out} exists and is not a regular file")
-        if not overwrite:
-            raise ValueError(f"--out {out} already exists; pass --overwrite to replace it")
-    _check_writable(path.parent, out)
-    return path
-
-
-def _check_output_dir(out: str, *, overwrite: bool) -> Path:
-    """The output folder ``out`` if the command may write into it; ValueError otherwise."""
-    path = Path(out)
-    if os.path.lexists(path) and not path.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory; expected an output folder")
-    if path.is_dir() and not overwrite:
-        held = sorted(p.name for p in path.iterdir())
-        if held:
-            shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-            raise ValueError(
-                f"--out {out} is a non-empty folder (holds {shown}); pass --overwrite to "
-                "replace the files of the same names in it, or choose another --out"
-            )
-    _check_writable(path, out)
-    return path
-
-
 # -- sub-commands -------------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
 
-    out = _check_output_dir(args.out, overwrite=args.overwrite)
+    out = check_output_dir(args.out, overwrite=args.overwrite)
     cfg = DemoConfig.quick() if args.quick else DemoConfig()
     if args.epochs is not None:
         from dataclasses import replace
@@ -193,11 +97,11 @@ def _generate(args: argparse.Namespace) -> int:
     from .data import save_netcdf
 
     params = _system_params(args.system, args.params)
-    _check_output_file(args.out, overwrite=args.overwrite)
+    check_output_file(args.out, overwrite=args.overwrite)
     generator = getattr(systems, args.system)
     ens = generator(n_samples=args.n_samples, n_steps=args.n_steps, seed=args.seed, **params)
     # again: the file may have appeared while the ensemble was being generated
-    save_netcdf(ens, _check_output_file(args.out, overwrite=args.overwrite))
+    save_netcdf(ens, check_output_file(args.out, overwrite=args.overwrite))
     print(f"wrote {args.out}: {dict(ens.sizes)}")
     return 0
 
@@ -208,7 +112,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     inputs = (args.generated, args.reference)
     if args.out is not None:
-        _check_output_file(args.out, overwrite=args.overwrite, inputs=inputs)
+        check_output_file(args.out, overwrite=args.overwrite, inputs=inputs)
     period = args.period[0] if args.period is not None and len(args.period) == 1 else args.period
     result = evaluate(
         load_ensemble(args.generated),
@@ -220,7 +124,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     table = result.to_dataframe()
     print(table.to_string(float_format=lambda v: f"{v:.4g}"))
     if args.out is not None:
-        out = _check_output_file(args.out, overwrite=args.overwrite, inputs=inputs)
+        out = check_output_file(args.out, overwrite=args.overwrite, inputs=inputs)
         atomic_write(out, lambda p: table.to_csv(p))
     return 0
 
@@ -237,7 +141,7 @@ def _bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         floor_splits=args.floor_splits,
     )
-    out = _check_output_dir(args.out, overwrite=args.overwrite)
+    out = check_output_dir(args.out, overwrite=args.overwrite)
     paths = write_outputs(run_bench(config, progress=True), out)
     print(paths["markdown"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -259,10 +163,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 _OVERWRITE_FILE = "replace an existing --out file (an input file is never replaced)"
-_OVERWRITE_DIR = (
-    "write into a non-empty --out folder, replacing the files of the same names "
-    "(other files are left alone)"
-)
 
 
 def _add_demo(sub) -> None:
@@ -270,11 +170,11 @@ def _add_demo(sub) -> None:
         "demo", help="SL vs MSE FNO on stochastic Allen-Cahn", formatter_class=HelpFormatter
     )
     demo.add_argument("--out", default="demo_output", help="output folder, new or empty")
-    demo.add_argument("--overwrite", action="store_true", help=_OVERWRITE_DIR)
+    demo.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR)
     demo.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run)")
     demo.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="training epochs of the SL and MSE models (default: the demo's own, 30; --quick: 3)",
     )
@@ -288,11 +188,11 @@ def _add_generate(sub) -> None:
     gen.add_argument("system", choices=SYSTEMS, help="the reference system to integrate")
     gen.add_argument("--out", required=True, help="netCDF file to write (must not exist)")
     gen.add_argument("--overwrite", action="store_true", help=_OVERWRITE_FILE)
-    gen.add_argument("--n-samples", type=_positive_int, default=512, help="trajectories")
+    gen.add_argument("--n-samples", type=positive_int, default=512, help="trajectories")
     gen.add_argument(
-        "--n-steps", type=_positive_int, default=20, help="output steps (n-steps + 1 times)"
+        "--n-steps", type=positive_int, default=20, help="output steps (n-steps + 1 times)"
     )
-    gen.add_argument("--seed", type=_seed, default=0, help="seed of the system's noise")
+    gen.add_argument("--seed", type=seed, default=0, help="seed of the system's noise")
     gen.add_argument(
         "--params",
         default=None,
@@ -312,13 +212,13 @@ def _add_evaluate(sub) -> None:
     ev.add_argument("reference", help="netCDF file or zarr folder")
     ev.add_argument(
         "--seed",
-        type=_seed,
+        type=seed,
         default=0,
         help="seed of the reference split (noise floor) and subsampling",
     )
     ev.add_argument(
         "--splits",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="K",
         help="reference splits the distances and noise floors average over",
@@ -365,19 +265,19 @@ def _add_bench(sub) -> None:
         help="e.g. solver sl sl-noise_field sl-l8 mse cfm5 cfm20 es dice "
         "(default: each problem's set)",
     )
-    bench.add_argument("--seeds", type=_positive_int, default=3, help="number of training seeds")
-    bench.add_argument("--device", type=_device, default="cpu", help="cpu or cuda[:i]")
-    bench.add_argument("--threads", type=_positive_int, default=1, help="CPU threads (torch)")
+    bench.add_argument("--seeds", type=positive_int, default=3, help="number of training seeds")
+    bench.add_argument("--device", type=device, default="cpu", help="cpu or cuda[:i]")
+    bench.add_argument("--threads", type=positive_int, default=1, help="CPU threads (torch)")
     bench.add_argument(
         "--floor-splits",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="K",
         help="reference splits the ED ratio's distance and noise floor average over "
         "(1 keeps the recorded tables' estimator)",
     )
     bench.add_argument("--out", default="bench_output", help="output folder, new or empty")
-    bench.add_argument("--overwrite", action="store_true", help=_OVERWRITE_DIR)
+    bench.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR)
     bench.set_defaults(run=_bench)
 
 

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .cli import _check_output_file, _check_writable, _device, _positive_int, _seed
+from ._cli_arguments import (
+    check_numeric_time,
+    check_output_file,
+    check_writable,
+    device,
+    positive_int,
+    seed,
+)
 
 __all__ = ["SUFFIXES", "add_sample_parser"]
 
@@ -76,7 +83,7 @@ def _check_output(out: str, *, overwrite: bool, inputs: list[str]) -> tuple[Path
             "(a netCDF file)"
         )
     if path.suffix == ".nc":
-        return _check_output_file(out, overwrite=overwrite, inputs=inputs), False
+        return check_output_file(out, overwrite=overwrite, inputs=inputs), False
     for source in inputs:
         if _related(path, Path(source)):
             raise ValueError(
@@ -84,14 +91,14 @@ def _check_output(out: str, *, overwrite: bool, inputs: list[str]) -> tuple[Path
                 "there (--overwrite does not change this)"
             )
     if not os.path.lexists(path):
-        _check_writable(path.parent, out)
+        check_writable(path.parent, out)
         return path, False
     if not _is_zarr_store(path) or path.is_symlink():
         raise ValueError(
             f"--out {out} exists and is not a zarr store; refusing to replace it, choose "
             "another --out"
         )
-    _check_writable(path, out)
+    check_writable(path, out)
     # Without --overwrite a store is handed to rollout(), which resumes the same
     # generation and refuses any other one, naming what differs.
     return path, overwrite
@@ -204,12 +211,11 @@ def _start_time(stepper: torch.nn.Module, source: xr.DataArray, k: int, path: st
         The time holds dates or durations (not numbers), or it counts steps while the model
         steps in physical time, or the reverse: the output times would mix the two.
     """
-    from .cli_train import _check_numeric_time
     from .data.ensemble import time_counts_steps
 
     if "time" not in source.coords:
         return 0.0
-    _check_numeric_time(source["time"], path, "sample")
+    check_numeric_time(source["time"], path, "sample")
     counts = time_counts_steps(source)
     if counts is False and math.isnan(stepper.dt):
         raise ValueError(
@@ -313,7 +319,7 @@ def _sample(args: argparse.Namespace) -> int:
             out=out if out.suffix == ".zarr" else None,
         )
     if out.suffix == ".nc":  # checked again: the file may have appeared meanwhile
-        save_netcdf(ens, _check_output_file(args.out, overwrite=args.overwrite, inputs=inputs))
+        save_netcdf(ens, check_output_file(args.out, overwrite=args.overwrite, inputs=inputs))
     print(f"wrote {args.out}: {dict(ens.sizes)}")
     return 0
 
@@ -390,22 +396,22 @@ def add_sample_parser(sub: argparse._SubParsersAction, formatter: type) -> None:
         help="replace an existing --out file or zarr store (an input is never replaced)",
     )
     _add_start_options(sample)
-    sample.add_argument("--n-steps", type=_positive_int, required=True, help="steps to generate")
+    sample.add_argument("--n-steps", type=positive_int, required=True, help="steps to generate")
     sample.add_argument(
         "--n-samples",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="trajectories; a multiple of the initial states, sample i starting from state "
         "i mod their number (default: one per initial state)",
     )
-    sample.add_argument("--seed", type=_seed, default=0, help="seed of all the sampling noise")
-    sample.add_argument("--device", type=_device, default="cpu", help="cpu or cuda[:i]")
+    sample.add_argument("--seed", type=seed, default=0, help="seed of all the sampling noise")
+    sample.add_argument("--device", type=device, default="cpu", help="cpu or cuda[:i]")
     sample.add_argument(
-        "--chunk-size", type=_positive_int, default=1024, help="samples generated together"
+        "--chunk-size", type=positive_int, default=1024, help="samples generated together"
     )
     sample.add_argument(
         "--n-euler",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="flow-matching (cfm) models only, refused for others: Euler steps per output "
         "step (default: as trained)",

@@ -25,14 +25,15 @@ import torch
 import xarray as xr
 from torch import nn
 
-from .cli import (
-    _OVERWRITE_DIR,
-    _check_output_dir,
-    _check_writable,
-    _device,
-    _is_or_is_inside,
-    _positive_int,
-    _seed,
+from ._cli_arguments import (
+    OVERWRITE_DIR,
+    check_numeric_time,
+    check_output_dir,
+    check_writable,
+    device,
+    is_or_is_inside,
+    positive_int,
+    seed,
 )
 
 __all__ = ["BACKBONES", "METHODS", "add_train_parser"]
@@ -97,7 +98,7 @@ def _load_training_data(path: str, history: int) -> xr.DataArray:
     data = load_ensemble(path)
     if "time" not in data.coords:
         raise ValueError(f"{path} has no time coordinate; slift train takes the step dt from it")
-    _check_numeric_time(data["time"], path, "train")
+    check_numeric_time(data["time"], path, "train")
     n_times = data.sizes["time"]
     if n_times < history + 1:
         raise ValueError(
@@ -114,43 +115,6 @@ def _load_training_data(path: str, history: int) -> xr.DataArray:
     if mu is not None and not torch.isfinite(mu).all():
         raise ValueError(f"{path} has NaN or Inf physics parameters (mu_* coords)")
     return data
-
-
-def _check_numeric_time(time: xr.DataArray, path: str, command: str) -> None:
-    """Refuse a ``time`` coord that is not plain numbers: dates, durations or cftime objects.
-
-    xarray decodes a netCDF time with CF units (``"hours since 2000-01-01"``, or a duration
-    unit with a timedelta ``dtype`` attribute) into datetime64 or timedelta64; its step as a
-    float would be in nanoseconds, and a datetime as a float the nanoseconds since 1970.
-
-    Parameters
-    ----------
-    time : xarray.DataArray
-        The ``time`` coord of the ensemble at ``path``.
-    path : str
-        The file, as the message names it.
-    command : str
-        ``"train"`` or ``"sample"``, as the message names it.
-
-    Raises
-    ------
-    ValueError
-        ``time`` does not hold integers or floats.
-    """
-    if time.dtype.kind in "iuf":
-        return
-    kind = {"M": "dates (datetime64)", "m": "durations (timedelta64)"}.get(
-        time.dtype.kind, f"non-numeric values ({time.dtype}, e.g. cftime dates)"
-    )
-    units = time.encoding.get("units")
-    decoded = f", decoded by xarray from the CF units {units!r}" if units else ""
-    raise ValueError(
-        f"{path}: its time coord holds {kind}{decoded}; slift {command} needs a numeric "
-        "time whose step is dt in the data's time unit: open the file with "
-        "xarray.open_dataset(path, decode_times=False, decode_timedelta=False), replace "
-        "time.attrs by {'long_name': 'time', 'units': 'hours'} or another plain unit (no "
-        "'since', no 'dtype' attribute), and save it again"
-    )
 
 
 def _time_step(data: xr.DataArray, path: str, method: str) -> float:
@@ -393,7 +357,7 @@ def _checkpoint_dir(out: str, *, resume: bool, overwrite: bool, data: str) -> tu
     from .train import CHECKPOINT_NAME
 
     path = Path(out)
-    if _is_or_is_inside(path, Path(data)):
+    if is_or_is_inside(path, Path(data)):
         raise ValueError(
             f"--out {out} is the input {data} or inside it; refusing to write checkpoints "
             "there (--overwrite does not change this)"
@@ -402,7 +366,7 @@ def _checkpoint_dir(out: str, *, resume: bool, overwrite: bool, data: str) -> tu
         raise ValueError(f"--out {out} exists and is not a directory; expected a checkpoint folder")
     held = os.path.lexists(path / CHECKPOINT_NAME)
     if resume and held:
-        _check_writable(path, out)
+        check_writable(path, out)
         return path, True
     if resume and path.is_dir() and any(path.iterdir()):
         shown = sorted(p.name for p in path.iterdir())
@@ -417,7 +381,7 @@ def _checkpoint_dir(out: str, *, resume: bool, overwrite: bool, data: str) -> tu
             f"--out {out} holds a checkpoint ({CHECKPOINT_NAME}); pass --resume to continue "
             "its training, or --overwrite to start afresh over it"
         )
-    return _check_output_dir(out, overwrite=overwrite), False
+    return check_output_dir(out, overwrite=overwrite), False
 
 
 def _remove_if_new_and_empty(path: Path, existed: bool) -> None:
@@ -596,23 +560,23 @@ def _add_model_options(train: argparse.ArgumentParser) -> None:
         "(neuraloperator) for fields (sample, time, channel, *grid); auto picks by the dims",
     )
     given = partial(model.add_argument, action=_Given)
-    given("--label-dim", type=_positive_int, default=32, help="sl, es: label size per point")
+    given("--label-dim", type=positive_int, default=32, help="sl, es: label size per point")
     model.add_argument(
-        "--history", type=_positive_int, default=1, help="past states in the input window"
+        "--history", type=positive_int, default=1, help="past states in the input window"
     )
-    given("--hidden", type=_positive_int, default=128, help="mlp backbone: width")
-    given("--depth", type=_positive_int, default=3, help="mlp backbone: hidden layers")
+    given("--hidden", type=positive_int, default=128, help="mlp backbone: width")
+    given("--depth", type=positive_int, default=3, help="mlp backbone: hidden layers")
     given(
         "--n-modes",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         default=None,
         metavar="M",
         help="operator backbones (fno, tfno, uno): Fourier modes, one count for every grid "
         "dim or one per dim (default: min(16, points // 2) per dim)",
     )
-    given("--hidden-channels", type=_positive_int, default=32, help="operator backbones: width")
-    given("--n-layers", type=_positive_int, default=4, help="operator backbones: blocks")
+    given("--hidden-channels", type=positive_int, default=32, help="operator backbones: width")
+    given("--n-layers", type=positive_int, default=4, help="operator backbones: blocks")
     given(
         "--injection",
         choices=("channels", "noise_field", "embedding"),
@@ -621,18 +585,18 @@ def _add_model_options(train: argparse.ArgumentParser) -> None:
         "channels, a white-noise field of the state's grid, or an embedding added in every "
         "block",
     )
-    given("--n-euler", type=_positive_int, default=20, help="cfm: Euler steps per output step")
+    given("--n-euler", type=positive_int, default=20, help="cfm: Euler steps per output step")
     given(
-        "--n-members", type=_positive_int, default=2, help="es: samples per transition in the loss"
+        "--n-members", type=positive_int, default=2, help="es: samples per transition in the loss"
     )
     given("--sigma", type=_nonnegative_float, default=0.0, help="dice: known diffusion (0: none)")
-    given("--n-substeps", type=_positive_int, default=4, help="dice: Euler sub-steps per step")
+    given("--n-substeps", type=positive_int, default=4, help="dice: Euler sub-steps per step")
 
 
 def _add_fit_options(train: argparse.ArgumentParser) -> None:
     opt = train.add_argument_group("training")
-    opt.add_argument("--epochs", type=_positive_int, default=100, help="passes over the data")
-    opt.add_argument("--batch-size", type=_positive_int, default=64, help="examples per step")
+    opt.add_argument("--epochs", type=positive_int, default=100, help="passes over the data")
+    opt.add_argument("--batch-size", type=positive_int, default=64, help="examples per step")
     opt.add_argument(
         "--lr", type=_positive_float, default=1e-3, help="AdamW learning rate (cosine decay)"
     )
@@ -641,13 +605,13 @@ def _add_fit_options(train: argparse.ArgumentParser) -> None:
     )
     opt.add_argument(
         "--seed",
-        type=_seed,
+        type=seed,
         default=0,
         help="seeds the initial weights, the labels, the training noise and the shuffling",
     )
-    opt.add_argument("--device", type=_device, default="cpu", help="cpu or cuda[:i]")
+    opt.add_argument("--device", type=device, default="cpu", help="cpu or cuda[:i]")
     opt.add_argument(
-        "--checkpoint-every", type=_positive_int, default=10, help="epochs between checkpoints"
+        "--checkpoint-every", type=positive_int, default=10, help="epochs between checkpoints"
     )
 
 
@@ -685,7 +649,7 @@ def add_train_parser(sub: argparse._SubParsersAction, formatter: type) -> None:
     again.add_argument(
         "--overwrite",
         action="store_true",
-        help=_OVERWRITE_DIR + "; an existing last.pt is trained afresh",
+        help=OVERWRITE_DIR + "; an existing last.pt is trained afresh",
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_options(train)

@@ -15,12 +15,13 @@ A description has this layout (``args`` hold JSON values only)::
                  "modules": {"backbone": {"class": "MLP", "args": {...}, "modules": {}}}}}
 
 ``dt`` is ``null`` when the step is unknown (``nan``). The names that may be built are
-those of this module's table (the steppers of :mod:`slift_plugin.methods` and the
-backbones of :mod:`slift_plugin.backbones`) and those that installed packages declare
-under the entry point group :data:`ENTRY_POINT_GROUP`, each pointing at a
-:class:`Configurable`. This is how the neuraloperator backbones are found without core
-importing the adapter: ``pyproject.toml`` declares them, and
-:mod:`slift_plugin.adapters.neuralop_config` is loaded only when a description names one.
+those of the built-in table, :mod:`slift_plugin._builtin_configs` (the steppers of
+:mod:`slift_plugin.methods` and the backbones of :mod:`slift_plugin.backbones`), and
+those that installed packages declare under the entry point group
+:data:`ENTRY_POINT_GROUP`, each pointing at a :class:`Configurable`. This is how the
+neuraloperator backbones are found without core importing the adapter:
+``pyproject.toml`` declares them, and :mod:`slift_plugin.adapters.neuralop_config` is
+loaded only when a description names one.
 
 A class is described only when it is exactly a class of the table (a subclass is not:
 its constructor may take other arguments), and only when the stepper rebuilt from the
@@ -46,17 +47,14 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import torch
 from torch import nn
 
-from .backbones import MLP, PotentialMLP
-from .methods import DICE, EnergyScoreLifting, FlowMatching, MeanRegression, StochasticLifting
-from .methods.dice import LAPLACIANS
+from ._builtin_configs import ACTIVATIONS, BUILTIN
+from ._configurable import ConfigError, Configurable, NotDescribableError, argument_checker
 from .methods.lifting import mean_squared_error
 from .stepper import Stepper
 
@@ -86,345 +84,6 @@ _DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    cls.__name__: cls
-    for cls in (nn.SiLU, nn.ReLU, nn.GELU, nn.Tanh, nn.ELU, nn.LeakyReLU, nn.Softplus, nn.Mish)
-}
-# Generous bounds on what a description may ask for: beyond them it is broken or hostile,
-# and building even on the meta device would take unbounded time (a layer per depth).
-_SIZES = {
-    "channels": (1, 1 << 20),
-    "grid": (1, 1 << 24),
-    "features": (1, 1 << 20),
-    "hidden": (1, 65536),
-    "depth": (1, 256),
-    "label_dim": (0, 65536),
-    "n_params": (0, 4096),
-    "history": (1, 1024),
-    "n_euler": (1, 1 << 20),
-    "n_substeps": (1, 1 << 20),
-    "n_probes": (1, 4096),
-    "n_members": (2, 4096),
-    "seed": (-(1 << 63), (1 << 64) - 1),
-}
-
-
-class ConfigError(ValueError):
-    """A stepper description that is not JSON, names an unknown class, or holds wrong values."""
-
-
-class NotDescribableError(ValueError):
-    """A stepper (or a module in it) whose construction cannot be recorded as data."""
-
-
-@dataclass(frozen=True)
-class Configurable:
-    """How one module class is described as data and built again from it.
-
-    This module's table holds one for each built-in stepper and backbone; a package makes
-    its own class describable with an entry point of the group :data:`ENTRY_POINT_GROUP`
-    named after the class and pointing at one of these.
-
-    Attributes
-    ----------
-    cls : type
-        The class, matched exactly: a subclass is not described by its base's entry.
-    arguments : tuple of str
-        Names of the plain arguments of a description, every one of them required.
-    modules : tuple of str
-        Names of the module arguments; each is the instance's attribute of that name,
-        described recursively.
-    describe : callable
-        ``describe(module) -> dict``: the plain arguments (JSON values) of ``module``;
-        raises :class:`NotDescribableError` naming what cannot be recorded.
-    check : callable
-        ``check(args)``: raises :class:`ConfigError` naming an argument of a wrong type
-        or an absurd size, before anything is built.
-    build : callable
-        ``build(args, modules) -> module``: a new instance from checked arguments and
-        the built module arguments.
-    """
-
-    cls: type[nn.Module]
-    arguments: tuple[str, ...]
-    modules: tuple[str, ...]
-    describe: Callable[[nn.Module], dict[str, Any]]
-    check: Callable[[Mapping[str, Any]], None]
-    build: Callable[[dict[str, Any], dict[str, nn.Module]], nn.Module]
-
-
-# -- checks of plain arguments -------------------------------------------------------------
-def _int(kind: str) -> Callable[[object], str | None]:
-    low, high = _SIZES[kind]
-
-    def check(value: object) -> str | None:
-        ok = type(value) is int and low <= value <= high
-        return None if ok else f"an integer in [{low}, {high}]"
-
-    return check
-
-
-def _number(low: float = -math.inf, high: float = math.inf, *, null: bool = False):
-    def check(value: object) -> str | None:
-        if value is None and null:
-            return None
-        ok = type(value) in (int, float) and math.isfinite(value) and low <= value <= high
-        return None if ok else f"a finite number in [{low}, {high}]" + (" or null" if null else "")
-
-    return check
-
-
-def _boolean(value: object) -> str | None:
-    return None if type(value) is bool else "true or false"
-
-
-def _one_of(options: tuple[str, ...] | Mapping[str, Any]) -> Callable[[object], str | None]:
-    return lambda v: None if isinstance(v, str) and v in options else f"one of {sorted(options)}"
-
-
-def _state_shape(value: object) -> str | None:
-    expected = "a list [C, *grid] of 1 to 7 positive sizes (grid sizes may be null)"
-    if type(value) is not list or not 1 <= len(value) <= 7 or _int("channels")(value[0]):
-        return expected
-    grid_ok = all(v is None or _int("grid")(v) is None for v in value[1:])
-    return None if grid_ok else expected
-
-
-def _periods(value: object) -> str | None:
-    expected = "null or a list of positive periods or nulls, one per coordinate"
-    if value is None:
-        return None
-    if type(value) is not list or len(value) > _SIZES["features"][1]:
-        return expected
-    positive = _number(0.0)
-    ok = all(v is None or (positive(v) is None and v > 0) for v in value)
-    return None if ok else expected
-
-
-def argument_checker(
-    schema: Mapping[str, Callable[[object], str | None]], what: str
-) -> Callable[[Mapping[str, Any]], None]:
-    """A ``check(args)`` for a :class:`Configurable`, from one check per argument.
-
-    Parameters
-    ----------
-    schema : Mapping
-        Argument name -> ``check(value)``, which returns None when ``value`` is fine and
-        otherwise a phrase saying what was expected (``"an integer in [1, 64]"``).
-    what : str
-        The class name, for the messages.
-
-    Returns
-    -------
-    callable
-        ``check(args)``, raising :class:`ConfigError` ``"<what>: <name> must be
-        <expected>, got <value>"`` for the first argument that fails.
-    """
-
-    def check(args: Mapping[str, Any]) -> None:
-        for name, check_value in schema.items():
-            expected = check_value(args[name])
-            if expected is not None:
-                raise ConfigError(f"{what}: {name} must be {expected}, got {args[name]!r:.80}")
-
-    return check
-
-
-# -- the built-in table --------------------------------------------------------------------
-def _dt_out(dt: float) -> float | None:
-    return None if math.isnan(dt) else dt
-
-
-def _dt_in(dt: float | None) -> float:
-    return math.nan if dt is None else dt
-
-
-_STEPPER = {
-    "state_shape": _state_shape,
-    "history": _int("history"),
-    "n_params": _int("n_params"),
-    "dt": _number(0.0, null=True),
-}
-_LIFTING = {**_STEPPER, "residual": _boolean}
-
-
-def _stepper_args(stepper: Stepper) -> dict[str, Any]:
-    return {
-        "state_shape": list(stepper.state_shape),
-        "history": stepper.history,
-        "n_params": stepper.n_params,
-        "dt": _dt_out(stepper.dt),
-    }
-
-
-def _lifting(cls: type[StochasticLifting]) -> Configurable:
-    return _entry(
-        cls,
-        _LIFTING,
-        ("backbone",),
-        lambda s: {**_stepper_args(s), "residual": s.residual},
-        _with_module(cls, "backbone"),
-    )
-
-
-_ENERGY = {**_LIFTING, "n_members": _int("n_members"), "seed": _int("seed")}
-_FLOW = {**_STEPPER, "n_euler": _int("n_euler"), "seed": _int("seed")}
-_DICE = {
-    "state_shape": _state_shape,
-    "n_params": _int("n_params"),
-    "dt": _number(0.0, null=True),
-    "sigma": _number(0.0),
-    "laplacian": _one_of(LAPLACIANS),
-    "n_probes": _int("n_probes"),
-    "n_substeps": _int("n_substeps"),
-    "kinetic_on_neighbours": _number(0.0, 1.0),
-    "alpha": _number(0.0),
-    "potential_scale": _number(1e-30),
-}
-_MLP = {
-    "in_features": _int("features"),
-    "out_features": _int("features"),
-    "label_dim": _int("label_dim"),
-    "n_cond": _int("n_params"),
-    "hidden": _int("hidden"),
-    "depth": _int("depth"),
-    "activation": _one_of(ACTIVATIONS),
-}
-_POTENTIAL = {
-    "dim": _int("features"),
-    "n_params": _int("n_params"),
-    "hidden": _int("hidden"),
-    "depth": _int("depth"),
-    "periods": _periods,
-}
-
-
-def _hidden_layers(net: nn.Sequential) -> tuple[int, int, list[nn.Module]]:
-    """``(hidden, depth, activations)`` of ``[Linear, act] * depth + [Linear]``."""
-    layers = list(net)
-    linears, activations = layers[0::2], layers[1::2]
-    if len(layers) % 2 == 0 or not all(type(m) is nn.Linear for m in linears):
-        raise NotDescribableError(
-            "its net is not the [Linear, activation] * depth + [Linear] stack it builds"
-        )
-    return linears[0].out_features, len(activations), activations
-
-
-def _activation_name(activations: list[nn.Module]) -> str:
-    kinds = {(type(a), a.extra_repr()) for a in activations}
-    if len(kinds) != 1:
-        raise NotDescribableError(f"its layers use different activations {sorted(map(str, kinds))}")
-    ((cls, extra),) = kinds
-    if ACTIVATIONS.get(cls.__name__) is not cls or extra != cls().extra_repr():
-        raise NotDescribableError(
-            f"its activation {cls.__name__}({extra}) is not one of the activations recorded by "
-            f"name, {sorted(ACTIVATIONS)} with their default arguments"
-        )
-    return cls.__name__
-
-
-def _describe_mlp(mlp: MLP) -> dict[str, Any]:
-    hidden, depth, activations = _hidden_layers(mlp.net)
-    return {
-        "in_features": mlp.in_features,
-        "out_features": mlp.out_features,
-        "label_dim": mlp.label_dim,
-        "n_cond": mlp.n_cond,
-        "hidden": hidden,
-        "depth": depth,
-        "activation": _activation_name(activations),
-    }
-
-
-def _describe_potential(potential: PotentialMLP) -> dict[str, Any]:
-    hidden, depth, activations = _hidden_layers(potential.net)
-    if _activation_name(activations) != "SiLU":  # PotentialMLP always builds SiLU
-        raise NotDescribableError("its activations were replaced after it was built")
-    return {
-        "dim": potential.dim,
-        "n_params": potential.n_cond,
-        "hidden": hidden,
-        "depth": depth,
-        "periods": list(potential.periods),
-    }
-
-
-def _build_mlp(args: dict[str, Any], modules: dict[str, nn.Module]) -> nn.Module:
-    activation = ACTIVATIONS[args.pop("activation")]
-    return MLP(args.pop("in_features"), args.pop("out_features"), **args, activation=activation)
-
-
-def _build_potential(args: dict[str, Any], modules: dict[str, nn.Module]) -> nn.Module:
-    return PotentialMLP(args.pop("dim"), **args)
-
-
-def _with_module(cls: type[Stepper], name: str):
-    """``build`` of a stepper whose first argument is its module ``name``."""
-
-    def build(args: dict[str, Any], modules: dict[str, nn.Module]) -> nn.Module:
-        return cls(modules[name], **{**args, "dt": _dt_in(args["dt"])})
-
-    return build
-
-
-def _describe_energy(stepper: EnergyScoreLifting) -> dict[str, Any]:
-    return {
-        **_stepper_args(stepper),
-        "residual": stepper.residual,
-        "n_members": stepper.n_members,
-        "seed": stepper.seed,
-    }
-
-
-def _describe_flow(stepper: FlowMatching) -> dict[str, Any]:
-    return {**_stepper_args(stepper), "n_euler": stepper.n_euler, "seed": stepper.seed}
-
-
-def _describe_dice(stepper: DICE) -> dict[str, Any]:
-    return {
-        "state_shape": list(stepper.state_shape),
-        "n_params": stepper.n_params,
-        "dt": _dt_out(stepper.dt),
-        "sigma": stepper.sigma,
-        "laplacian": stepper.laplacian,
-        "n_probes": stepper.n_probes,
-        "n_substeps": stepper.n_substeps,
-        "kinetic_on_neighbours": stepper.kinetic_on_neighbours,
-        "alpha": stepper.alpha,
-        "potential_scale": stepper.potential_scale,
-    }
-
-
-def _entry(cls, schema, modules, describe, build) -> Configurable:
-    return Configurable(
-        cls, tuple(schema), modules, describe, argument_checker(schema, cls.__name__), build
-    )
-
-
-_BUILTIN = {
-    entry.cls.__name__: entry
-    for entry in (
-        _lifting(StochasticLifting),
-        _lifting(MeanRegression),
-        _entry(
-            EnergyScoreLifting,
-            _ENERGY,
-            ("backbone",),
-            _describe_energy,
-            _with_module(EnergyScoreLifting, "backbone"),
-        ),
-        _entry(
-            FlowMatching,
-            _FLOW,
-            ("velocity",),
-            _describe_flow,
-            _with_module(FlowMatching, "velocity"),
-        ),
-        _entry(DICE, _DICE, ("potential",), _describe_dice, _with_module(DICE, "potential")),
-        _entry(MLP, _MLP, (), _describe_mlp, _build_mlp),
-        _entry(PotentialMLP, _POTENTIAL, (), _describe_potential, _build_potential),
-    )
-}
 
 
 # -- finding the entry of a class -----------------------------------------------------------
@@ -434,7 +93,7 @@ def _entry_points() -> dict[str, EntryPoint]:
 
 
 def _known_names() -> list[str]:
-    return sorted(set(_BUILTIN) | set(_entry_points()))
+    return sorted(set(BUILTIN) | set(_entry_points()))
 
 
 def _load_entry(name: str) -> Configurable | None:
@@ -461,7 +120,7 @@ def _load_entry(name: str) -> Configurable | None:
 def _entry_of(module: nn.Module) -> Configurable | None:
     """The entry that describes exactly ``type(module)``, or None."""
     cls = type(module)
-    entry = _BUILTIN.get(cls.__name__)
+    entry = BUILTIN.get(cls.__name__)
     if entry is None:
         try:
             entry = _load_entry(cls.__name__)
@@ -681,7 +340,7 @@ def _node_entry(node: object, where: str) -> Configurable:
     name = node["class"]
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"{where}: class must be a class name, got {name!r:.80}")
-    entry = _BUILTIN.get(name) or _load_entry(name)
+    entry = BUILTIN.get(name) or _load_entry(name)
     if entry is None:
         raise ConfigError(
             f"{where}: unknown class {name!r}; the classes known are {_known_names()}"

@@ -1,7 +1,6 @@
 """rollout() refuses bad values up front with the exception type and a message that names
 what was expected (issue 13, item 7), and hands the stepper back untouched."""
 
-import importlib
 import re
 
 import numpy as np
@@ -9,9 +8,9 @@ import pytest
 import torch
 
 from slift_plugin import MLP, StochasticLifting, rollout
+from slift_plugin._rollout.engine import Job, execute
+from slift_plugin._rollout.sinks import MemorySink
 from slift_plugin.rollout import SEED_MAX
-
-rollout_module = importlib.import_module("slift_plugin.rollout")  # `rollout` is the function
 
 
 def make_stepper(n_params=0, dt=0.1):
@@ -257,7 +256,7 @@ def test_the_weights_come_back_when_moving_back_fails():
     weight = stepper.backbone.net[0].weight
     weight.grad = torch.ones_like(weight)
     before, grad = snapshot(stepper), weight.grad
-    job = rollout_module._Job(
+    job = Job(
         stepper=stepper,
         windows=torch.zeros(3, 2),
         mu=None,
@@ -268,9 +267,9 @@ def test_the_weights_come_back_when_moving_back_fails():
         dtype=torch.float32,
         noise_shape=None,
     )
-    sink = rollout_module._MemorySink((3, 2, 2), torch.float32, 0)
+    sink = MemorySink((3, 2, 2), torch.float32, 0)
     with pytest.raises(RunFailed):  # the run's own error, not the failed move back
-        rollout_module._execute(job, [(0, 3)], sink, failing_step, progress=False)
+        execute(job, [(0, 3)], sink, failing_step, progress=False)
     assert_untouched(stepper, before)
     assert weight.grad is grad and grad.device.type == "cpu" and grad.eq(1).all()
     assert stepper.training

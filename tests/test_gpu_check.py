@@ -27,8 +27,7 @@ import torch
 from steppers import ALL_STEPPERS, StepperCase, step_inputs
 
 from slift_plugin import rollout
-
-rollout_module = importlib.import_module("slift_plugin.rollout")  # the function shadows it
+from slift_plugin._rollout.sinks import HostDrain
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
@@ -276,7 +275,7 @@ def test_pinned_staging_on_cuda_hands_over_every_chunk(tmp_path):
     np.testing.assert_allclose(chunks, one_chunk, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(zarr.values, chunks, rtol=1e-6, atol=1e-7)
     assert np.abs(chunks[:, -1]).max() > 0
-    drain = rollout_module._HostDrain(None, torch.device("cuda"), (4, 3), torch.float32)
+    drain = HostDrain(None, torch.device("cuda"), (4, 3), torch.float32)
     assert drain.staged and all(b.is_pinned() for b in drain._buffers)
 
 

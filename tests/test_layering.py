@@ -25,6 +25,7 @@ APPLICATIONS = (
     "slift_plugin.cli",
     "slift_plugin.cli_sample",
     "slift_plugin.cli_train",
+    "slift_plugin._cli_arguments",
     "slift_plugin.demo",
     "slift_plugin.plotting",
     "slift_plugin.bench",
@@ -37,6 +38,7 @@ FORBIDDEN_FOR_METHODS = (
     "slift_plugin.checkpoint",
     "slift_plugin.train",
     "slift_plugin.rollout",
+    "slift_plugin._rollout",  # the engine behind rollout()
     "xarray",
     "zarr",
 )
@@ -140,6 +142,7 @@ def test_every_layer_is_present():
         ("slift_plugin.rollout", "import neuralop\n", "core imports only"),
         ("slift_plugin.methods.lifting", "from ..data.io import save_netcdf\n", "methods know"),
         ("slift_plugin.methods.base", "from .. import train\n", "methods know"),
+        ("slift_plugin.methods.base", "from .._rollout.noise import BlockNoise\n", "methods know"),
         ("slift_plugin.data.transitions", "from ..methods import DICE\n", "data knows no"),
         ("slift_plugin.adapters.neuralop", "from ..bench import run_bench\n", "adapters import"),
     ],
@@ -152,3 +155,4 @@ def test_the_checker_catches_violations(module, source, reason):
 def test_applications_and_adapters_may_import_downwards():
     assert violations("slift_plugin.demo", {"slift_plugin.adapters.neuralop", "pandas"}) == []
     assert violations("slift_plugin.adapters.torchsde", {"torchsde", "slift_plugin.rollout"}) == []
+    assert violations("slift_plugin.adapters.torchsde", {"slift_plugin._rollout.noise"}) == []

@@ -12,10 +12,14 @@ import xarray as xr
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from slift_plugin import MLP, MeanRegression, Stepper, StochasticLifting, rollout
+from slift_plugin._rollout import engine
+from slift_plugin._rollout.sinks import HostDrain
+from slift_plugin._rollout.steps import GraphedStep, check_fast_paths
 from slift_plugin.labels import hash_seed
 from slift_plugin.rollout import SEED_BLOCK
 
-# the module (the package attribute `rollout` is the function)
+# the module (the package attribute `rollout` is the function), where rollout() looks up
+# the step engine and the fast-path check: what a test patches to reach them
 rollout_module = importlib.import_module("slift_plugin.rollout")
 
 
@@ -203,7 +207,7 @@ def test_the_step_loop_adds_almost_nothing_to_the_step(history):
     assert counts[12]["_local_scalar_dense"] == counts[2]["_local_scalar_dense"]
 
 
-class FakeGraph(rollout_module._GraphedStep):
+class FakeGraph(GraphedStep):
     """The CUDA-graph path with its static buffers but an eager 'replay' (runs on CPU)."""
 
     def __init__(self, *args, **kwargs):
@@ -215,8 +219,8 @@ def test_cuda_graph_buffer_logic_matches_eager_on_cpu(monkeypatch):
     x0 = torch.randn(300, 2, 2, generator=torch.Generator().manual_seed(3))
     kw = dict(n_steps=4, mu=torch.tensor([0.2]), seed=7, chunk_size=128)  # 3 chunks, 2 sizes
     eager = rollout(sl, x0, **kw)
-    monkeypatch.setattr(rollout_module, "_GraphedStep", FakeGraph)
-    monkeypatch.setattr(rollout_module, "_check_fast_paths", lambda *args: None)
+    monkeypatch.setattr(rollout_module, "GraphedStep", FakeGraph)
+    monkeypatch.setattr(rollout_module, "check_fast_paths", lambda *args: None)
     graphed = rollout(sl, x0, cuda_graph=True, **kw)
     xr.testing.assert_identical(graphed, eager)
 
@@ -225,7 +229,7 @@ def test_cuda_graph_is_refused_where_it_cannot_work():
     with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
         rollout(make_stepper(), torch.zeros(2), 2, n_samples=2, cuda_graph=True)
     with pytest.raises(ValueError, match="Echo declares cuda_graph_safe = False"):
-        rollout_module._check_fast_paths(Echo(), torch.device("cuda"), True, None)
+        check_fast_paths(Echo(), torch.device("cuda"), True, None)
     with pytest.raises(ValueError, match="autocast_dtype must be one of"):
         rollout(make_stepper(), torch.zeros(2), 2, n_samples=2, autocast_dtype=torch.float64)
 
@@ -255,7 +259,7 @@ def test_only_cuda_stages_chunks_through_pinned_buffers(device):
         def write(self, lo, hi, values):
             received.append((lo, hi, values.clone()))
 
-    drain = rollout_module._HostDrain(Sink(), torch.device(device), (4, 3), torch.float32)
+    drain = HostDrain(Sink(), torch.device(device), (4, 3), torch.float32)
     assert not drain.staged and not drain._buffers
     drain.push(0, 4, torch.ones(4, 3))  # a CPU tensor stands in for the device chunk
     assert len(received) == 1 and received[0][2].eq(1).all()  # written at once
@@ -268,9 +272,7 @@ def test_staged_drain_hands_chunks_over_one_behind_and_intact():
         def write(self, lo, hi, values):
             received[(lo, hi)] = values.clone()
 
-    drain = rollout_module._HostDrain(
-        Sink(), torch.device("cpu"), (4, 3), torch.float32, staged=True
-    )
+    drain = HostDrain(Sink(), torch.device("cpu"), (4, 3), torch.float32, staged=True)
     source = torch.empty(4, 3)  # reused for every chunk, like the device buffer
     for i, (lo, hi) in enumerate([(0, 4), (4, 8), (8, 10)]):
         source[: hi - lo] = float(i)
@@ -353,7 +355,7 @@ def test_ignore_is_silent_and_returns_the_same_values():
     xr.testing.assert_identical(ignored, warned)
 
 
-class StagedDrain(rollout_module._HostDrain):
+class StagedDrain(HostDrain):
     """The CUDA hand-over (a chunk reaches the sink one chunk late), here on the CPU."""
 
     def __init__(self, *args, **kwargs):
@@ -371,7 +373,7 @@ def test_a_blow_up_leaves_a_zarr_store_resumable(tmp_path, monkeypatch, staged, 
     from slift_plugin.store import DONE
 
     if staged:
-        monkeypatch.setattr(rollout_module, "_HostDrain", StagedDrain)
+        monkeypatch.setattr(engine, "HostDrain", StagedDrain)  # where execute() looks it up
     path, x0 = tmp_path / "ens.zarr", blow_up_x0(10, EARLY)
     with pytest.raises(FloatingPointError, match="step 3 .* of sample 6"):
         rollout(BlowUp(), x0, out=path, **BLOW)
