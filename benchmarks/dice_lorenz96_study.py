@@ -203,7 +203,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.snapshot_dt is not None:
         problem = finer_snapshots(problem, args.seed, args.snapshot_dt)
     d = problem.state_shape[0]
-    data = SnapshotDataset.from_xarray(problem.train, n_times=args.n_times)
+    data = SnapshotDataset.from_xarray(
+        problem.train, n_times=args.n_times, paired_batches=args.paired_batches
+    )
     steps_per_epoch = data.steps_per_epoch(args.batch_size)
     epochs = max(1, round(args.steps / steps_per_epoch))
     if args.time_features:
@@ -293,6 +295,12 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=0,
         help="feed the potential sin/cos(pi k t), k = 1 .. this many, beside the state",
+    )
+    parser.add_argument(
+        "--paired-batches",
+        action="store_true",
+        help="SnapshotDataset(paired_batches=True): the same trajectories at every time of "
+        "a batch (same expected loss, less minibatch noise)",
     )
     parser.add_argument("--alpha", type=float, default=0.0)
     parser.add_argument("--kinetic-on-neighbours", type=float, default=0.0)

@@ -54,7 +54,7 @@ def _draw_seed(bench_seed: int, draw: int) -> int:
     return bench_seed if draw == 0 else hash_seed(bench_seed, DRAW_KEY + draw)
 
 
-def _trained(name: str, problem: ProblemData, seed: int):
+def trained_model(name: str, problem: ProblemData, seed: int):
     """The bench's model for ``name`` and training seed ``seed`` (``runner._train``)."""
     spec = M.parse_method(name)
     stepper = M.build_seeded(spec, problem, False, seed, key=spec.training_key)
@@ -68,7 +68,11 @@ def _generator(name: str, problem: ProblemData, seed: int) -> tuple[Callable, in
     """``sampling seed -> ensemble`` for ``name``, and the bench's sampling seed."""
     if name == "solver":
         return (lambda s: problem.solve(problem.n_generate, s)), hash_seed(DATA_SEED, seed, 11)
-    stepper = _trained(name, problem, seed)
+    return model_generator(trained_model(name, problem, seed), problem), hash_seed(seed, 7)
+
+
+def model_generator(stepper, problem: ProblemData) -> Callable:
+    """``sampling seed -> ensemble`` of a trained stepper, rolled out as the bench does."""
 
     def generate(s: int):
         return rollout(
@@ -83,13 +87,23 @@ def _generator(name: str, problem: ProblemData, seed: int) -> tuple[Callable, in
             param_names=problem.param_names,
         )
 
-    return generate, hash_seed(seed, 7)
+    return generate
 
 
 def _scores(name: str, problem: ProblemData, seed: int, draws: int) -> dict:
     """Train (models), then score ``draws`` ensembles; draw 0 with the bench's seeds."""
     start = time.perf_counter()
     generate, bench_seed = _generator(name, problem, seed)
+    record = score_draws(generate, bench_seed, problem, seed, draws)
+    return {"method": name, "seed": seed} | record | {"seconds": time.perf_counter() - start}
+
+
+def score_draws(
+    generate: Callable, bench_seed: int, problem: ProblemData, seed: int, draws: int
+) -> dict:
+    """The problem score and the ED ratios of ``draws`` ensembles of ``generate``: draw 0
+    sampled with ``bench_seed`` and scored with the bench's split for training seed
+    ``seed``, the others with seeds derived from those."""
     times = problem.reference["time"].values
     scores, ed_ratios = [], []
     for g in range(draws):
@@ -105,13 +119,7 @@ def _scores(name: str, problem: ProblemData, seed: int, draws: int) -> dict:
             period=problem.period,
         )
         ed_ratios.append([float(v) for v in ed["ed_ratio"].values])
-    return {
-        "method": name,
-        "seed": seed,
-        "scores": scores,
-        "ed_ratio": ed_ratios,
-        "seconds": time.perf_counter() - start,
-    }
+    return {"scores": scores, "ed_ratio": ed_ratios}
 
 
 def _bootstrap(groups: list[np.ndarray], rng, statistic=np.mean) -> np.ndarray:

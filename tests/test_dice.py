@@ -271,6 +271,72 @@ def test_snapshot_grouping_of_a_large_ensemble():
         torch.testing.assert_close(populations[-1][:, 0], torch.arange(first, first + n).float())
 
 
+def _trajectory_ensemble(n=64, n_times=6, seed=0, sigma=0.5):
+    """OU trajectories from a spread of starts: row i of every population is one
+    trajectory."""
+    x0 = np.random.default_rng(seed).normal(2.0, 1.0, size=(n, 1))
+    return ornstein_uhlenbeck(
+        n_samples=n, n_steps=n_times - 1, dt=0.1, x0=x0, sigma=sigma, seed=seed
+    )
+
+
+def test_paired_batches_take_one_trajectory_per_row_at_every_time():
+    ens = _trajectory_ensemble()
+    ds = SnapshotDataset.from_xarray(ens, n_times=4, paired_batches=True)
+    values = torch.as_tensor(ens.transpose("sample", "time", "channel").values).float()
+    for batch in ds.iter_batches(16, torch.Generator().manual_seed(1)):
+        steps = torch.round(batch["t"] / 0.1).long()
+        # the sample each row came from, found at the last time, is the sample of that
+        # row at every other chosen time
+        rows = [int(torch.argmin((values[:, -1] - x).abs().sum(-1))) for x in batch["x"][-1]]
+        torch.testing.assert_close(batch["x"], values[rows][:, steps].transpose(0, 1))
+    unpaired = SnapshotDataset.from_xarray(ens, n_times=4)
+    batch = next(unpaired.iter_batches(16, torch.Generator().manual_seed(1)))
+    rows = [int(torch.argmin((values[:, -1] - x).abs().sum(-1))) for x in batch["x"][-1]]
+    steps = torch.round(batch["t"] / 0.1).long()
+    assert not torch.allclose(batch["x"], values[rows][:, steps].transpose(0, 1))
+
+
+@pytest.mark.parametrize("potential_scale", [1.0, 1e-3])
+def test_paired_batches_keep_the_expected_loss(potential_scale):
+    """Each time's minibatch stays a uniform draw of its population, so the mean loss
+    over many batches converges to the loss on every sample at every time (computed in
+    one batch), paired or not. With a small potential_scale the loss is its boundary
+    terms (the kinetic one is quadratic in the scale): on nearly deterministic
+    trajectories, differences along them when paired, which scatter far less than
+    differences of independent draws. (The kinetic terms of paired times are correlated
+    instead, so the whole loss need not scatter less.)"""
+    ens = _trajectory_ensemble(sigma=0.05)
+    dice = make_dice(dim=1)
+    dice.potential_scale = potential_scale
+    dice.set_normalization(SnapshotDataset.from_xarray(ens).statistics())
+    full = SnapshotDataset.from_xarray(ens)
+    times, pops, _ = full.groups[0]
+    with torch.no_grad():
+        exact = float(dice.loss({"x": torch.stack(pops).double(), "t": times.double()}))
+        losses = {}
+        for paired in (False, True):
+            ds = SnapshotDataset.from_xarray(ens, paired_batches=paired)
+            g = torch.Generator().manual_seed(2)
+            losses[paired] = np.array(
+                [float(dice.loss(b)) for _ in range(60) for b in ds.iter_batches(8, g)]
+            )
+    for paired, values in losses.items():
+        error = abs(values.mean() - exact)
+        assert error < 4 * values.std() / math.sqrt(len(values)), (paired, error)
+    if potential_scale < 1:
+        assert losses[True].std() < 0.4 * losses[False].std()  # 0.2 measured
+
+
+def test_paired_batches_need_equal_population_sizes():
+    pops = [
+        xr.DataArray(np.zeros((n, 1)), dims=("sample", "channel"), coords={"time": t})
+        for n, t in ((5, 0.0), (6, 1.0))
+    ]
+    with pytest.raises(ValueError, match=r"paired_batches .* group 0 has sizes \[5, 6\]"):
+        SnapshotDataset.from_xarray(pops, paired_batches=True)
+
+
 @pytest.mark.parametrize(
     "groups, match",
     [

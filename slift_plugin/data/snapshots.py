@@ -252,12 +252,21 @@ class SnapshotDataset:
         Floating dtype of the stored times, populations and parameters, and so of the
         batches (float64 for the authors' regime; the DICE loss casts a batch to the
         stepper's dtype either way).
+    paired_batches : bool
+        Draw one set of sample indices per batch and take it at every chosen time
+        (default False: independent indices per time). Each time's minibatch is still a
+        uniform draw from its population, so the expected DICE loss and its minimiser
+        are unchanged; when row ``i`` of every population is one trajectory (the
+        populations of a trajectory ensemble, as :meth:`from_xarray` keeps them), the
+        boundary terms become differences along trajectories and their minibatch noise
+        shrinks. Needs every population of a group to have the same size.
 
     Raises
     ------
     ValueError
         No group, an invalid group (see the messages), groups with different numbers of
-        parameters, ``n_times`` out of range, or a ``dtype`` that is not floating.
+        parameters, ``n_times`` out of range, a ``dtype`` that is not floating, or
+        ``paired_batches`` with populations of different sizes in one group.
 
     Notes
     -----
@@ -277,6 +286,7 @@ class SnapshotDataset:
         *,
         n_times: int | None = None,
         dtype: torch.dtype = torch.float32,
+        paired_batches: bool = False,
     ) -> None:
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
@@ -298,6 +308,15 @@ class SnapshotDataset:
             raise ValueError(f"n_times must be in [2, {min_times}], got {n_times}")
         self.n_times = n_times
         self.dtype = dtype
+        if paired_batches:
+            for g, (_, pops, _) in enumerate(checked):
+                sizes = sorted({pop.shape[0] for pop in pops})
+                if len(sizes) > 1:
+                    raise ValueError(
+                        f"paired_batches needs populations of one size per group; group {g} "
+                        f"has sizes {sizes}"
+                    )
+        self.paired_batches = bool(paired_batches)
 
     @classmethod
     def from_xarray(
@@ -307,6 +326,7 @@ class SnapshotDataset:
         n_times: int | None = None,
         exclude_params: Sequence[Sequence[float]] = (),
         dtype: torch.dtype = torch.float32,
+        paired_batches: bool = False,
     ) -> SnapshotDataset:
         """Snapshots from xarray, grouped by the ``mu_<name>`` coords.
 
@@ -323,6 +343,8 @@ class SnapshotDataset:
             compared after rounding to 6 decimals.
         dtype : torch.dtype
             Floating dtype of the stored data, as for the constructor.
+        paired_batches : bool
+            As for the constructor.
 
         Returns
         -------
@@ -337,7 +359,7 @@ class SnapshotDataset:
         groups = _group_by_params(times, per_time, per_time_mu, exclude_params)
         if not groups:
             raise ValueError("every parameter value was excluded: no data left")
-        return cls(groups, n_times=n_times, dtype=dtype)
+        return cls(groups, n_times=n_times, dtype=dtype, paired_batches=paired_batches)
 
     @property
     def params(self) -> list[Tensor | None]:
@@ -392,12 +414,16 @@ class SnapshotDataset:
                         torch.tensor([times.numel() - 1]),
                     ]
                 )
-            x = torch.stack(
-                [
-                    pops[k][torch.randint(pops[k].shape[0], (batch_size,), generator=generator)]
-                    for k in chosen.tolist()
-                ]
-            )
+            if self.paired_batches:
+                rows = torch.randint(pops[0].shape[0], (batch_size,), generator=generator)
+                x = torch.stack([pops[k][rows] for k in chosen.tolist()])
+            else:
+                x = torch.stack(
+                    [
+                        pops[k][torch.randint(pops[k].shape[0], (batch_size,), generator=generator)]
+                        for k in chosen.tolist()
+                    ]
+                )
             batch = {
                 "x": x,
                 "t": times[chosen],
