@@ -28,6 +28,7 @@ from typing import Any
 from neuralop.models import FNO, TFNO, UNO
 from torch import nn
 
+from .._configurable import one_of
 from ..checkpoint import CheckpointError
 from ..config import ConfigError, Configurable, NotDescribableError, argument_checker
 from ._neuralop_arguments import (
@@ -150,17 +151,13 @@ def _size(key: str):
     )
 
 
-def _one_of(options) -> Any:
-    return lambda v: None if isinstance(v, str) and v in options else f"one of {sorted(options)}"
-
-
 # -- LiftedOperator --------------------------------------------------------------------------
 _LIFTED = {
-    "operator": _one_of(OPERATORS),
+    "operator": one_of(OPERATORS),
     "window_channels": _size("in_channels"),
     "out_channels": _size("in_channels"),
     "label_dim": _size("label_dim"),
-    "injection": _one_of(INJECTIONS),
+    "injection": one_of(INJECTIONS),
     "n_cond": _size("n_params"),
     "embedding_hidden": _size("embedding_hidden"),
     "operator_kwargs": _kwargs_problem,
@@ -208,7 +205,7 @@ LIFTED_OPERATOR = Configurable(
 
 # -- OperatorPotential -----------------------------------------------------------------------
 _POTENTIAL = {
-    "operator": _one_of(OPERATORS),
+    "operator": one_of(OPERATORS),
     "state_channels": _size("in_channels"),
     "n_params": _size("n_params"),
     "operator_kwargs": _kwargs_problem,

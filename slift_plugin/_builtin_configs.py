@@ -14,12 +14,12 @@ Adapters register their classes through entry points instead (see
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from ._configurable import Configurable, NotDescribableError, argument_checker
+from ._configurable import Configurable, NotDescribableError, argument_checker, one_of
 from .backbones import MLP, PotentialMLP
 from .methods import DICE, EnergyScoreLifting, FlowMatching, MeanRegression, StochasticLifting
 from .methods.dice import LAPLACIANS
@@ -71,10 +71,6 @@ def _number(low: float = -math.inf, high: float = math.inf, *, null: bool = Fals
 
 def _boolean(value: object) -> str | None:
     return None if type(value) is bool else "true or false"
-
-
-def _one_of(options: tuple[str, ...] | Mapping[str, Any]) -> Callable[[object], str | None]:
-    return lambda v: None if isinstance(v, str) and v in options else f"one of {sorted(options)}"
 
 
 def _state_shape(value: object) -> str | None:
@@ -140,7 +136,7 @@ _DICE = {
     "n_params": _int("n_params"),
     "dt": _number(0.0, null=True),
     "sigma": _number(0.0),
-    "laplacian": _one_of(LAPLACIANS),
+    "laplacian": one_of(LAPLACIANS),
     "n_probes": _int("n_probes"),
     "n_substeps": _int("n_substeps"),
     "kinetic_on_neighbours": _number(0.0, 1.0),
@@ -154,7 +150,7 @@ _MLP = {
     "n_cond": _int("n_params"),
     "hidden": _int("hidden"),
     "depth": _int("depth"),
-    "activation": _one_of(ACTIVATIONS),
+    "activation": one_of(ACTIVATIONS),
 }
 _POTENTIAL = {
     "dim": _int("features"),

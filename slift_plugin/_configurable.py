@@ -88,3 +88,8 @@ def argument_checker(
                 raise ConfigError(f"{what}: {name} must be {expected}, got {args[name]!r:.80}")
 
     return check
+
+
+def one_of(options: tuple[str, ...] | Mapping[str, Any]) -> Callable[[object], str | None]:
+    """An argument check (for :func:`argument_checker`): a string among ``options``."""
+    return lambda v: None if isinstance(v, str) and v in options else f"one of {sorted(options)}"
