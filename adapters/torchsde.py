@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torchsde
 
-from .._rollout.arguments import check_arguments
+from .._rollout.arguments import check_arguments, time_axis
 from .._rollout.noise import BlockNoise
 from .._rollout.nonfinite import NonFiniteCheck
 from ..checkpoint import load_stepper
@@ -319,7 +319,7 @@ def _rollout_with_graph(
         mu = torch.as_tensor(mu).to(device=device, dtype=dtype)
         mu = mu.expand(n, -1) if mu.ndim == 1 else mu
     stepper.check_mu(mu, n)
-    times = (t0 + float(stepper.dt) * np.arange(n_steps + 1)).tolist()  # rollout's axis
+    times = time_axis(stepper, t0, None, n_steps)[2].tolist()
     check = None if on_nonfinite == "ignore" else NonFiniteCheck(on_nonfinite, times)
     chunk_size, parts, was_training = min(int(chunk_size), n), [], stepper.training
     stepper.eval()
