@@ -29,7 +29,13 @@ Commands run (one thread each, 2-core machine shared with another job; results i
     OMP_NUM_THREADS=1 python benchmarks/dice_vlasov_regime.py --tag sigma0.05
     OMP_NUM_THREADS=1 python benchmarks/dice_vlasov_regime.py --tag sigma0 --sigma 0
 
-Each writes ``<tag>.json`` (every number) and ``<tag>.png`` (phase space and ``W_E``).
+Training length and particle count (2026-12-03): ``--sigma 0 --steps N --tag
+sigma0-stepsN`` for N = 2000 and 12000, and the 4,000- and 12,000-step runs again with
+``--n-particles 60000`` (tags ``sigma0-particles60000``, ``sigma0-steps12000-particles60000``).
+
+Each writes ``<tag>.json`` (every number, with the DICE loss on all snapshot times of the
+training populations and of fresh PIC runs at the training v0s, ``loss.all_times``) and
+``<tag>.png`` (phase space and ``W_E``).
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ from slift_plugin.systems.vlasov import (
 N_GRID = 64  # field grid of vlasov_two_stream and of the W_E score
 PLOT_TIMES = (0.0, 15.0, 22.0, 30.0, 40.0)
 TRAIN_SEED0, REFERENCE_SEED, START_SEED = 0, 100, 101  # PIC seeds (check v0: +100)
+HELD_OUT_SEED0 = 300  # fresh populations at the training v0s, for the held-out loss
+LOSS_PARTICLES = 2000  # particles per time of the population losses
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -309,6 +317,36 @@ def training_snapshots(args: argparse.Namespace, dtype: torch.dtype) -> Snapshot
     return SnapshotDataset(groups, n_times=args.n_times, dtype=dtype)
 
 
+def population_losses(
+    args: argparse.Namespace, dice: DICE, snapshots: SnapshotDataset, dtype: torch.dtype
+) -> dict[str, dict[str, float]]:
+    """The DICE loss on all snapshot times at once, per training v0, on ``LOSS_PARTICLES``
+    particles of the training populations (in sample) and of a fresh PIC run of the same
+    size as the training runs (held out). A gap between the two is overfitting to the
+    finite particle sets, which a held-out selection could catch. The particles are a
+    seeded random subset, the same rows at every time (the first rows of a quiet,
+    Hammersley, load sit in one strip of the box); the fresh run has the training runs'
+    particle count, since a PIC run's finite-N error depends on it."""
+    in_sample, held_out = {}, {}
+    rows = torch.Generator().manual_seed(args.seed)
+    for i, (times, populations, mu) in enumerate(snapshots.groups):
+        v0 = f"{float(mu[0]):g}"
+        subset = torch.randperm(populations[0].shape[0], generator=rows)[:LOSS_PARTICLES]
+        own = torch.stack([p[subset] for p in populations])
+        in_sample[v0] = dice.loss({"x": own, "t": times, "mu": mu}).item()
+        fresh = pic(
+            populations[0].shape[0],
+            float(mu[0]),
+            HELD_OUT_SEED0 + i,
+            args.t_end,
+            args.record_dt,
+            args.dt_internal,
+        )[0]["state"]
+        x = torch.as_tensor(fresh.transpose("time", "sample", ...).values, dtype=dtype)
+        held_out[v0] = dice.loss({"x": x[:, subset], "t": times, "mu": mu}).item()
+    return {"in_sample": in_sample, "held_out": held_out}
+
+
 def train(args: argparse.Namespace, snapshots: SnapshotDataset, dtype: torch.dtype):
     """DICE with a potential periodic in x, conditioned on t and v0; Adam, cosine decay."""
     torch.manual_seed(args.seed)
@@ -436,6 +474,8 @@ def main(argv: list[str] | None = None) -> dict:
     snapshots = training_snapshots(args, dtype)
     data_seconds = time.perf_counter() - wall0
     dice, result, steps_per_epoch = train(args, snapshots, dtype)
+    populations = population_losses(args, dice, snapshots, dtype)
+    print(f"population losses: {populations}", flush=True)
     del snapshots
     epochs = result.epochs
     print(f"trained {epochs * steps_per_epoch} steps in {result.wall_time:.0f} s", flush=True)
@@ -455,6 +495,7 @@ def main(argv: list[str] | None = None) -> dict:
             "first_epoch": losses[0],
             "last_epoch": losses[-1],
             "min_epoch": float(np.min(losses)),
+            "all_times": populations,
         },
         "cost_per_output_step": {
             "dice_gradient_evaluations": dice.evals_per_step,
