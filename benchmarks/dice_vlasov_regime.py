@@ -324,9 +324,10 @@ def population_losses(
     particles of the training populations (in sample) and of a fresh PIC run of the same
     size as the training runs (held out). A gap between the two is overfitting to the
     finite particle sets, which a held-out selection could catch. The particles are a
-    seeded random subset, the same rows at every time (the first rows of a quiet,
-    Hammersley, load sit in one strip of the box); the fresh run has the training runs'
-    particle count, since a PIC run's finite-N error depends on it."""
+    seeded random subset, the same rows at every time (the first 2,000 rows of a quiet,
+    Hammersley, load of 20,000 sit in the first fifth of the box and in one beam); the
+    fresh run has the training runs' particle count, since a PIC run's finite-N error
+    depends on it."""
     in_sample, held_out = {}, {}
     rows = torch.Generator().manual_seed(args.seed)
     for i, (times, populations, mu) in enumerate(snapshots.groups):
