@@ -60,6 +60,7 @@ def one_size(n: int, seeds: list[int]) -> dict:
         reference = pic_run(2 * n, base)
         first = distances(pic_run(n, base + 1), reference, seed)
         second = distances(pic_run(n, base + 2), reference, seed)
+        print(f"N = {n}, seed {seed}: done", flush=True)  # a size of 12,000 takes minutes
         per_seed.append(
             {
                 "seed": seed,
