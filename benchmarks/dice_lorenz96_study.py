@@ -27,7 +27,15 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from slift_plugin import DICE, PotentialMLP, SnapshotDataset, evaluate, fit, rollout
+from slift_plugin import (
+    DICE,
+    HeldOutPopulations,
+    PotentialMLP,
+    SnapshotDataset,
+    evaluate,
+    fit,
+    rollout,
+)
 from slift_plugin.bench.problems import LORENZ96_TRAIN_FORCING, build_problem
 from slift_plugin.systems.lorenz96 import lorenz96, lorenz96_drift
 
@@ -195,6 +203,64 @@ def in_sample_scores(dice: DICE, problem, seed: int) -> dict:
     return record
 
 
+class TrackedSelection:
+    """Rollout selection on fresh populations at the training forcings
+    (:class:`slift_plugin.HeldOutPopulations`), which also scores the held-out forcing
+    every ``every`` epochs: whether the selection score ranks what the bench measures.
+    The tracking is the study's; selection never sees the held-out forcing."""
+
+    def __init__(self, criterion: HeldOutPopulations, problem, seed: int, every: int) -> None:
+        self.criterion, self.problem, self.seed, self.every = criterion, problem, seed, every
+        self.data, self.patience = criterion.data, criterion.patience
+        self.curve: list[dict] = []
+
+    def facts(self) -> dict[str, object]:
+        return self.criterion.facts()
+
+    def score(self, stepper, device) -> float:
+        value = self.criterion.score(stepper, device)
+        entry = {"epoch": len(self.curve) + 1, "selection": round(value, 4)}
+        if entry["epoch"] % self.every == 0:
+            was_training = stepper.training
+            entry |= horizon_scores(
+                sample(stepper, self.problem, self.seed), self.problem, self.seed
+            )
+            del entry["ed_ratio_over_time"]
+            stepper.train(was_training)
+        self.curve.append(entry)
+        return value
+
+
+class WeightAverage:
+    """An exponential moving average of ``module``'s parameters over optimiser steps, kept
+    by a global optimiser hook (``fit`` owns its optimiser): the study's test of whether
+    DICE's rollouts suffer from the optimiser's step-to-step noise."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.module, self.decay = module, decay
+        self.average = [p.detach().clone() for p in module.parameters()]
+        self.handle = torch.optim.optimizer.register_optimizer_step_post_hook(self.update)
+
+    @torch.no_grad()
+    def update(self, *_) -> None:
+        for mean, p in zip(self.average, self.module.parameters(), strict=True):
+            mean.lerp_(p.detach(), 1 - self.decay)
+
+    @torch.no_grad()
+    def load(self) -> None:
+        """Put the average into the module and stop averaging."""
+        self.handle.remove()
+        for mean, p in zip(self.average, self.module.parameters(), strict=True):
+            p.copy_(mean)
+
+
+def selection_populations(problem, seed: int) -> SnapshotDataset:
+    """Fresh runs at the training forcings, as the bench's (data seeds ``seed + 50 + i``,
+    clear of the training runs' ``seed + i``, the reference's ``seed + 100`` and the start
+    states' ``seed + 101``)."""
+    return SnapshotDataset.from_xarray(build_problem("lorenz96", quick=False, seed=seed + 50).train)
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     problem = build_problem("lorenz96", quick=False, seed=args.seed)
@@ -224,6 +290,13 @@ def run(args: argparse.Namespace) -> dict:
         kinetic_on_neighbours=args.kinetic_on_neighbours,
         potential_scale=float(scale),
     )
+    average = WeightAverage(potential, args.ema) if args.ema else None
+    selection = None
+    if args.select_every:
+        criterion = HeldOutPopulations(
+            selection_populations(problem, args.seed), n_samples=512, seed=args.seed
+        )
+        selection = TrackedSelection(criterion, problem, args.seed, args.select_every)
     result = fit(
         dice,
         data,
@@ -233,7 +306,10 @@ def run(args: argparse.Namespace) -> dict:
         weight_decay=0.0,
         seed=args.seed,
         description="fit DICE",
+        held_out=selection,
     )
+    if average is not None:
+        average.load()
     started = time.perf_counter()
     generated = sample(dice, problem, args.seed)
     sample_seconds = time.perf_counter() - started
@@ -263,6 +339,9 @@ def run(args: argparse.Namespace) -> dict:
         },
         "substeps": substep_scores(dice, problem, args.seed, args.sample_substeps),
         "in_sample": in_sample_scores(dice, problem, args.seed) if args.in_sample else {},
+        "selection": {}
+        if selection is None
+        else {"best_epoch": result.best_epoch, "epochs": result.epochs, "curve": selection.curve},
     }
 
 
@@ -322,10 +401,26 @@ def main(argv: list[str] | None = None) -> None:
         help="save the training populations every this much time (a divisor of the "
         "bench's 0.05; the same trajectories); --n-times counts these times",
     )
+    parser.add_argument(
+        "--select-every",
+        type=int,
+        default=0,
+        help="select the epoch by rollouts on fresh populations at the training forcings "
+        "(HeldOutPopulations), and score the held-out forcing every this many epochs",
+    )
+    parser.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        help="sample with an exponential moving average of the weights over optimiser steps "
+        "(this decay per step; 0: the last weights)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="", help="suffix of the JSON file")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu/dice_lorenz96"))
     args = parser.parse_args(argv)
+    if args.ema and args.select_every:
+        parser.error("--ema and --select-every do not combine: selection keeps raw weights")
     record = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     particles = "" if args.population_multiple == 1 else f"-particles{args.population_multiple}x"
@@ -350,6 +445,9 @@ def main(argv: list[str] | None = None) -> None:
             "ed_ratio", f"diverges at output step {exact.get('diverged_at_step')}"
         )
         print(f"  {n} Euler substeps: DICE {scores['dice']['ed_ratio']}, exact drift {exact_text}")
+    if record["selection"]:
+        chosen = record["selection"]
+        print(f"  selected epoch {chosen['best_epoch']} of {chosen['epochs']}")
     for forcing, ratios in record["in_sample"].items():
         print(f"  in sample, F = {forcing}: ED ratio {ratios}")
 

@@ -18,6 +18,7 @@ Public surface::
     StoredLabels, teacher_labels  coupled labels: a flow-matching teacher run backwards
     fit, rollout, evaluate      train any stepper, generate ensembles, score them
     HeldOut                     held-out transitions that select fit()'s best epoch
+    HeldOutPopulations          held-out populations that select it by rollouts (DICE)
 
 The methods live in ``slift_plugin.methods`` (one module per family), the interfaces a
 backbone or dataset must offer in ``slift_plugin.protocols``. Neural-operator backbones and
@@ -50,7 +51,7 @@ from .methods import (
 from .metrics import energy_distance, evaluate
 from .processing import ProcessedStepper
 from .rollout import rollout
-from .selection import HeldOut
+from .selection import HeldOut, HeldOutPopulations
 from .stepper import Stepper
 from .train import FitResult, fit
 
@@ -67,6 +68,7 @@ __all__ = [
     "FlowMatching",
     "FitResult",
     "HeldOut",
+    "HeldOutPopulations",
     "IndexedGaussianLabels",
     "MLP",
     "MeanRegression",

@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "DEFAULT_N_PROJECTIONS",
     "energy_distance",
+    "same_law_energy_distance",
     "sliced_wasserstein2",
     "random_projections",
     "moments",
@@ -337,6 +338,54 @@ def energy_distance(
     exx = _mean_pairwise_distance(xs, None, bs, periodic)
     eyy = _mean_pairwise_distance(ys, None, bs, periodic)
     return 2.0 * exy - exx - eyy
+
+
+def same_law_energy_distance(
+    y: torch.Tensor,
+    n_other: int,
+    *,
+    period: float | Sequence[float | None] | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> float:
+    """Expected :func:`energy_distance` between ``y`` and ``n_other`` fresh draws of its law.
+
+    For independent samples of sizes ``n`` and ``m`` from one law the V-statistic has
+    expectation ``E|X-X'| (1/n + 1/m)``; ``E|X-X'|`` is estimated without bias from ``y``
+    (the mean over its pairs ``i != j``). A model whose samples have the law of ``y``
+    scores this in expectation: a noise floor without the variance of a random split.
+
+    Parameters
+    ----------
+    y : torch.Tensor
+        Samples ``(m, ...)``, ``m >= 2``, flattened as in :func:`energy_distance`.
+    n_other : int
+        The size of the sample that will be compared with ``y`` (>= 1).
+    period : float or sequence of (float or None) or None
+        Periodic coordinates, as in :func:`energy_distance`.
+    block_size : int
+        Pairwise distances are formed in blocks of this size.
+
+    Returns
+    -------
+    float
+        ``E|X-X'| (1/n_other + 1/m)``.
+
+    Raises
+    ------
+    ValueError
+        ``y`` has fewer than two samples or holds NaN/Inf, ``n_other < 1``, or
+        ``period``/``block_size`` is invalid (as in :func:`energy_distance`).
+    """
+    if int(n_other) < 1 or int(block_size) < 1:
+        raise ValueError(f"n_other and block_size must be >= 1, got {n_other}, {block_size}")
+    ys, _ = _check_pair(y, y)
+    m = ys.shape[0]
+    if m < 2:
+        raise ValueError(f"need at least two samples to estimate E|X-X'|, got {m}")
+    periodic = _check_period(period, ys.shape[1])
+    v_mean = float(_mean_pairwise_distance(ys - ys.mean(0), None, int(block_size), periodic))
+    pair_mean = v_mean * m / (m - 1)  # the diagonal's zeros left out
+    return pair_mean * (1 / int(n_other) + 1 / m)
 
 
 def random_projections(

@@ -54,7 +54,7 @@ from .config import stepper_record
 from .distributed import fail_together, is_main_process, shard_bounds, world
 from .labels import hash_seed
 from .protocols import DrawnBatches, IndexedBatches, ShardableBatches
-from .selection import HeldOut, held_out_score
+from .selection import Selection
 from .stepper import Stepper
 
 __all__ = ["CHECKPOINT_NAME", "FitResult", "fit"]
@@ -82,7 +82,7 @@ class FitResult:
     world_size : int
         Processes that trained together.
     held_out_scores : list of float
-        With ``held_out``: the held-out energy score after every epoch (lower is better).
+        With ``held_out``: its score after every epoch (lower is better).
     best_epoch : int or None
         With ``held_out``: the epoch (1-based) whose weights the stepper holds at the end.
     stopped_early : bool
@@ -229,7 +229,7 @@ def _digest(samples: list[Mapping[str, object]]) -> str:
 
 
 def _data_fingerprint(
-    dataset: Dataset, batch_size: int, held_out: HeldOut | None
+    dataset: Dataset, batch_size: int, held_out: Selection | None
 ) -> dict[str, object]:
     """What identifies the training data of a run, cheaply (see the module docstring).
 
@@ -239,7 +239,7 @@ def _data_fingerprint(
         The training set; its ``labels`` (if any) are part of the sampled examples.
     batch_size : int
         The batch a dataset that draws its own batches is sampled with.
-    held_out : HeldOut or None
+    held_out : Selection or None
         Its data are fingerprinted too: selection on other data is another run.
 
     Returns
@@ -673,7 +673,7 @@ def _train_epoch(
     return float(total) / count
 
 
-def _select(run: _Run, held_out: HeldOut, epoch: int) -> float:
+def _select(run: _Run, held_out: Selection, epoch: int) -> float:
     """Score epoch ``epoch`` on the held-out data; keep its weights if best; maybe stop.
 
     Parameters
@@ -681,31 +681,31 @@ def _select(run: _Run, held_out: HeldOut, epoch: int) -> float:
     run : _Run
         Its result gains the score; ``best_model``, ``best_epoch`` and ``stopped_early``
         are updated.
-    held_out : HeldOut
-        The held-out transitions and settings.
+    held_out : Selection
+        The held-out criterion.
     epoch : int
         Epochs completed (1-based).
 
     Returns
     -------
     float
-        This epoch's score.
-
-    Raises
-    ------
-    FloatingPointError
-        When the score is not finite (samples blew up).
+        This epoch's score; ``inf`` when it was not finite (the samples blew up), which
+        never becomes the best, so that one bad epoch of a long run does not end it
+        (:func:`_train` raises if no epoch had a finite score).
     """
     result = run.result
-    score = held_out_score(run.stepper, held_out, run.device)
+    score = held_out.score(run.stepper, run.device)
     if not math.isfinite(score):
-        raise FloatingPointError(f"held-out score became {score} at epoch {epoch}")
+        score = math.inf
     result.held_out_scores.append(score)
-    if result.best_epoch is None or score < min(result.held_out_scores[:-1]):
+    if math.isfinite(score) and (
+        result.best_epoch is None or score < min(result.held_out_scores[:-1])
+    ):
         result.best_epoch = epoch
         run.best_model = {k: v.detach().cpu().clone() for k, v in tensor_state(run.stepper).items()}
     patience = held_out.patience
-    result.stopped_early = patience is not None and epoch - result.best_epoch >= patience
+    since = epoch - (result.best_epoch or 0)  # no finite score yet: counted from the start
+    result.stopped_early = patience is not None and since >= patience
     return score
 
 
@@ -761,7 +761,7 @@ def fit(
     resume: bool = True,
     progress: bool = True,
     description: str = "fit",
-    held_out: HeldOut | None = None,
+    held_out: Selection | None = None,
 ) -> FitResult:
     """Train ``stepper`` on ``dataset`` by minimising ``stepper.loss(batch)``.
 
@@ -805,11 +805,14 @@ def fit(
         Show a progress bar (on rank 0), labelled ``description``.
     description : str
         The progress bar's label.
-    held_out : HeldOut or None
-        Score the stepper on held-out transitions after every epoch (fair energy score
-        of fresh-noise samples, :mod:`slift_plugin.selection`), keep the best epoch's
-        weights, and stop after ``held_out.patience`` epochs without improvement. The
-        curve is ``FitResult.held_out_scores`` and shows in the progress bar.
+    held_out : Selection or None
+        Score the stepper on held-out data after every epoch, keep the best epoch's
+        weights, and stop after ``held_out.patience`` epochs without improvement:
+        :class:`slift_plugin.HeldOut` (transitions; fair energy score of fresh-noise
+        samples) or :class:`slift_plugin.HeldOutPopulations` (populations; energy
+        distance of rollouts, for DICE), see :mod:`slift_plugin.selection`. The curve is
+        ``FitResult.held_out_scores`` and shows in the progress bar; an epoch whose
+        samples blew up scores ``inf`` and is never kept.
 
     Returns
     -------
@@ -823,7 +826,7 @@ def fit(
         does not split over the ranks, or a stepper without trainable parameters.
     TypeError
         Under a process group, for a dataset that draws its own batches but cannot
-        shard them.
+        shard them; for a ``held_out`` that is not a :class:`Selection`.
     CheckpointError
         Before training, when ``checkpoint_dir`` is a file, cannot be written, or is
         held by another live run; when resuming a checkpoint written with other
@@ -831,7 +834,8 @@ def fit(
     RuntimeError
         When the ranks disagree on the settings, the data or on the checkpoint.
     FloatingPointError
-        On every rank, when a batch's loss is not finite.
+        On every rank, when a batch's loss is not finite; with ``held_out``, at the end
+        when no epoch's held-out score was finite.
     """
     # Everything that shapes the optimisation: a resume with other values would not
     # continue the same run.
@@ -846,6 +850,11 @@ def fit(
         "n_examples": len(dataset),
     }
     if held_out is not None:
+        if not isinstance(held_out, Selection):
+            raise TypeError(
+                f"held_out {type(held_out).__name__} is not a slift_plugin.selection.Selection; "
+                "use slift_plugin.HeldOut or slift_plugin.HeldOutPopulations"
+            )
         config["held_out"] = held_out.facts()
     rank, world_size = world()
     # The folder is checked and held before any work, so that a bad or busy one fails
@@ -878,7 +887,7 @@ def fit(
 def _train(
     run: _Run,
     dataset: Dataset,
-    held_out: HeldOut | None,
+    held_out: Selection | None,
     *,
     checkpoint_every: int,
     progress: bool,
@@ -892,7 +901,7 @@ def _train(
         The set-up (possibly resumed) run.
     dataset : Dataset
         The training set.
-    held_out : HeldOut or None
+    held_out : Selection or None
         Held-out selection, as for :func:`fit`.
     checkpoint_every : int
         Epochs between checkpoints (and one at the end), when ``run.ckpt_path`` is set.
@@ -931,6 +940,11 @@ def _train(
         last = done == epochs or result.stopped_early
         if run.ckpt_path is not None and (done % checkpoint_every == 0 or last):
             _write_checkpoint(run, done)
+    if held_out is not None and run.best_model is None:
+        raise FloatingPointError(
+            f"the held-out score was not finite after any of the {len(result.losses)} epochs "
+            "(the samples blew up); the weights are the last epoch's"
+        )
     if run.best_model is not None:
         load_model_state(stepper, run.best_model, run.ckpt_path or "the best epoch")
     stepper.eval()
