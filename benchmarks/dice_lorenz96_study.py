@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from slift_plugin import (
     DICE,
@@ -94,6 +95,31 @@ def larger_populations(problem, seed: int, multiple: int):
         build_problem("lorenz96", quick=False, seed=seed + 10 * k).train for k in range(1, multiple)
     ]
     return dataclasses.replace(problem, train=xr.concat([problem.train, *extra], "sample"))
+
+
+def other_forcings(problem, seed: int, forcings: list[float], total: int | None):
+    """``problem`` trained on ``forcings`` instead of the bench's four, ``total`` particles
+    in all (default: the bench's 512 per forcing), split evenly; the same sizes, burn-in,
+    RK4 step and data seeds ``seed + i`` as the bench's ``_lorenz96``. The held-out forcing
+    may not be among them."""
+    if problem.mu[0] in forcings:
+        raise ValueError(f"the held-out forcing {problem.mu[0]} is among the training ones")
+    per_forcing = problem.train.sizes["sample"] // len(LORENZ96_TRAIN_FORCING)
+    n = per_forcing if total is None else total // len(forcings)
+    runs = [
+        lorenz96(
+            n,
+            problem.n_steps,
+            problem.dt,
+            dim=problem.state_shape[0],
+            forcing=np.full(n, forcing),
+            burn_in=0.2,
+            dt_internal=0.01,
+            seed=seed + i,
+        )
+        for i, forcing in enumerate(forcings)
+    ]
+    return dataclasses.replace(problem, train=xr.concat(runs, "sample"))
 
 
 def finer_snapshots(problem, seed: int, snapshot_dt: float):
@@ -239,7 +265,7 @@ class WeightAverage:
     def __init__(self, module: nn.Module, decay: float) -> None:
         self.module, self.decay = module, decay
         self.average = [p.detach().clone() for p in module.parameters()]
-        self.handle = torch.optim.optimizer.register_optimizer_step_post_hook(self.update)
+        self.handle = register_optimizer_step_post_hook(self.update)
 
     @torch.no_grad()
     def update(self, *_) -> None:
@@ -268,6 +294,8 @@ def run(args: argparse.Namespace) -> dict:
         problem = larger_populations(problem, args.seed, args.population_multiple)
     if args.snapshot_dt is not None:
         problem = finer_snapshots(problem, args.seed, args.snapshot_dt)
+    if args.train_forcing:
+        problem = other_forcings(problem, args.seed, args.train_forcing, args.train_total)
     d = problem.state_shape[0]
     data = SnapshotDataset.from_xarray(
         problem.train, n_times=args.n_times, paired_batches=args.paired_batches
@@ -407,6 +435,19 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="select the epoch by rollouts on fresh populations at the training forcings "
         "(HeldOutPopulations), and score the held-out forcing every this many epochs",
+    )
+    parser.add_argument(
+        "--train-forcing",
+        type=float,
+        nargs="*",
+        default=[],
+        help="train on these forcings instead of the bench's 6, 7, 9, 10",
+    )
+    parser.add_argument(
+        "--train-total",
+        type=int,
+        default=None,
+        help="with --train-forcing: particles in all, split evenly (default 512 per forcing)",
     )
     parser.add_argument(
         "--ema",

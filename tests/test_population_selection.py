@@ -130,12 +130,15 @@ def test_score_equals_a_hand_computation_with_dcor():
 
 
 def test_the_true_law_scores_at_the_floor_and_a_wrong_one_far_above():
-    criterion = HeldOutPopulations(ou_populations(4000, 1), n_samples=4000, seed=2)
     cpu = torch.device("cpu")
-    at_truth = criterion.score(ExactOU(TRUE_THETA), cpu)
-    assert 0.6 < at_truth < 1.5
-    assert criterion.score(ExactOU(0.75), cpu) > 10 * at_truth
-    assert criterion.score(ExactOU(1.25), cpu) > 10 * at_truth
+    at_truth = []
+    for seed in range(6):  # one rollout's score scatters (0.5-1.6 at 4000 particles)
+        criterion = HeldOutPopulations(ou_populations(2000, seed), n_samples=2000, seed=seed)
+        at_truth.append(criterion.score(ExactOU(TRUE_THETA), cpu))
+        assert at_truth[-1] < 2.5
+    assert 0.7 < np.mean(at_truth) < 1.3
+    assert criterion.score(ExactOU(0.75), cpu) > 30 * np.mean(at_truth)
+    assert criterion.score(ExactOU(1.25), cpu) > 30 * np.mean(at_truth)
 
 
 def test_fit_keeps_the_epoch_whose_rollouts_match_the_held_out_populations():
