@@ -24,9 +24,17 @@ from steppers import ALL_STEPPERS, StepperCase, step_inputs, steps_per_epoch, tr
 from torch import Tensor
 
 import slift_plugin
-from slift_plugin import CheckpointError, Stepper, fit, load_stepper, rollout, save_stepper
+from slift_plugin import (
+    CheckpointError,
+    SnapshotDataset,
+    Stepper,
+    fit,
+    load_stepper,
+    rollout,
+    save_stepper,
+)
 from slift_plugin.checkpoint import tensor_state
-from slift_plugin.selection import HeldOut, held_out_score
+from slift_plugin.selection import HeldOut, HeldOutPopulations, held_out_score
 
 CASES = pytest.mark.parametrize("case", ALL_STEPPERS, ids=[c.name for c in ALL_STEPPERS])
 FIT = dict(batch_size=8, lr=1e-3, weight_decay=0.0, seed=0, progress=False)
@@ -215,6 +223,28 @@ def test_held_out_selection_scores_every_epoch_and_keeps_the_best(case, request)
     assert result.best_epoch == 1 + int(np.argmin(scores))
     # the stepper holds the best epoch's weights: scoring it again gives the best score
     assert held_out_score(stepper, held_out, torch.device("cpu")) == pytest.approx(min(scores))
+
+
+@CASES
+def test_population_selection_needs_only_the_contract(case, request):
+    """HeldOutPopulations scores any history-1 stepper: against populations of its own
+    rollouts from other noise it sits near the floor, repeatably, in the stepper's mode."""
+    stepper, data = prepared(case)
+    if stepper.history != 1:
+        pytest.skip("a rollout from a population needs history 1")
+    x, mu = step_inputs(stepper, data)
+    x0 = x.repeat(40, *([1] * (x.ndim - 1)))  # 240 particles
+    mu_row = None if mu is None else mu[0]
+    own = rollout(stepper, x0, 3, mu=None if mu_row is None else mu_row.tolist(), seed=1)
+    own = own.transpose("time", "sample", ...)
+    populations = [torch.as_tensor(own.values[k]) for k in range(own.sizes["time"])]
+    times = torch.arange(len(populations), dtype=torch.float32) * stepper.dt
+    held_out = HeldOutPopulations(SnapshotDataset([(times, populations, mu_row)]), seed=3)
+    stepper.train()
+    first = held_out.score(stepper, torch.device("cpu"))
+    assert stepper.training
+    assert first == held_out.score(stepper, torch.device("cpu"))
+    assert 0 <= first < 3  # 0 for a deterministic stepper: the same states exactly
 
 
 @CASES
