@@ -51,7 +51,15 @@ import torch
 import xarray as xr
 from matplotlib.figure import Figure
 
-from slift_plugin import DICE, PotentialMLP, SnapshotDataset, evaluate, fit, rollout
+from slift_plugin import (
+    DICE,
+    HeldOutPopulations,
+    PotentialMLP,
+    SnapshotDataset,
+    evaluate,
+    fit,
+    rollout,
+)
 from slift_plugin.systems.vlasov import (
     DEFAULT_LENGTH,
     field_energy,
@@ -64,6 +72,7 @@ N_GRID = 64  # field grid of vlasov_two_stream and of the W_E score
 PLOT_TIMES = (0.0, 15.0, 22.0, 30.0, 40.0)
 TRAIN_SEED0, REFERENCE_SEED, START_SEED = 0, 100, 101  # PIC seeds (check v0: +100)
 HELD_OUT_SEED0 = 300  # fresh populations at the training v0s, for the held-out loss
+SELECTION_SEED0 = 400  # fresh populations at the training v0s, for --select
 LOSS_PARTICLES = 2000  # particles per time of the population losses
 
 
@@ -92,6 +101,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--alpha", type=float, default=0.0)
     a("--n-substeps", type=int, default=10, help="Euler(-Maruyama) steps per output step")
     a("--dtype", choices=("float32", "float64"), default="float32")
+    a(
+        "--select",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep the epoch whose rollouts from fresh PIC runs at the training v0s best "
+        "match them (HeldOutPopulations, N particles rolled out per v0, every 5th output "
+        "time scored); 0: the last epoch",
+    )
     a("--seed", type=int, default=0, help="initialisation, batch and sampling seed")
     a("--threads", type=int, default=None, help="CPU threads (default: torch's own setting)")
     return p.parse_args(argv)
@@ -348,6 +366,31 @@ def population_losses(
     return {"in_sample": in_sample, "held_out": held_out}
 
 
+def selection_populations(args: argparse.Namespace, dtype: torch.dtype) -> HeldOutPopulations:
+    """Fresh PIC runs at the training v0s (the training runs' particle count, recorded at
+    the output step), for selecting the epoch by rollouts; never the held-out v0."""
+    groups = []
+    for i, v0 in enumerate(args.train_v0):
+        run = pic(
+            args.n_particles, v0, SELECTION_SEED0 + i, args.t_end, args.eval_dt, args.dt_internal
+        )[0]["state"]
+        states = torch.as_tensor(run.values, dtype=dtype)
+        # a random quarter of the particles at each time keeps the energy distances cheap
+        rows = torch.Generator().manual_seed(SELECTION_SEED0 + i)
+        keep = torch.randperm(states.shape[0], generator=rows)[: max(2, states.shape[0] // 4)]
+        times = torch.as_tensor(np.array(run["time"].values), dtype=dtype)
+        populations = list(states[keep].unbind(1))
+        groups.append((times, populations, torch.tensor([v0], dtype=dtype)))
+    n_out = round(args.t_end / args.eval_dt)
+    return HeldOutPopulations(
+        SnapshotDataset(groups, dtype=dtype),
+        n_samples=args.select,
+        times=list(range(5, n_out + 1, 5)),
+        period=[DEFAULT_LENGTH, None],
+        seed=args.seed,
+    )
+
+
 def train(args: argparse.Namespace, snapshots: SnapshotDataset, dtype: torch.dtype):
     """DICE with a potential periodic in x, conditioned on t and v0; Adam, cosine decay."""
     torch.manual_seed(args.seed)
@@ -374,6 +417,7 @@ def train(args: argparse.Namespace, snapshots: SnapshotDataset, dtype: torch.dty
         grad_clip=args.grad_clip,
         seed=args.seed,
         description=f"fit DICE ({args.tag})",
+        held_out=selection_populations(args, dtype) if args.select else None,
     )
     return dice, result, steps_per_epoch
 
@@ -497,6 +541,10 @@ def main(argv: list[str] | None = None) -> dict:
             "last_epoch": losses[-1],
             "min_epoch": float(np.min(losses)),
             "all_times": populations,
+        },
+        "selection": {
+            "scores_per_epoch": result.held_out_scores,
+            "best_epoch": result.best_epoch,
         },
         "cost_per_output_step": {
             "dice_gradient_evaluations": dice.evals_per_step,

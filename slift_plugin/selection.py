@@ -240,7 +240,8 @@ class HeldOutPopulations:
         parameters). Every snapshot time must lie a whole number of ``stepper.dt`` after
         its group's first time.
     n_samples : int
-        Particles rolled out per group (>= 2); the first ones of the first population.
+        Particles rolled out per group (>= 2): a random subset (seeded by ``seed``) of
+        the first population, since ordered samples (a quiet start) are not a random one.
     times : sequence of int or None
         Indices of the scored snapshot times within each group (>= 1); None scores every
         time after the first. Fewer or earlier times make selection cheaper.
@@ -379,7 +380,10 @@ class HeldOutPopulations:
         scored = self._scored(times)
         index_at_step = dict(zip(_steps_to(times, scored, stepper.dt), scored, strict=True))
         _, dtype = stepper.param_device_dtype()
-        x = populations[0][: self.n_samples].to(device, dtype)
+        rows = torch.Generator().manual_seed(int(self.seed))
+        first = populations[0]
+        chosen = torch.randperm(first.shape[0], generator=rows)[: self.n_samples]
+        x = first[chosen].to(device, dtype)
         batch_mu = None if mu is None else mu.to(device, dtype).expand(x.shape[0], -1)
         noise_shape = stepper.noise_shape(tuple(x.shape[2:]))
         generator = torch.Generator().manual_seed(int(self.seed) + 1 + g)

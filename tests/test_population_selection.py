@@ -118,7 +118,8 @@ def test_score_equals_a_hand_computation_with_dcor():
     pops = [torch.randn(n, 2, generator=g) * s for n, s in ((40, 1.0), (50, 2.0), (60, 8.0))]
     data = SnapshotDataset([(times, pops, None)])
     criterion = HeldOutPopulations(data, n_samples=30, seed=9)
-    x0 = pops[0][:30].double().numpy()
+    x0 = pops[0][torch.randperm(40, generator=torch.Generator().manual_seed(9))[:30]]
+    x0 = x0.double().numpy()
 
     expected = []
     for k, steps in ((1, 1), (2, 3)):
