@@ -106,31 +106,14 @@ def other_forcings(problem, seed: int, forcings: list[float], total: int | None)
         raise ValueError(f"the held-out forcing {problem.mu[0]} is among the training ones")
     per_forcing = problem.train.sizes["sample"] // len(LORENZ96_TRAIN_FORCING)
     n = per_forcing if total is None else total // len(forcings)
-    runs = [
-        lorenz96(
-            n,
-            problem.n_steps,
-            problem.dt,
-            dim=problem.state_shape[0],
-            forcing=np.full(n, forcing),
-            burn_in=0.2,
-            dt_internal=0.01,
-            seed=seed + i,
-        )
-        for i, forcing in enumerate(forcings)
-    ]
-    return dataclasses.replace(problem, train=xr.concat(runs, "sample"))
+    train = bench_runs(problem, seed, forcings, n, problem.dt)
+    return dataclasses.replace(problem, train=train)
 
 
-def finer_snapshots(problem, seed: int, snapshot_dt: float):
-    """``problem`` with its training populations saved every ``snapshot_dt`` instead of
-    every ``problem.dt``: the same trajectories (forcings, sizes, burn-in, RK4 step and
-    seeds as the bench's ``_lorenz96``, checked against ``problem.train`` on the shared
-    times), more snapshot times."""
+def bench_runs(problem, seed: int, forcings, n: int, snapshot_dt: float) -> xr.DataArray:
+    """``n`` runs per forcing as the bench's ``_lorenz96`` makes them (burn-in, RK4 step,
+    data seeds ``seed + i``), saved every ``snapshot_dt`` over the problem's horizon."""
     every = round(problem.dt / snapshot_dt)
-    if every < 1 or abs(every * snapshot_dt - problem.dt) > 1e-9:
-        raise ValueError(f"--snapshot-dt must divide {problem.dt}, got {snapshot_dt}")
-    n = problem.train.sizes["sample"] // len(LORENZ96_TRAIN_FORCING)
     runs = [
         lorenz96(
             n,
@@ -142,9 +125,21 @@ def finer_snapshots(problem, seed: int, snapshot_dt: float):
             dt_internal=0.01,
             seed=seed + i,
         )
-        for i, forcing in enumerate(LORENZ96_TRAIN_FORCING)
+        for i, forcing in enumerate(forcings)
     ]
-    train = xr.concat(runs, "sample")
+    return xr.concat(runs, "sample")
+
+
+def finer_snapshots(problem, seed: int, snapshot_dt: float):
+    """``problem`` with its training populations saved every ``snapshot_dt`` instead of
+    every ``problem.dt``: the same trajectories (forcings, sizes, burn-in, RK4 step and
+    seeds as the bench's ``_lorenz96``, checked against ``problem.train`` on the shared
+    times), more snapshot times."""
+    every = round(problem.dt / snapshot_dt)
+    if every < 1 or abs(every * snapshot_dt - problem.dt) > 1e-9:
+        raise ValueError(f"--snapshot-dt must divide {problem.dt}, got {snapshot_dt}")
+    n = problem.train.sizes["sample"] // len(LORENZ96_TRAIN_FORCING)
+    train = bench_runs(problem, seed, LORENZ96_TRAIN_FORCING, n, snapshot_dt)
     shared = train.isel(time=slice(None, None, every)).values
     if not np.allclose(shared, problem.train.values, atol=1e-4):
         raise RuntimeError("the finer populations are not the bench's trajectories")
