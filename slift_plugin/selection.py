@@ -399,7 +399,8 @@ class HeldOutPopulations:
                     return [math.inf] * len(scored)
                 if i + 1 in index_at_step:
                     reference = populations[index_at_step[i + 1]].to(device, dtype)
-                    distances.append(float(energy_distance(x, reference, period=self.period)))
+                    distance = float(energy_distance(x, reference, period=self.period))
+                    distances.append(max(distance, 0.0))  # below 0 only by round-off
         return distances
 
 
