@@ -375,7 +375,12 @@ class HeldOutPopulations:
         g: int,
         group: tuple[Tensor, list[Tensor], Tensor | None],
     ) -> list[float]:
-        """Energy distances at the scored times of one group's rollout."""
+        """Energy distances at the scored times of one group's rollout.
+
+        A plain step loop, not :func:`slift_plugin.rollout`: under torchrun ``rollout``
+        shards the samples over the ranks, while ``fit`` scores on every rank and needs
+        the same whole population on each.
+        """
         times, populations, mu = group
         scored = self._scored(times)
         index_at_step = dict(zip(_steps_to(times, scored, stepper.dt), scored, strict=True))
