@@ -45,13 +45,13 @@ def held_out_runs(problem, n: int, seed: int, init_std: float):
     )
 
 
-def resampled_scores(problem, reference, n: int, seed: int, init_std: float) -> list[float]:
+def resampled_scores(problem, n: int, seed: int, init_std: float) -> list[float]:
     """ED ratio at the bench's horizons of ``problem.n_generate`` draws with replacement
     from ``n`` fresh runs (data seed ``seed + 60``, draws from ``default_rng(seed)``)."""
     runs = held_out_runs(problem, n, seed + 60, init_std)
     rows = np.random.default_rng(seed).integers(0, n, problem.n_generate)
     generated = runs.isel(sample=rows).drop_vars("mu_forcing")
-    ratios = evaluate(generated, reference, seed=seed)["ed_ratio"].values
+    ratios = evaluate(generated, problem.reference, seed=seed)["ed_ratio"].values
     return [round(float(ratios[k]), 3) for k in problem.horizons]
 
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise RuntimeError("the rebuilt reference is not the bench's")
             problem = dataclasses.replace(problem, reference=reference)
             for n in args.sizes:
-                scores = resampled_scores(problem, reference, n, seed, init_std)
+                scores = resampled_scores(problem, n, seed, init_std)
                 record["runs"].append(
                     {"init_std": init_std, "seed": seed, "n": n, "ed_ratio": scores}
                 )
