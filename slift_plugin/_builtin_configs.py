@@ -22,7 +22,7 @@ from torch import nn
 from ._configurable import Configurable, NotDescribableError, argument_checker, one_of
 from .backbones import MLP, PotentialMLP
 from .methods import DICE, EnergyScoreLifting, FlowMatching, MeanRegression, StochasticLifting
-from .methods.dice import LAPLACIANS
+from .methods.dice import LAPLACIANS, SCHEMES
 from .stepper import Stepper
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -139,10 +139,13 @@ _DICE = {
     "laplacian": one_of(LAPLACIANS),
     "n_probes": _int("n_probes"),
     "n_substeps": _int("n_substeps"),
+    "scheme": one_of(SCHEMES),
     "kinetic_on_neighbours": _number(0.0, 1.0),
     "alpha": _number(0.0),
     "potential_scale": _number(1e-30),
 }
+# DICE checkpoints of 2026-12-02 predate these: their stepper had the scale 1 and Euler
+_DICE_ADDED_LATER = {"potential_scale": 1.0, "scheme": "euler"}
 _MLP = {
     "in_features": _int("features"),
     "out_features": _int("features"),
@@ -251,15 +254,22 @@ def _describe_dice(stepper: DICE) -> dict[str, Any]:
         "laplacian": stepper.laplacian,
         "n_probes": stepper.n_probes,
         "n_substeps": stepper.n_substeps,
+        "scheme": stepper.scheme,
         "kinetic_on_neighbours": stepper.kinetic_on_neighbours,
         "alpha": stepper.alpha,
         "potential_scale": stepper.potential_scale,
     }
 
 
-def _entry(cls, schema, modules, describe, build) -> Configurable:
+def _entry(cls, schema, modules, describe, build, added_later=None) -> Configurable:
     return Configurable(
-        cls, tuple(schema), modules, describe, argument_checker(schema, cls.__name__), build
+        cls,
+        tuple(schema),
+        modules,
+        describe,
+        argument_checker(schema, cls.__name__),
+        build,
+        added_later or {},
     )
 
 
@@ -282,7 +292,14 @@ BUILTIN = {
             _describe_flow,
             _with_module(FlowMatching, "velocity"),
         ),
-        _entry(DICE, _DICE, ("potential",), _describe_dice, _with_module(DICE, "potential")),
+        _entry(
+            DICE,
+            _DICE,
+            ("potential",),
+            _describe_dice,
+            _with_module(DICE, "potential"),
+            added_later=_DICE_ADDED_LATER,
+        ),
         _entry(MLP, _MLP, (), _describe_mlp, _build_mlp),
         _entry(PotentialMLP, _POTENTIAL, (), _describe_potential, _build_potential),
     )

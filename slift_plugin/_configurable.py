@@ -10,7 +10,7 @@ it, and the two never import each other. Import these names from
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -51,6 +51,10 @@ class Configurable:
     build : callable
         ``build(args, modules) -> module``: a new instance from checked arguments and
         the built module arguments.
+    added_later : Mapping
+        Arguments (among ``arguments``) that descriptions written before they existed
+        lack, with the value such a description meant: filled in when absent, so that
+        older checkpoints still load.
     """
 
     cls: type[nn.Module]
@@ -59,6 +63,7 @@ class Configurable:
     describe: Callable[[nn.Module], dict[str, Any]]
     check: Callable[[Mapping[str, Any]], None]
     build: Callable[[dict[str, Any], dict[str, nn.Module]], nn.Module]
+    added_later: Mapping[str, Any] = field(default_factory=dict)
 
 
 def argument_checker(

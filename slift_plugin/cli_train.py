@@ -35,6 +35,7 @@ from ._cli_arguments import (
     positive_int,
     seed,
 )
+from .methods.dice import SCHEMES
 
 __all__ = ["BACKBONES", "METHODS", "add_train_parser"]
 
@@ -248,7 +249,9 @@ def _dice(args: argparse.Namespace, kind: str, data: xr.DataArray, **common) -> 
             potential = operator_potential(
                 kind, state_channels=channels, n_params=n_params, **sizes
             )
-    return DICE(potential, sigma=args.sigma, n_substeps=args.n_substeps, **common)
+    return DICE(
+        potential, sigma=args.sigma, n_substeps=args.n_substeps, scheme=args.scheme, **common
+    )
 
 
 def _build_stepper(args: argparse.Namespace, kind: str, data: xr.DataArray, dt: float) -> nn.Module:
@@ -422,6 +425,7 @@ _USED_BY: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...] | None]] = {
     "n_members": (("es",), None),
     "sigma": (("dice",), None),
     "n_substeps": (("dice",), None),
+    "scheme": (("dice",), None),
 }
 
 
@@ -590,7 +594,13 @@ def _add_model_options(train: argparse.ArgumentParser) -> None:
         "--n-members", type=positive_int, default=2, help="es: samples per transition in the loss"
     )
     given("--sigma", type=_nonnegative_float, default=0.0, help="dice: known diffusion (0: none)")
-    given("--n-substeps", type=positive_int, default=4, help="dice: Euler sub-steps per step")
+    given("--n-substeps", type=positive_int, default=4, help="dice: sub-steps per step")
+    given(
+        "--scheme",
+        choices=SCHEMES,
+        default="euler",
+        help="dice: integrator of a sub-step (heun: two gradient evaluations, second order)",
+    )
 
 
 def _add_fit_options(train: argparse.ArgumentParser) -> None:

@@ -348,7 +348,7 @@ def _node_entry(node: object, where: str) -> Configurable:
     if not isinstance(node["args"], dict) or not isinstance(node["modules"], dict):
         raise ConfigError(f"{where}: args and modules must be objects")
     for what, given, wanted in (
-        ("args", node["args"], entry.arguments),
+        ("args", {**entry.added_later, **node["args"]}, entry.arguments),
         ("modules", node["modules"], entry.modules),
     ):
         missing, unknown = sorted(set(wanted) - set(given)), sorted(set(given) - set(wanted))
@@ -364,8 +364,9 @@ def _build(node: object, where: str, depth: int) -> nn.Module:
     if depth > _MAX_DEPTH:
         raise ConfigError(f"{where} is nested deeper than {_MAX_DEPTH} modules")
     entry = _node_entry(node, where)
+    args = {**entry.added_later, **node["args"]}
     try:
-        entry.check(node["args"])
+        entry.check(args)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
     except Exception as exc:  # a checker tripping over a value of an unexpected type
@@ -376,7 +377,7 @@ def _build(node: object, where: str, depth: int) -> nn.Module:
         name: _build(child, f"{where}.{name}", depth + 1) for name, child in node["modules"].items()
     }
     try:
-        module = entry.build(dict(node["args"]), modules)
+        module = entry.build(args, modules)
     except Exception as exc:
         raise ConfigError(
             f"{where}: the arguments do not describe a valid {node['class']} "

@@ -293,6 +293,16 @@ ALL_STEPPERS: list[StepperCase] = [
         snapshots(_ou),
         lambda s: s.potential,
     ),
+    StepperCase(
+        "dice_mlp_heun",
+        _seeded(
+            lambda: DICE(
+                PotentialMLP(1, hidden=16, depth=2), (1,), sigma=0.5, dt=0.1, scheme="heun"
+            )
+        ),
+        snapshots(_ou),
+        lambda s: s.potential,
+    ),
     StepperCase(  # both regularisers of the authors' regime on (issue 12)
         "dice_mlp_regularised",
         _seeded(

@@ -135,7 +135,7 @@ def round_trip_data(kind):
     [
         ("vectors", ["--method", "cfm", "--n-euler", 2]),
         ("vectors", ["--method", "es"]),
-        ("vectors", ["--method", "dice", "--n-substeps", 2]),
+        ("vectors", ["--method", "dice", "--n-substeps", 2, "--scheme", "heun"]),
         ("vectors", ["--history", 2]),
         ("params", ["--method", "sl"]),
         ("params", ["--method", "cfm", "--n-euler", 2]),
@@ -163,6 +163,9 @@ def test_every_method_and_backbone_round_trips(tmp_path, kind, extra):
     np.testing.assert_allclose(result["time"][0], source["time"][-2])
     if kind == "params":  # sample i has the parameter of data sample i mod 32
         np.testing.assert_allclose(result["mu_theta"], np.tile(source["mu_theta"], 2))
+    if method == "dice":  # the checkpoint records the integrator
+        trained = load_stepper(ckpt / "last.pt")
+        assert (trained.scheme, trained.n_substeps, trained.evals_per_step) == ("heun", 2, 4)
 
 
 # -- resume ---------------------------------------------------------------------------------
@@ -545,6 +548,11 @@ CASES = {
         [*T, "--sigma", "0.1"],
         "train",
         "--sigma applies to --method dice only; --method sl does not use it",
+    ),
+    "train-scheme-without-dice": (
+        [*T, "--method", "cfm", "--scheme", "heun"],
+        "train",
+        "--scheme applies to --method dice only; --method cfm does not use it",
     ),
     "train-n-substeps-without-dice": (
         [*T, "--method", "es", "--n-substeps", "4"],

@@ -43,6 +43,7 @@ from slift_plugin.adapters.torchsde import SDEStepper
 from slift_plugin.checkpoint import CONFIG_KEY, load_checkpoint, save_checkpoint, tensor_state
 from slift_plugin.config import (
     ACTIVATIONS,
+    ConfigError,
     NotDescribableError,
     build_stepper,
     describe_stepper,
@@ -142,6 +143,7 @@ def test_operator_potentials_and_flow_matching_fields_are_rebuilt(kind, tmp_path
         n_probes=2,
         dt=0.4,
         n_substeps=3,
+        scheme="heun",
         kinetic_on_neighbours=0.25,
         alpha=0.01,
         potential_scale=12.5,
@@ -368,6 +370,25 @@ def test_an_old_checkpoint_without_a_configuration_says_to_pass_the_stepper(tmp_
     with pytest.raises(CheckpointError, match=r"does not record .*load_stepper\(path, stepper\)"):
         load_stepper(tmp_path / "old.pt")
     assert load_stepper(tmp_path / "old.pt", mlp_sl()) is not None
+
+
+def test_a_dice_description_from_before_its_later_arguments_builds_what_it_meant():
+    """Descriptions of 2026-12-02 lack ``potential_scale`` and ``scheme``: they meant 1 and
+    Euler. Any other missing or unknown argument is still refused."""
+    dice = DICE(PotentialMLP(2, hidden=8, depth=1), (2,), sigma=0.3, dt=0.1, n_substeps=2)
+    record = json.loads(describe_stepper(dice))
+    args = record["stepper"]["args"]
+    del args["potential_scale"], args["scheme"]
+    rebuilt = build_stepper(json.dumps(record))
+    assert (rebuilt.potential_scale, rebuilt.scheme, rebuilt.n_substeps) == (1.0, "euler", 2)
+    args["scheme"] = "heun"
+    assert build_stepper(json.dumps(record)).scheme == "heun"
+    del args["sigma"]
+    with pytest.raises(ConfigError, match=r"missing \['sigma'\]"):
+        build_stepper(json.dumps(record))
+    args["sigma"], args["rk_order"] = 0.3, 4
+    with pytest.raises(ConfigError, match=r"unknown \['rk_order'\]"):
+        build_stepper(json.dumps(record))
 
 
 def test_a_custom_criterion_is_recorded_and_replaced_by_the_default(tmp_path):
