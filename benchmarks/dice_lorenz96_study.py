@@ -10,6 +10,10 @@ same run, and the costs.
 
     OMP_NUM_THREADS=1 python benchmarks/dice_lorenz96_study.py --n-times 41 --steps 8000
 
+The problem's defaults are the bench's until 2026-12-03: a start ``F + N(0, I)`` and 512
+runs per training forcing, so that the commands in BENCHMARKS.md reproduce their numbers.
+The bench's problem since then is ``--init-std 3 --per-forcing 2048`` (the same arrays).
+
 Results: one JSON per run in ``--out`` (default ``benchmarks/results/cpu/dice_lorenz96``).
 """
 
@@ -37,8 +41,12 @@ from slift_plugin import (
     fit,
     rollout,
 )
-from slift_plugin.bench.problems import LORENZ96_TRAIN_FORCING, build_problem
-from slift_plugin.systems.lorenz96 import lorenz96, lorenz96_drift
+from slift_plugin.bench.problems import (
+    LORENZ96_TRAIN_FORCING,
+    lorenz96_problem,
+    lorenz96_runs,
+)
+from slift_plugin.systems.lorenz96 import lorenz96_drift
 
 
 class TimeFeatures(nn.Module):
@@ -140,52 +148,12 @@ def other_forcings(problem, seed: int, forcings: list[float], total: int | None)
     return dataclasses.replace(problem, train=train)
 
 
-def bench_runs(
-    problem, seed: int, forcings, n: int, snapshot_dt: float, init_std: float | None = None
-) -> xr.DataArray:
-    """``n`` runs per forcing as the bench's ``_lorenz96`` makes them (burn-in, RK4 step,
-    data seeds ``seed + i``, start ``F + init_std N(0, I)``; None: the problem's start, see
-    :func:`broader_start`), saved every ``snapshot_dt`` over the problem's horizon."""
-    if init_std is None:
-        init_std = problem.extras.get("init_std", 1.0)
-    every = round(problem.dt / snapshot_dt)
-    runs = [
-        lorenz96(
-            n,
-            problem.n_steps * every,
-            snapshot_dt,
-            dim=problem.state_shape[0],
-            forcing=np.full(n, forcing),
-            init_std=init_std,
-            burn_in=0.2,
-            dt_internal=0.01,
-            seed=seed + i,
-        )
-        for i, forcing in enumerate(forcings)
-    ]
-    return xr.concat(runs, "sample")
-
-
-def broader_start(problem, seed: int, init_std: float):
-    """``problem`` with every population (training runs, reference, start states, the
-    solver's runs) started from ``F + init_std N(0, I)`` instead of the bench's
-    ``F + N(0, I)``: the same seeds, sizes, burn-in and step. A start as broad as the
-    attractor (its spread is 2.8-4.3 per coordinate at F = 6-10) leaves less of the
-    fast early contraction onto it that DICE's rollouts miss. The spread is kept in
-    ``extras["init_std"]``, so every later population of the study starts the same way."""
-    n_train = problem.train.sizes["sample"] // len(LORENZ96_TRAIN_FORCING)
-    train = bench_runs(problem, seed, LORENZ96_TRAIN_FORCING, n_train, problem.dt, init_std)
-    forcing = [float(problem.mu[0])]
-
-    def solve(n: int, s: int, device: str = "cpu") -> xr.DataArray:
-        return bench_runs(problem, s, forcing, n, problem.dt, init_std)
-
-    reference = solve(problem.reference.sizes["sample"], seed + 100)
-    x0 = solve(problem.n_generate, seed + 101).isel(time=0).values
-    extras = problem.extras | {"init_std": init_std}
-    return dataclasses.replace(
-        problem, train=train, reference=reference, x0=x0, solve=solve, extras=extras
-    )
+def bench_runs(problem, seed: int, forcings, n: int, snapshot_dt: float) -> xr.DataArray:
+    """``n`` runs per forcing as the bench's Lorenz-96 problem makes them (burn-in, RK4
+    step, data seeds ``seed + i``, the problem's start ``extras["init_std"]``), saved
+    every ``snapshot_dt`` over the problem's horizon."""
+    init_std = problem.extras["init_std"]
+    return lorenz96_runs(n, forcings, seed, quick=False, init_std=init_std, snapshot_dt=snapshot_dt)
 
 
 def finer_snapshots(problem, seed: int, snapshot_dt: float):
@@ -193,27 +161,29 @@ def finer_snapshots(problem, seed: int, snapshot_dt: float):
     every ``problem.dt``: the same trajectories (forcings, sizes, burn-in, RK4 step and
     seeds as the bench's ``_lorenz96``, checked against ``problem.train`` on the shared
     times), more snapshot times."""
-    every = round(problem.dt / snapshot_dt)
-    if every < 1 or abs(every * snapshot_dt - problem.dt) > 1e-9:
-        raise ValueError(f"--snapshot-dt must divide {problem.dt}, got {snapshot_dt}")
     n = problem.train.sizes["sample"] // len(LORENZ96_TRAIN_FORCING)
     train = bench_runs(problem, seed, LORENZ96_TRAIN_FORCING, n, snapshot_dt)
+    every = round(problem.dt / snapshot_dt)
     shared = train.isel(time=slice(None, None, every)).values
     if not np.allclose(shared, problem.train.values, atol=1e-4):
         raise RuntimeError("the finer populations are not the bench's trajectories")
     return dataclasses.replace(problem, train=train)
 
 
-def exact_euler(problem, n_substeps: int) -> xr.DataArray | int:
-    """The exact drift at the held-out forcing, integrated as DICE samples: ``n_substeps``
-    explicit Euler steps per output step, from the bench's start states. Returns the
-    ensemble, or the first output step with a non-finite value (the scheme diverged)."""
-    x = torch.as_tensor(np.asarray(problem.x0), dtype=torch.float64)
-    h, forcing = problem.dt / n_substeps, float(problem.mu[0])
+def integrate(problem, velocity, n_substeps: int, heun: bool, dtype=torch.float64):
+    """``velocity(x, t)`` integrated from the bench's start states with ``n_substeps``
+    explicit Euler steps per output step, or Heun's (two velocities per substep). Returns
+    the ensemble, or the first output step with a non-finite value (the scheme diverged)."""
+    x = torch.as_tensor(np.asarray(problem.x0), dtype=dtype)
+    h = problem.dt / n_substeps
     states = [x]
-    for _ in range(problem.n_steps):
-        for _ in range(n_substeps):
-            x = x + h * lorenz96_drift(x, forcing)
+    for k in range(problem.n_steps):
+        for j in range(n_substeps):
+            t = (k * n_substeps + j) * h
+            v = velocity(x, t)
+            if heun:
+                v = 0.5 * (v + velocity(x + h * v, t + h))
+            x = x + h * v
         states.append(x)
     values = torch.stack(states, 1).float().numpy()
     finite = np.isfinite(values).all(axis=(0, 2))
@@ -222,6 +192,35 @@ def exact_euler(problem, n_substeps: int) -> xr.DataArray | int:
     ref = problem.reference
     coords = {"time": ref["time"].values, "channel": ref["channel"].values}
     return xr.DataArray(values, dims=ref.dims, coords=coords)
+
+
+def exact_euler(problem, n_substeps: int, heun: bool = False) -> xr.DataArray | int:
+    """The exact drift at the held-out forcing, integrated as DICE samples (or with
+    Heun's method)."""
+    forcing = float(problem.mu[0])
+    return integrate(problem, lambda x, t: lorenz96_drift(x, forcing), n_substeps, heun)
+
+
+def heun_scores(dice: DICE, problem, seed: int, counts: list[int]) -> dict:
+    """DICE's learned velocity integrated with Heun's method (``2 n`` gradient evaluations
+    per output step), next to the exact drift integrated the same way: whether a
+    second-order sampler buys what more Euler substeps do."""
+    mu = torch.full((problem.n_generate, 1), float(problem.mu[0]))
+
+    def learned(x: Tensor, t: float) -> Tensor:
+        return dice.velocity(x, t, mu)[0].detach()
+
+    record = {}
+    for n in counts:
+        generated = integrate(problem, learned, n, heun=True, dtype=torch.float32)
+        exact = exact_euler(problem, n, heun=True)
+        record[str(n)] = {
+            name: {"diverged_at_step": ens}
+            if isinstance(ens, int)
+            else horizon_scores(ens, problem, seed)
+            for name, ens in (("dice", generated), ("exact_drift", exact))
+        }
+    return record
 
 
 def sample(dice: DICE, problem, seed: int) -> xr.DataArray:
@@ -343,10 +342,7 @@ def selection_populations(problem, seed: int, n: int) -> SnapshotDataset:
 
 def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
-    problem = build_problem("lorenz96", quick=False, seed=args.seed)
-    bench_per_forcing = problem.train.sizes["sample"] // len(LORENZ96_TRAIN_FORCING)
-    if args.init_std != 1.0:
-        problem = broader_start(problem, args.seed, args.init_std)
+    problem = lorenz96_problem(False, args.seed, init_std=args.init_std, n_train=args.per_forcing)
     if args.population_multiple > 1:
         problem = larger_populations(problem, args.seed, args.population_multiple)
     if args.snapshot_dt is not None:
@@ -383,7 +379,7 @@ def run(args: argparse.Namespace) -> dict:
     selection = None
     if args.select_every:
         criterion = HeldOutPopulations(
-            selection_populations(problem, args.seed, bench_per_forcing),
+            selection_populations(problem, args.seed, args.per_forcing),
             n_samples=512,
             seed=args.seed,
         )
@@ -429,6 +425,7 @@ def run(args: argparse.Namespace) -> dict:
             "sample_seconds": round(solver_seconds, 2),
         },
         "substeps": substep_scores(dice, problem, args.seed, args.sample_substeps),
+        "heun_substeps": heun_scores(dice, problem, args.seed, args.sample_heun),
         "in_sample": in_sample_scores(dice, problem, args.seed) if args.in_sample else {},
         "selection": {}
         if selection is None
@@ -452,6 +449,14 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="also sample with these Euler substeps per output step, next to the exact "
         "drift integrated the same way",
+    )
+    parser.add_argument(
+        "--sample-heun",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also sample with Heun's method, these substeps per output step (two gradient "
+        "evaluations each), next to the exact drift integrated the same way",
     )
     parser.add_argument(
         "--potential-scale",
@@ -490,7 +495,8 @@ def main(argv: list[str] | None = None) -> None:
         "--population-multiple",
         type=int,
         default=1,
-        help="particles per training forcing, as a multiple of the bench's 512",
+        help="particles per training forcing, as a multiple of --per-forcing (independent "
+        "draws added to the problem's)",
     )
     parser.add_argument(
         "--snapshot-dt",
@@ -535,7 +541,14 @@ def main(argv: list[str] | None = None) -> None:
         "--init-std",
         type=float,
         default=1.0,
-        help="start every population at F + this N(0, I) (the bench's: 1)",
+        help="start every population at F + this N(0, I) (the bench's: 3; 1 until 2026-12-03)",
+    )
+    parser.add_argument(
+        "--per-forcing",
+        type=int,
+        default=512,
+        help="training runs per forcing, drawn as the bench draws them (the bench's: 2048; "
+        "512 until 2026-12-03)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="", help="suffix of the JSON file")
@@ -546,6 +559,7 @@ def main(argv: list[str] | None = None) -> None:
     record = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     particles = "" if args.population_multiple == 1 else f"-particles{args.population_multiple}x"
+    particles += "" if args.per_forcing == 512 else f"-n{args.per_forcing}"
     name = f"times{args.n_times}-steps{args.steps}{particles}-seed{args.seed}{args.tag}"
     (args.out / f"{name}.json").write_text(json.dumps(record, indent=2))
     dice, solver = record["dice"], record["solver"]
@@ -561,12 +575,13 @@ def main(argv: list[str] | None = None) -> None:
         f"batch {dice['final_loss']:.4g}, every time held out {losses['held_out']:.4g}, in "
         f"sample {', '.join(f'F = {f}: {v:.4g}' for f, v in losses['in_sample'].items())}"
     )
-    for n, scores in record["substeps"].items():
-        exact = scores["exact_drift"]
-        exact_text = exact.get(
-            "ed_ratio", f"diverges at output step {exact.get('diverged_at_step')}"
-        )
-        print(f"  {n} Euler substeps: DICE {scores['dice']['ed_ratio']}, exact drift {exact_text}")
+    for scheme, key in (("Euler", "substeps"), ("Heun", "heun_substeps")):
+        for n, scores in record[key].items():
+            dice_text, exact_text = (
+                row.get("ed_ratio", f"diverges at output step {row.get('diverged_at_step')}")
+                for row in (scores["dice"], scores["exact_drift"])
+            )
+            print(f"  {n} {scheme} substeps: DICE {dice_text}, exact drift {exact_text}")
     if record["selection"]:
         chosen = record["selection"]
         print(f"  selected epoch {chosen['best_epoch']} of {chosen['epochs']}")

@@ -175,18 +175,21 @@ BUDGETS: dict[tuple[str, bool], Budget] = {
     ("allen_cahn", True): Budget(epochs=2, batch_size=32, lr=2e-3, hidden=8),
     ("vlasov", False): Budget(epochs=15, batch_size=256, lr=3e-4, hidden=128),
     ("vlasov", True): Budget(epochs=3, batch_size=256, lr=3e-4, hidden=64),
-    # CFM: 2048 x 40 transitions = 320 steps per epoch; DICE: 2048 / 256 = 8 per epoch.
+    # CFM: 8192 x 40 transitions = 1280 steps per epoch; DICE: 8192 / 256 = 32 per epoch.
     # DICE sees all 41 times in every batch and scales its potential by the marginals'
-    # speed (53): ED ratio at t = 0.25 / 1 / 2 of 9.6 / 17 / 16.5 against 87 / 56 / 11 with
-    # 8 times and no scale, medians of 3 seeds, at 5.5x the training time
-    # (benchmarks/dice_lorenz96_study.py; BENCHMARKS.md, "DICE on Lorenz-96: the
-    # potential's scale and the times per batch")
+    # speed: ED ratio at t = 0.25 / 1 / 2 of 9.6 / 17 / 16.5 against 87 / 56 / 11 with 8
+    # times and no scale, medians of 3 seeds, at 5.5x the training time, on the problem's
+    # start until 2026-12-03. With today's broad start and 2,048 trajectories per forcing,
+    # 1,600 steps gave medians of 3 seeds of 1.8 / 2.8 / 4.9 and 3,200 steps 1.7 / 4.1 /
+    # 5.6; 800 steps gave 5.4 / 7.0 / 8.3 (seed 0) (benchmarks/dice_lorenz96_study.py;
+    # BENCHMARKS.md, "DICE on Lorenz-96: the potential's shape, the start's breadth, and
+    # what 512 trajectories allow")
     ("lorenz96", False): Budget(
         epochs=10,
         batch_size=256,
         lr=1e-3,
         hidden=128,
-        snapshot_epochs=100,
+        snapshot_epochs=50,
         snapshot_times=41,
         scale_potential=True,
     ),
