@@ -599,6 +599,11 @@ def test_dice_scales_its_potential_by_the_marginal_speed_where_the_budget_says()
         stepper = M.build_stepper(spec, problem, quick=True, seed=0)
         data = M.training_data(spec, stepper, problem, seed=0)
         scaled[name] = (stepper.potential_scale, data.marginal_speed())
+        # Lorenz-96 samples with 2 Heun sub-steps, elsewhere 4 Euler: 4 evaluations both
+        assert (stepper.scheme, stepper.evals_per_step) == (
+            "heun" if name == "lorenz96" else "euler",
+            4,
+        )
     assert scaled["lorenz96"][0] == scaled["lorenz96"][1] > 10
     assert scaled["double_well"][0] == 1.0 != scaled["double_well"][1]
     assert M.budget(build_problem("lorenz96", quick=True, seed=0), True).scale_potential

@@ -117,6 +117,15 @@ INVERSION_STEPS = {"vector": 160, "field": 20}
 LABEL_CALIBRATION = {"vector": None, "field": "fourier"}
 
 
+# DICE's sub-steps by problem kind (4 gradient evaluations per output step everywhere).
+# On Lorenz-96 the exact drift diverges with 4 Euler sub-steps and is at the noise floor
+# with 2 Heun ones, and the trained DICE's ED ratio at t = 0.25 / 1 / 2 went 1.61 / 4.70 /
+# 5.68 -> 1.81 / 3.17 / 4.34 and 1.61 / 2.15 / 3.54 -> 2.05 / 1.40 / 2.54 (seeds 0, 1:
+# benchmarks/dice_lorenz96_study.py --sample-heun; BENCHMARKS.md, "Lorenz-96 in the bench:
+# a broad start and 2,048 trajectories per forcing"). Elsewhere Euler was not compared.
+DICE_INTEGRATOR: dict[str, dict[str, Any]] = {"population": {"n_substeps": 2, "scheme": "heun"}}
+
+
 @dataclass(frozen=True)
 class Budget:
     """Training budget shared by every learned method of one problem.
@@ -877,7 +886,7 @@ class _DICE(MethodFamily):
             n_params=n_params,
             sigma=problem.sigma,
             dt=problem.dt,
-            n_substeps=4,
+            **DICE_INTEGRATOR.get(problem.kind, {"n_substeps": 4}),
         )
 
     @staticmethod
