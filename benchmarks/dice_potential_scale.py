@@ -48,6 +48,19 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
+def write_and_print(out: Path, problem: str, record: dict[str, list[dict]]) -> None:
+    """``record`` (variant -> rows) to ``out/<problem>.json``, and one line per variant."""
+    (out / f"{problem}.json").write_text(json.dumps(record, indent=2, default=float))
+    for variant, rows in record.items():
+        s = summary(rows)
+        ratios = " / ".join(f"{v:.3g}" for v in s["ed_ratio"])
+        print(
+            f"{problem}, {variant}: ED ratio {ratios}, problem score "
+            f"{s['quantity_error']:.3g}, train {s['train_seconds']:.0f} s",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", nargs="+", default=["double_well", "vlasov"])
@@ -62,15 +75,7 @@ def main(argv: list[str] | None = None) -> None:
             variant: run_variant(problem, args.seeds, scale)
             for variant, scale in (("scale 1", False), ("marginal speed", True))
         }
-        (args.out / f"{problem}.json").write_text(json.dumps(record, indent=2, default=float))
-        for variant, rows in record.items():
-            s = summary(rows)
-            ratios = " / ".join(f"{v:.3g}" for v in s["ed_ratio"])
-            print(
-                f"{problem}, {variant}: ED ratio {ratios}, problem score "
-                f"{s['quantity_error']:.3g}, train {s['train_seconds']:.0f} s",
-                flush=True,
-            )
+        write_and_print(args.out, problem, record)
 
 
 if __name__ == "__main__":

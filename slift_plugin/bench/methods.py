@@ -122,8 +122,14 @@ LABEL_CALIBRATION = {"vector": None, "field": "fourier"}
 # with 2 Heun ones, and the trained DICE's ED ratio at t = 0.25 / 1 / 2 went 1.61 / 4.70 /
 # 5.68 -> 1.81 / 3.17 / 4.34 and 1.61 / 2.15 / 3.54 -> 2.05 / 1.40 / 2.54 (seeds 0, 1:
 # benchmarks/dice_lorenz96_study.py --sample-heun; BENCHMARKS.md, "Lorenz-96 in the bench:
-# a broad start and 2,048 trajectories per forcing"). Elsewhere Euler was not compared.
-DICE_INTEGRATOR: dict[str, dict[str, Any]] = {"population": {"n_substeps": 2, "scheme": "heun"}}
+# a broad start and 2,048 trajectories per forcing"); benchmarks/dice_integrator.py
+# compares the two on the other problems.
+DICE_INTEGRATOR: dict[str, dict[str, Any]] = {
+    "vector": {"n_substeps": 4, "scheme": "euler"},
+    "particles": {"n_substeps": 4, "scheme": "euler"},
+    "field": {"n_substeps": 4, "scheme": "euler"},
+    "population": {"n_substeps": 2, "scheme": "heun"},
+}
 
 
 @dataclass(frozen=True)
@@ -878,7 +884,9 @@ class _DICE(MethodFamily):
                 depth=3 if quick else 4,
                 periods=[problem.extras["length"], None],
             )
-            return DICE(potential, (2,), n_params=n_params, dt=problem.dt, n_substeps=4)
+            return DICE(
+                potential, (2,), n_params=n_params, dt=problem.dt, **DICE_INTEGRATOR["particles"]
+            )
         d = problem.state_shape[0]
         return DICE(
             PotentialMLP(d, n_params=n_params, hidden=b.hidden),
@@ -886,7 +894,7 @@ class _DICE(MethodFamily):
             n_params=n_params,
             sigma=problem.sigma,
             dt=problem.dt,
-            **DICE_INTEGRATOR.get(problem.kind, {"n_substeps": 4}),
+            **DICE_INTEGRATOR[problem.kind],
         )
 
     @staticmethod
@@ -915,7 +923,7 @@ class _DICE(MethodFamily):
             sigma=problem.sigma,
             laplacian="hutchinson",
             dt=problem.dt,
-            n_substeps=4,
+            **DICE_INTEGRATOR["field"],
         )
 
     def training_data(
