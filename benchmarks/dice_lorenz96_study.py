@@ -170,11 +170,11 @@ def finer_snapshots(problem, seed: int, snapshot_dt: float):
     return dataclasses.replace(problem, train=train)
 
 
-def integrate(problem, velocity, n_substeps: int, heun: bool, dtype=torch.float64):
+def integrate(problem, velocity, n_substeps: int, heun: bool) -> xr.DataArray | int:
     """``velocity(x, t)`` integrated from the bench's start states with ``n_substeps``
     explicit Euler steps per output step, or Heun's (two velocities per substep). Returns
     the ensemble, or the first output step with a non-finite value (the scheme diverged)."""
-    x = torch.as_tensor(np.asarray(problem.x0), dtype=dtype)
+    x = torch.as_tensor(np.asarray(problem.x0), dtype=torch.float64)
     h = problem.dt / n_substeps
     states = [x]
     for k in range(problem.n_steps):
@@ -194,33 +194,11 @@ def integrate(problem, velocity, n_substeps: int, heun: bool, dtype=torch.float6
     return xr.DataArray(values, dims=ref.dims, coords=coords)
 
 
-def exact_euler(problem, n_substeps: int, heun: bool = False) -> xr.DataArray | int:
-    """The exact drift at the held-out forcing, integrated as DICE samples (or with
-    Heun's method)."""
+def exact_drift_runs(problem, n_substeps: int, heun: bool) -> xr.DataArray | int:
+    """The exact drift at the held-out forcing, integrated as DICE samples: the same
+    sub-steps and scheme, from the same start states."""
     forcing = float(problem.mu[0])
     return integrate(problem, lambda x, t: lorenz96_drift(x, forcing), n_substeps, heun)
-
-
-def heun_scores(dice: DICE, problem, seed: int, counts: list[int]) -> dict:
-    """DICE's learned velocity integrated with Heun's method (``2 n`` gradient evaluations
-    per output step), next to the exact drift integrated the same way: whether a
-    second-order sampler buys what more Euler substeps do."""
-    mu = torch.full((problem.n_generate, 1), float(problem.mu[0]))
-
-    def learned(x: Tensor, t: float) -> Tensor:
-        return dice.velocity(x, t, mu)[0].detach()
-
-    record = {}
-    for n in counts:
-        generated = integrate(problem, learned, n, heun=True, dtype=torch.float32)
-        exact = exact_euler(problem, n, heun=True)
-        record[str(n)] = {
-            name: {"diverged_at_step": ens}
-            if isinstance(ens, int)
-            else horizon_scores(ens, problem, seed)
-            for name, ens in (("dice", generated), ("exact_drift", exact))
-        }
-    return record
 
 
 def sample(dice: DICE, problem, seed: int) -> xr.DataArray:
@@ -238,23 +216,24 @@ def sample(dice: DICE, problem, seed: int) -> xr.DataArray:
     return generated.assign_coords(time=problem.reference["time"].values)
 
 
-def substep_scores(dice: DICE, problem, seed: int, counts: list[int]) -> dict:
-    """DICE sampled with each number of Euler substeps, and the exact drift integrated the
-    same way: how much of DICE's error is its sampler's."""
-    record, trained = {}, dice.n_substeps
+def sampler_scores(dice: DICE, problem, seed: int, counts: list[int], scheme: str) -> dict:
+    """DICE sampled with each number of sub-steps of ``scheme`` (``DICE(scheme=...)``),
+    and the exact drift integrated the same way: how much of DICE's error is its
+    sampler's."""
+    record, trained = {}, (dice.n_substeps, dice.scheme)
     try:
         for n in counts:
-            dice.n_substeps = n
+            dice.n_substeps, dice.scheme = n, scheme
             generated = sample(dice, problem, seed)
-            exact = exact_euler(problem, n)
+            exact = exact_drift_runs(problem, n, heun=scheme == "heun")
             record[str(n)] = {
-                "dice": horizon_scores(generated, problem, seed),
-                "exact_drift": {"diverged_at_step": exact}
-                if isinstance(exact, int)
-                else horizon_scores(exact, problem, seed),
+                name: {"diverged_at_step": ens}
+                if isinstance(ens, int)
+                else horizon_scores(ens, problem, seed)
+                for name, ens in (("dice", generated), ("exact_drift", exact))
             }
     finally:
-        dice.n_substeps = trained
+        dice.n_substeps, dice.scheme = trained
     return record
 
 
@@ -424,8 +403,8 @@ def run(args: argparse.Namespace) -> dict:
             "drift_evals_per_step": problem.solver_evals_per_step,
             "sample_seconds": round(solver_seconds, 2),
         },
-        "substeps": substep_scores(dice, problem, args.seed, args.sample_substeps),
-        "heun_substeps": heun_scores(dice, problem, args.seed, args.sample_heun),
+        "substeps": sampler_scores(dice, problem, args.seed, args.sample_substeps, "euler"),
+        "heun_substeps": sampler_scores(dice, problem, args.seed, args.sample_heun, "heun"),
         "in_sample": in_sample_scores(dice, problem, args.seed) if args.in_sample else {},
         "selection": {}
         if selection is None
