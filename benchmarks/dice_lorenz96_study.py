@@ -138,7 +138,7 @@ def larger_populations(problem, seed: int, multiple: int):
 def other_forcings(problem, seed: int, forcings: list[float], total: int | None):
     """``problem`` trained on ``forcings`` instead of the bench's four, ``total`` particles
     in all (default: the bench's 512 per forcing), split evenly; the same sizes, burn-in,
-    RK4 step and data seeds ``seed + i`` as the bench's ``_lorenz96``. The held-out forcing
+    RK4 step and data seeds ``seed + i`` as the bench's ``lorenz96_problem``. The held-out forcing
     may not be among them."""
     if problem.mu[0] in forcings:
         raise ValueError(f"the held-out forcing {problem.mu[0]} is among the training ones")
@@ -159,7 +159,7 @@ def bench_runs(problem, seed: int, forcings, n: int, snapshot_dt: float) -> xr.D
 def finer_snapshots(problem, seed: int, snapshot_dt: float):
     """``problem`` with its training populations saved every ``snapshot_dt`` instead of
     every ``problem.dt``: the same trajectories (forcings, sizes, burn-in, RK4 step and
-    seeds as the bench's ``_lorenz96``, checked against ``problem.train`` on the shared
+    seeds as the bench's ``lorenz96_problem``, checked against ``problem.train`` on the shared
     times), more snapshot times."""
     n = problem.train.sizes["sample"] // len(LORENZ96_TRAIN_FORCING)
     train = bench_runs(problem, seed, LORENZ96_TRAIN_FORCING, n, snapshot_dt)

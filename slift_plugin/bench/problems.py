@@ -643,16 +643,12 @@ def lorenz96_problem(
     )
 
 
-def _lorenz96(quick: bool, seed: int) -> ProblemData:
-    return lorenz96_problem(quick, seed)
-
-
 PROBLEMS: dict[str, Callable[[bool, int], ProblemData]] = {
     "double_well": _double_well,
     "lorenz63": _lorenz63,
     "allen_cahn": _allen_cahn,
     "vlasov": _vlasov,
-    "lorenz96": _lorenz96,
+    "lorenz96": lorenz96_problem,
 }
 
 

@@ -571,10 +571,10 @@ class DICE(NormalizedStepper):
         scale = self.sigma * math.sqrt(h / self.cell_volume(x))
         for j in range(self.n_substeps):
             t_j = t0 + j * h
+            kick = scale * noise[:, j] if self.sigma else None
             v = self.velocity(x, t_j, mu)[0].detach()
-            kick = scale * noise[:, j] if self.sigma else 0.0
             if self.scheme == "heun":
-                predicted = x + h * v + kick
+                predicted = x + h * v if kick is None else x + h * v + kick
                 v = 0.5 * (v + self.velocity(predicted, t_j + h, mu)[0].detach())
-            x = x + h * v + kick
+            x = x + h * v if kick is None else x + h * v + kick
         return x.detach()
