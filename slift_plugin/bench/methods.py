@@ -122,8 +122,8 @@ LABEL_CALIBRATION = {"vector": None, "field": "fourier"}
 # with 2 Heun ones, and the trained DICE's ED ratio at t = 0.25 / 1 / 2 went 1.61 / 4.70 /
 # 5.68 -> 1.81 / 3.17 / 4.34 and 1.61 / 2.15 / 3.54 -> 2.05 / 1.40 / 2.54 (seeds 0, 1:
 # benchmarks/dice_lorenz96_study.py --sample-heun; BENCHMARKS.md, "Lorenz-96 in the bench:
-# a broad start and 2,048 trajectories per forcing"); benchmarks/dice_integrator.py
-# compares the two on the other problems.
+# a broad start and 2,048 trajectories per forcing"). On the other problems Heun was worse
+# (double well, Allen-Cahn) or equal (Vlasov) (benchmarks/dice_integrator.py).
 DICE_INTEGRATOR: dict[str, dict[str, Any]] = {
     "vector": {"n_substeps": 4, "scheme": "euler"},
     "particles": {"n_substeps": 4, "scheme": "euler"},
@@ -198,7 +198,11 @@ BUDGETS: dict[tuple[str, bool], Budget] = {
     # 1,600 steps gave medians of 3 seeds of 1.8 / 2.8 / 4.9 and 3,200 steps 1.7 / 4.1 /
     # 5.6; 800 steps gave 5.4 / 7.0 / 8.3 (seed 0) (benchmarks/dice_lorenz96_study.py;
     # BENCHMARKS.md, "DICE on Lorenz-96: the potential's shape, the start's breadth, and
-    # what 512 trajectories allow")
+    # what 512 trajectories allow"). Sampled with the bench's 2 Heun sub-steps, 2,400 steps
+    # gave 1.35 / 2.39 / 2.94, lr 2e-3 1.51 / 2.52 / 2.68 and both 1.73 / 3.54 / 3.74,
+    # against 1.81 / 2.52 / 2.77 for this budget: no variant better at every horizon
+    # (BENCHMARKS.md, "DICE on the bench's Lorenz-96 problem: learning rate, length,
+    # weight average").
     ("lorenz96", False): Budget(
         epochs=10,
         batch_size=256,

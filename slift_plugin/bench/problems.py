@@ -526,6 +526,7 @@ LORENZ96_TEST_FORCING = 8.0
 # potential's shape, the start's breadth, and what 512 trajectories allow")
 LORENZ96_INIT_STD = 3.0
 LORENZ96_DT = 0.05
+_LORENZ96_RK4_DT = 0.01
 
 
 def lorenz96_runs(
@@ -578,7 +579,7 @@ def lorenz96_runs(
             forcing=np.full(n, forcing),  # per sample: the ensemble carries mu_forcing
             init_std=init_std,
             burn_in=0.2,
-            dt_internal=0.01,
+            dt_internal=_LORENZ96_RK4_DT,
             seed=seed + i,
             device=device,
         )
@@ -634,7 +635,7 @@ def lorenz96_problem(
         dt=LORENZ96_DT,
         n_generate=n_generate,
         solve=lambda n, s, device="cpu": run(n, s, device=device),
-        solver_evals_per_step=4 * round(LORENZ96_DT / 0.01),  # RK4: 4 drift evaluations
+        solver_evals_per_step=4 * round(LORENZ96_DT / _LORENZ96_RK4_DT),  # RK4: 4 drift evaluations
         quantity="relative L2 error of the spatial autocovariance C(t, lag) over all times",
         quantity_error=spatial_autocovariance_error,
         mu=[test],

@@ -149,7 +149,8 @@ class DICE(NormalizedStepper):
         noise floor with 2 Heun sub-steps (the same 4 evaluations); with them a trained
         DICE's ED ratio fell 20-35% at t = 1 and 2 and rose 12-28% at t = 0.25, in each
         of 3 seeds (BENCHMARKS.md, "Lorenz-96 in the bench: a broad start and 2,048
-        trajectories per forcing").
+        trajectories per forcing"). At the same cost it was worse on the double well
+        and on Allen-Cahn fields and equal on Vlasov, hence the default.
     kinetic_on_neighbours : float
         ``lam`` in ``[0, 1]``: on each gap ``[t_k, t_{k+1}]`` the kinetic energy of
         ``s(., t_k)`` is measured on ``(1 - lam) X_k + lam X_{k+1}`` and that of
